@@ -1,0 +1,1 @@
+//! benches: criterion benchmarks only.

@@ -1,0 +1,1 @@
+//! fuse-mount: owned by the node-agent issue (#3); not built yet.

@@ -1,0 +1,1 @@
+//! registry-mock: see Cargo.toml description.

@@ -1,0 +1,1 @@
+//! testbed: owned by the testbed issue (#4); not built yet.
