@@ -22,6 +22,19 @@ impl Digest {
     pub fn from_sha256(h: Sha256) -> Digest {
         Digest(format!("sha256:{}", hex::encode(h.finalize())))
     }
+    /// From the 32 raw bytes of a sha256.
+    pub fn from_raw_sha256(raw: &[u8; 32]) -> Digest {
+        Digest(format!("sha256:{}", hex::encode(raw)))
+    }
+    /// The 32 raw bytes.
+    pub fn raw_sha256(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // invariant: the hex part was validated at construction.
+        if hex::decode_to_slice(self.hex(), &mut out).is_err() {
+            debug_assert!(false, "Digest holds invalid hex");
+        }
+        out
+    }
     /// The algorithm part (`sha256`).
     pub fn algorithm(&self) -> &str {
         "sha256"
@@ -41,7 +54,11 @@ impl FromStr for Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| Error::InvalidDigest(s.to_string()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(Error::InvalidDigest(s.to_string()));
         }
         Ok(Digest(s.to_string()))

@@ -17,6 +17,8 @@ pub enum Error {
     HostileEntry { path: PathBuf, reason: String },
     #[error("decompressed size exceeds limit ({limit} bytes)")]
     SizeLimit { limit: u64 },
+    #[error("layer has more than {limit} entries")]
+    EntryLimit { limit: u64 },
     #[error("truncated or corrupt layer stream: {0}")]
     Corrupt(String),
     #[error("expanded format: {0}")]

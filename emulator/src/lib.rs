@@ -1,8 +1,16 @@
 //! emulator: Teleport's core model, pure and synchronous.
 //!
-//! Owns the versioned *expanded layer* format (write: [`expand`], read: [`format`], [`reader`]),
-//! the OCI layer merge / whiteout rules ([`merge`]) and OCI helpers ([`digest`], [`oci`]).
+//! Owns the versioned *expanded layer* format (write: [`expand()`], read: [`format`](mod@format), [`reader`]),
+//! the OCI layer merge / whiteout rules ([`merge`](mod@merge)) and OCI helpers ([`digest`], [`oci`]).
 //! Must not depend on an async runtime, HTTP, FUSE or any other crate of this workspace.
+//!
+//! - [`expand()`]: one streaming pass from a layer blob to an [`Index`] + data blob.
+//! - [`format`](mod@format): the versioned index layout (byte table in its docs), [`Index::encode`] /
+//!   [`Index::decode`] (validating).
+//! - [`reader`]: ranged reads of file bytes through any [`RangeSource`], and [`reader::to_tar`].
+//! - [`merge()`]: the rootfs a standard pull produces from a layer stack; [`overlay_form()`]: one
+//!   layer as an overlayfs lower directory would hold it.
+//! - [`tar_reader`]: the streaming tar parser expansion uses (ustar, GNU, PAX).
 
 pub mod digest;
 pub mod entry;
@@ -12,9 +20,12 @@ pub mod format;
 pub mod merge;
 pub mod oci;
 pub mod reader;
+pub mod tar_reader;
 
 pub use digest::Digest;
 pub use entry::{Entry, EntryKind};
 pub use error::{Error, Result};
-pub use expand::{expand, ExpandOptions, Expanded};
-pub use format::{FormatVersion, Index};
+pub use expand::{expand, expand_to_file, Compression, ExpandOptions, Expanded};
+pub use format::{ChunkInfo, FormatVersion, Index};
+pub use merge::{merge, overlay_form, MergedEntry, MergedTree};
+pub use reader::RangeSource;
