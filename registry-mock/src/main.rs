@@ -1,1 +1,184 @@
-fn main() {}
+//! `registry-mock`: a thin CLI over the library (`serve` and `check-expansion`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use registry_mock::check::{check_expansion, CheckOptions};
+use registry_mock::{Config, LinkConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "registry-mock",
+    version,
+    about = "OCI registry with ACR Teleport's extras (expansion on push, /mount API)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the registry until SIGINT/SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        listen: SocketAddr,
+        /// Storage root (default: a fresh temporary directory, printed at start and kept).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// A user allowed to log in, NAME:PASSWORD (repeatable). Without users, auth is off.
+        #[arg(long = "user", value_name = "NAME:PASSWORD")]
+        users: Vec<String>,
+        /// File with one NAME:PASSWORD per line (# comments allowed).
+        #[arg(long)]
+        users_file: Option<PathBuf>,
+        /// Allow pulls without credentials when users are configured.
+        #[arg(long)]
+        anonymous_pull: bool,
+        /// Emulated egress bandwidth shared by all responses, e.g. 1Gbit, 100Mbit/s, 200MiB/s.
+        #[arg(long)]
+        bandwidth: Option<String>,
+        /// Emulated latency added to every request, e.g. 20ms.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        latency: Option<Duration>,
+        /// Repositories teleport-enabled at start (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        teleport_repos: Vec<String>,
+        /// Parallel layer expansions (default: number of CPUs).
+        #[arg(long)]
+        expansion_workers: Option<usize>,
+    },
+    /// Wait for an image's layers to be expanded, like ACR's check-expansion.sh.
+    /// Exit codes: 0 ready, 1 error or expansion failed, 2 not teleport-enabled, 3 timeout.
+    CheckExpansion {
+        repo: String,
+        tag: String,
+        /// Registry base URL, e.g. http://127.0.0.1:5000
+        #[arg(long)]
+        registry: String,
+        /// Credentials, NAME:PASSWORD.
+        #[arg(long, value_name = "NAME:PASSWORD")]
+        user: Option<String>,
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("registry-mock: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.cmd {
+        Cmd::Serve {
+            listen,
+            root,
+            users,
+            users_file,
+            anonymous_pull,
+            bandwidth,
+            latency,
+            teleport_repos,
+            expansion_workers,
+        } => {
+            let root = match root {
+                Some(r) => r,
+                None => {
+                    let d = tempfile::Builder::new()
+                        .prefix("registry-mock-")
+                        .tempdir()?
+                        .keep();
+                    println!("storage root: {}", d.display());
+                    d
+                }
+            };
+            let mut cfg = Config::new(root);
+            cfg.listen = listen;
+            for u in &users {
+                cfg.users.push(registry_mock::parse_user(u)?);
+            }
+            if let Some(f) = users_file {
+                cfg.users.extend(registry_mock::read_users_file(&f)?);
+            }
+            // Without users everything is open anyway; with users, pulls need credentials
+            // unless --anonymous-pull.
+            cfg.anonymous_pull = anonymous_pull || cfg.users.is_empty();
+            cfg.link = LinkConfig {
+                bandwidth_bytes_per_sec: bandwidth
+                    .as_deref()
+                    .map(registry_mock::parse_bandwidth)
+                    .transpose()?,
+                latency: latency.unwrap_or_default(),
+            };
+            cfg.teleport_repos = teleport_repos
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect();
+            if let Some(n) = expansion_workers {
+                cfg.expansion_workers = n.max(1);
+            }
+            registry_mock::serve(cfg, shutdown_signal())
+                .await
+                .context("serving")?;
+            Ok(0)
+        }
+        Cmd::CheckExpansion {
+            repo,
+            tag,
+            registry,
+            user,
+            timeout,
+            interval,
+        } => {
+            let user = user.as_deref().map(registry_mock::parse_user).transpose()?;
+            let opts = CheckOptions {
+                registry,
+                repo,
+                tag,
+                user,
+                timeout,
+                interval,
+            };
+            let outcome = check_expansion(&opts, |line| println!("{line}")).await?;
+            Ok(u8::try_from(outcome.exit_code()).unwrap_or(1))
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Authentication and authorisation: basic auth against the configured users, the ACR-style
+//! token endpoint, HMAC-signed bearer tokens carrying scopes, and the check of each request.
+//!
+//! Policy: with no users configured, auth is off (everything allowed, tokens granted as asked).
+//! With users: a valid basic credential grants everything; a bearer token grants its scopes;
+//! without credentials only pulls pass, and only when `anonymous_pull` is set.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::ApiError;
+use crate::names::RepoName;
+
+/// Token lifetime, seconds.
+pub const TOKEN_TTL: u64 = 3600;
+
+/// What a request needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// No credentials needed (metrics, token endpoint).
+    Nothing,
+    /// `/v2/` base check: any valid credential (or anonymous pull).
+    Base,
+    Catalog,
+    Pull(RepoName),
+    Push(RepoName),
+    Delete(RepoName),
+}
+
+impl Need {
+    fn scope(&self) -> Option<String> {
+        match self {
+            Need::Nothing | Need::Base => None,
+            Need::Catalog => Some("registry:catalog:*".into()),
+            Need::Pull(r) => Some(format!("repository:{r}:pull")),
+            Need::Push(r) => Some(format!("repository:{r}:pull,push")),
+            Need::Delete(r) => Some(format!("repository:{r}:delete")),
+        }
+    }
+}
+
+/// One granted access entry, as in the distribution token spec.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Access {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    pub access: Vec<Access>,
+}
+
+/// Parse `type:name:action,action` scopes (several may be space-separated).
+pub fn parse_scopes(s: &str) -> Vec<Access> {
+    s.split_whitespace()
+        .filter_map(|one| {
+            let (kind, rest) = one.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(Access {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                actions: actions
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+pub struct Auth {
+    key: [u8; 32],
+    users: Vec<(String, String)>,
+    anonymous_pull: bool,
+}
+
+/// The outcome of authenticating the caller of a token request.
+pub enum Caller {
+    User(String),
+    Anonymous,
+}
+
+impl Auth {
+    pub fn new(users: Vec<(String, String)>, anonymous_pull: bool) -> Auth {
+        Auth {
+            key: rand::random(),
+            users,
+            anonymous_pull,
+        }
+    }
+
+    pub fn anonymous_pull(&self) -> bool {
+        self.anonymous_pull
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    pub fn check_password(&self, user: &str, pass: &str) -> bool {
+        self.users.iter().any(|(u, p)| u == user && p == pass)
+    }
+
+    /// `Authorization: Basic …` → (user, password) if well-formed.
+    pub fn basic(header: &str) -> Option<(String, String)> {
+        let b64 = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "))?;
+        let raw = STANDARD.decode(b64.trim()).ok()?;
+        let s = String::from_utf8(raw).ok()?;
+        let (u, p) = s.split_once(':')?;
+        Some((u.to_string(), p.to_string()))
+    }
+
+    /// Issue a token for `sub` with the requested scopes, filtered by what the caller may have.
+    pub fn issue(
+        &self,
+        caller: &Caller,
+        requested: Vec<Access>,
+        now: u64,
+    ) -> (String, Vec<Access>) {
+        let granted: Vec<Access> = requested
+            .into_iter()
+            .filter_map(|mut a| {
+                if let Caller::Anonymous = caller {
+                    if self.enabled() {
+                        // Anonymous callers get pull on repositories, and only if allowed.
+                        if !self.anonymous_pull || a.kind != "repository" {
+                            return None;
+                        }
+                        a.actions.retain(|x| x == "pull");
+                    }
+                }
+                (!a.actions.is_empty()).then_some(a)
+            })
+            .collect();
+        let sub = match caller {
+            Caller::User(u) => u.clone(),
+            Caller::Anonymous => String::new(),
+        };
+        let claims = Claims {
+            sub,
+            exp: now.saturating_add(TOKEN_TTL),
+            access: granted.clone(),
+        };
+        (self.sign(&claims), granted)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // invariant: HMAC accepts keys of any length.
+        #[allow(clippy::expect_used)]
+        Hmac::<Sha256>::new_from_slice(&self.key).expect("hmac key")
+    }
+
+    pub fn sign(&self, c: &Claims) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default());
+        let mut m = self.mac();
+        m.update(payload.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(m.finalize().into_bytes());
+        format!("{payload}.{sig}")
+    }
+
+    /// Verify signature and expiry.
+    pub fn verify(&self, token: &str, now: u64) -> Option<Claims> {
+        let (payload, sig) = token.trim().split_once('.')?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        let mut m = self.mac();
+        m.update(payload.as_bytes());
+        m.verify_slice(&sig).ok()?;
+        let c: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        (c.exp > now).then_some(c)
+    }
+
+    /// Decide whether a request with this `Authorization` header may do `need`.
+    /// `realm_host` is the host clients use to reach us (for the challenge).
+    pub fn authorize(
+        &self,
+        authorization: Option<&str>,
+        need: &Need,
+        realm_host: &str,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        if !self.enabled() || *need == Need::Nothing {
+            return Ok(());
+        }
+        let challenge = |error: Option<&str>| {
+            let mut c = format!(
+                "Bearer realm=\"http://{realm_host}/oauth2/token\",service=\"{realm_host}\""
+            );
+            if let Some(s) = need.scope() {
+                c.push_str(&format!(",scope=\"{s}\""));
+            }
+            if let Some(e) = error {
+                c.push_str(&format!(",error=\"{e}\""));
+            }
+            c
+        };
+        let unauthorized = |message: &str, error: Option<&str>| ApiError::Unauthorized {
+            challenge: challenge(error),
+            message: message.to_string(),
+        };
+        let Some(h) = authorization else {
+            // `/v2/` still challenges anonymous callers: clients (skopeo) decide from that ping
+            // whether to authenticate at all, and a push after a 200 ping would go out bare.
+            let anonymous_ok = self.anonymous_pull && matches!(need, Need::Pull(_) | Need::Catalog);
+            return if anonymous_ok {
+                Ok(())
+            } else {
+                Err(unauthorized("authentication required", None))
+            };
+        };
+        if let Some(tok) = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+        {
+            let Some(c) = self.verify(tok, now) else {
+                return Err(unauthorized(
+                    "invalid or expired token",
+                    Some("invalid_token"),
+                ));
+            };
+            if covers(&c.access, need) || (self.anonymous_pull && matches!(need, Need::Pull(_))) {
+                return Ok(());
+            }
+            return Err(unauthorized(
+                "token lacks the required scope",
+                Some("insufficient_scope"),
+            ));
+        }
+        match Auth::basic(h) {
+            Some((u, p)) if self.check_password(&u, &p) => Ok(()),
+            _ => Err(unauthorized("invalid username or password", None)),
+        }
+    }
+}
+
+fn covers(access: &[Access], need: &Need) -> bool {
+    let has = |kind: &str, name: &str, action: &str| {
+        access.iter().any(|a| {
+            a.kind == kind && a.name == name && a.actions.iter().any(|x| x == action || x == "*")
+        })
+    };
+    match need {
+        Need::Nothing | Need::Base => true,
+        Need::Catalog => has("registry", "catalog", "*"),
+        Need::Pull(r) => has("repository", r.as_str(), "pull"),
+        Need::Push(r) => has("repository", r.as_str(), "push"),
+        Need::Delete(r) => has("repository", r.as_str(), "delete"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn scopes_parse() {
+        let s = parse_scopes("repository:library/redis:pull,push registry:catalog:*");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].name, "library/redis");
+        assert_eq!(s[0].actions, vec!["pull", "push"]);
+        assert_eq!(s[1].kind, "registry");
+    }
+
+    #[test]
+    fn tokens_sign_verify_expire_and_scope() {
+        let a = Auth::new(vec![("u".into(), "p".into())], false);
+        let (t, granted) = a.issue(
+            &Caller::User("u".into()),
+            parse_scopes("repository:r:pull"),
+            100,
+        );
+        assert_eq!(granted.len(), 1);
+        assert!(a.verify(&t, 101).is_some());
+        assert!(a.verify(&t, 100 + TOKEN_TTL).is_none(), "expired");
+        let mut bad = t.clone();
+        bad.push('x');
+        assert!(a.verify(&bad, 101).is_none());
+        let h = format!("Bearer {t}");
+        assert!(a
+            .authorize(Some(&h), &Need::Pull(repo("r")), "h", 101)
+            .is_ok());
+        assert!(a
+            .authorize(Some(&h), &Need::Push(repo("r")), "h", 101)
+            .is_err());
+        assert!(a
+            .authorize(Some(&h), &Need::Pull(repo("other")), "h", 101)
+            .is_err());
+        assert!(a.authorize(None, &Need::Pull(repo("r")), "h", 101).is_err());
+        let other = Auth::new(vec![("u".into(), "p".into())], false);
+        assert!(other.verify(&t, 101).is_none(), "per-process key");
+    }
+
+    #[test]
+    fn anonymous_gets_pull_only() {
+        let a = Auth::new(vec![("u".into(), "p".into())], true);
+        let (_, granted) = a.issue(
+            &Caller::Anonymous,
+            parse_scopes("repository:r:pull,push"),
+            0,
+        );
+        assert_eq!(granted[0].actions, vec!["pull"]);
+        assert!(a.authorize(None, &Need::Pull(repo("r")), "h", 1).is_ok());
+        assert!(a.authorize(None, &Need::Push(repo("r")), "h", 1).is_err());
+        assert!(
+            a.authorize(None, &Need::Base, "h", 1).is_err(),
+            "/v2/ challenges anonymous callers"
+        );
+        let basic = format!("Basic {}", STANDARD.encode("u:p"));
+        assert!(a
+            .authorize(Some(&basic), &Need::Push(repo("r")), "h", 1)
+            .is_ok());
+        let wrong = format!("Basic {}", STANDARD.encode("u:x"));
+        assert!(a
+            .authorize(Some(&wrong), &Need::Pull(repo("r")), "h", 1)
+            .is_err());
+    }
+}

@@ -1,0 +1,518 @@
+//! Expansion on push: a background worker pool turns each layer blob into an expanded layer
+//! (index + data, via [`emulator::expand`]) once per layer digest, shared by every repository and
+//! image. Each layer's state (pending / expanding / expanded / failed) is persisted in
+//! `expanded/sha256/<hex>/state.json`; pending and expanding layers are re-queued at start.
+//! Per-image records (what was requested, which layers) live in the store.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use emulator::Digest;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+use crate::http_util::now_secs;
+use crate::manifest::{self, Kind};
+use crate::metrics::Metrics;
+use crate::names::RepoName;
+use crate::store::{ChildRef, ImageRecord, LayerRef, Store};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Expanding,
+    Expanded,
+    Failed,
+}
+
+/// What an expansion produced (persisted, and served by `/mount`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpandedInfo {
+    pub index_digest: Digest,
+    pub index_size: u64,
+    pub data_digest: Digest,
+    pub data_size: u64,
+    pub chunk_size: u32,
+    pub entries: u64,
+    pub diff_id: Digest,
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+    pub seconds: f64,
+}
+
+/// `state.json` of one layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerStatus {
+    pub state: State,
+    pub media_type: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub result: Option<ExpandedInfo>,
+}
+
+/// The aggregated state of an image for `/mount`.
+#[derive(Debug)]
+pub enum ImageStatus {
+    /// Never requested for expansion in this repository.
+    NotQueued,
+    /// Some layer is pending or expanding.
+    InProgress(Vec<(Digest, State)>),
+    /// A layer failed.
+    Failed { layer: Digest, reason: String },
+    /// Every layer expanded, in manifest order (children in index order for an index).
+    Ready(Vec<(LayerRef, ExpandedInfo)>),
+}
+
+#[derive(Clone)]
+pub struct Expander {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    metrics: Arc<Metrics>,
+    states: Mutex<HashMap<Digest, LayerStatus>>,
+    tx: mpsc::UnboundedSender<Digest>,
+    cancelled: Arc<AtomicBool>,
+    tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads fail once shutdown is requested, so an in-flight expansion stops promptly.
+struct CancelReader<R> {
+    inner: R,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for CancelReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("registry shutting down"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl Expander {
+    /// Load persisted layer states, start the dispatcher and re-queue unfinished layers.
+    pub fn start(store: Store, metrics: Arc<Metrics>, workers: usize) -> Result<Expander> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut states = HashMap::new();
+        let mut requeue = Vec::new();
+        for d in store.expanded_layers()? {
+            let p = store.expanded_dir(&d).join("state.json");
+            let Ok(b) = fs::read(&p) else { continue };
+            match serde_json::from_slice::<LayerStatus>(&b) {
+                Ok(mut s) => {
+                    if matches!(s.state, State::Pending | State::Expanding) {
+                        s.state = State::Pending;
+                        requeue.push(d.clone());
+                    }
+                    states.insert(d, s);
+                }
+                Err(e) => tracing::warn!(path = ?p, error = %e, "ignoring unreadable layer state"),
+            }
+        }
+        let inner = Arc::new(Inner {
+            store,
+            metrics,
+            states: Mutex::new(states),
+            tx,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            tasks: Mutex::new(None),
+        });
+        let handle = tokio::spawn(dispatch(inner.clone(), rx, workers.max(1)));
+        *lock(&inner.tasks) = Some(handle);
+        let ex = Expander { inner };
+        for d in requeue {
+            tracing::info!(layer = %d, "re-queueing unfinished expansion");
+            let _ = ex.inner.tx.send(d);
+        }
+        Ok(ex)
+    }
+
+    /// Stop taking work, cancel running expansions and wait for the workers.
+    pub async fn shutdown(&self) {
+        self.inner.cancelled.store(true, Ordering::Relaxed);
+        let h = lock(&self.inner.tasks).take();
+        if let Some(h) = h {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+
+    pub fn layer_status(&self, d: &Digest) -> Option<LayerStatus> {
+        lock(&self.inner.states).get(d).cloned()
+    }
+
+    /// Queue a layer unless it is already queued, running or done. `retry_failed` re-queues a
+    /// failed layer (explicit `_expand`).
+    pub fn enqueue(&self, layer: &LayerRef, retry_failed: bool) -> Result<()> {
+        let status = {
+            let mut st = lock(&self.inner.states);
+            match st.get(&layer.digest) {
+                Some(s) if s.state != State::Failed || !retry_failed => return Ok(()),
+                _ => {}
+            }
+            let s = LayerStatus {
+                state: State::Pending,
+                media_type: layer.media_type.clone(),
+                reason: None,
+                result: None,
+            };
+            st.insert(layer.digest.clone(), s.clone());
+            s
+        };
+        write_state(&self.inner.store, &layer.digest, &status)?;
+        self.inner.metrics.layer_state("queued");
+        let _ = self.inner.tx.send(layer.digest.clone());
+        Ok(())
+    }
+
+    /// Record `digest` (a manifest of `repo`) as requested for expansion and queue its layers;
+    /// an index records and requests its child manifests too.
+    pub fn request_image(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        retry_failed: bool,
+    ) -> Result<()> {
+        let store = &self.inner.store;
+        let Some((mt, bytes)) = store.read_manifest(repo, digest)? else {
+            return Ok(());
+        };
+        let Ok(m) = manifest::parse(&bytes, Some(&mt)) else {
+            tracing::warn!(%repo, %digest, "stored manifest no longer parses; not expanding");
+            return Ok(());
+        };
+        let mut record = ImageRecord {
+            requested_time: now_secs(),
+            media_type: mt,
+            layers: Vec::new(),
+            children: Vec::new(),
+        };
+        match &m.kind {
+            Kind::Image { layers, .. } => {
+                for l in layers
+                    .iter()
+                    .filter(|l| is_expandable(&l.media_type, !l.urls.is_empty()))
+                {
+                    let lr = LayerRef {
+                        digest: l.digest.clone(),
+                        media_type: l.media_type.clone(),
+                        size: l.size,
+                    };
+                    self.enqueue(&lr, retry_failed)?;
+                    record.layers.push(lr);
+                }
+            }
+            Kind::Index { manifests } => {
+                for c in manifests {
+                    if store.manifest_media_type(repo, &c.digest)?.is_some() {
+                        self.request_image(repo, &c.digest, retry_failed)?;
+                    }
+                    record.children.push(ChildRef {
+                        digest: c.digest.clone(),
+                        media_type: c.media_type.clone(),
+                        platform: c.platform.clone(),
+                    });
+                }
+            }
+        }
+        store.write_image_record(repo, digest, &record)
+    }
+
+    /// The state of an image in a repository.
+    pub fn image_status(&self, repo: &RepoName, digest: &Digest) -> Result<ImageStatus> {
+        let mut layers = Vec::new();
+        if !self.collect_layers(repo, digest, &mut layers, 0)? {
+            return Ok(ImageStatus::NotQueued);
+        }
+        let st = lock(&self.inner.states);
+        let mut ready = Vec::new();
+        let mut progress = Vec::new();
+        for l in layers {
+            match st.get(&l.digest) {
+                Some(LayerStatus {
+                    state: State::Failed,
+                    reason,
+                    ..
+                }) => {
+                    return Ok(ImageStatus::Failed {
+                        layer: l.digest,
+                        reason: reason.clone().unwrap_or_default(),
+                    });
+                }
+                Some(LayerStatus {
+                    state: State::Expanded,
+                    result: Some(info),
+                    ..
+                }) => ready.push((l, info.clone())),
+                Some(s) => progress.push((l.digest, s.state)),
+                // Requested but the state vanished (deleted directory): treat as pending.
+                None => progress.push((l.digest, State::Pending)),
+            }
+        }
+        if progress.is_empty() {
+            Ok(ImageStatus::Ready(ready))
+        } else {
+            Ok(ImageStatus::InProgress(progress))
+        }
+    }
+
+    /// Layers of an image (children's for an index); false when the image was never requested.
+    fn collect_layers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        out: &mut Vec<LayerRef>,
+        depth: u32,
+    ) -> Result<bool> {
+        if depth > 2 {
+            return Ok(true);
+        }
+        let Some(rec) = self.inner.store.read_image_record(repo, digest)? else {
+            return Ok(false);
+        };
+        out.extend(rec.layers);
+        for c in rec.children {
+            // A child that is not in the repository (not pushed) has nothing to expand.
+            let _ = self.collect_layers(repo, &c.digest, out, depth + 1)?;
+        }
+        Ok(true)
+    }
+}
+
+/// Filesystem layers are expanded; artifact blobs (signatures, SBOMs, the OCI empty
+/// descriptor) and foreign / non-distributable layers (never pushed here) are skipped.
+pub fn is_expandable(media_type: &str, foreign: bool) -> bool {
+    let fs_layer = media_type.starts_with("application/vnd.oci.image.layer.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.");
+    fs_layer
+        && !foreign
+        && !media_type.contains("foreign")
+        && !media_type.contains("nondistributable")
+}
+
+fn write_state(store: &Store, d: &Digest, s: &LayerStatus) -> Result<()> {
+    let p = store.expanded_dir(d).join("state.json");
+    let b = serde_json::to_vec_pretty(s).map_err(|source| Error::Json {
+        path: p.clone(),
+        source,
+    })?;
+    store.atomic_write(&p, &b)
+}
+
+async fn dispatch(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Digest>, workers: usize) {
+    let sem = Arc::new(Semaphore::new(workers));
+    let mut running = JoinSet::new();
+    // Aborting this task drops the JoinSet, which aborts the (async parts of) running jobs;
+    // their blocking halves see `cancelled` and stop at the next read.
+    while let Some(d) = rx.recv().await {
+        while running.try_join_next().is_some() {}
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
+        let inner = inner.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            run_one(&inner, d).await;
+        });
+    }
+}
+
+async fn run_one(inner: &Arc<Inner>, d: Digest) {
+    let media_type = {
+        let mut st = lock(&inner.states);
+        let Some(s) = st.get_mut(&d) else { return };
+        if s.state != State::Pending {
+            return; // Duplicate queue entry.
+        }
+        s.state = State::Expanding;
+        s.media_type.clone()
+    };
+    let expanding = LayerStatus {
+        state: State::Expanding,
+        media_type: media_type.clone(),
+        reason: None,
+        result: None,
+    };
+    if let Err(e) = write_state(&inner.store, &d, &expanding) {
+        tracing::error!(layer = %d, error = %e, "persisting layer state");
+    }
+    tracing::info!(layer = %d, "expanding layer");
+    let (store, cancelled, d2, mt2) = (
+        inner.store.clone(),
+        inner.cancelled.clone(),
+        d.clone(),
+        media_type.clone(),
+    );
+    let res =
+        tokio::task::spawn_blocking(move || expand_layer(&store, &d2, &mt2, &cancelled)).await;
+    if inner.cancelled.load(Ordering::Relaxed) {
+        return; // Shutting down: leave the persisted "expanding" state for the next start.
+    }
+    let status = match res {
+        Ok(Ok(info)) => {
+            inner.metrics.expansion_done(info.seconds);
+            inner.metrics.layer_state("expanded");
+            tracing::info!(layer = %d, seconds = info.seconds, entries = info.entries, "layer expanded");
+            LayerStatus {
+                state: State::Expanded,
+                media_type,
+                reason: None,
+                result: Some(info),
+            }
+        }
+        Ok(Err(e)) => {
+            inner.metrics.layer_state("failed");
+            tracing::warn!(layer = %d, error = %e, "layer expansion failed");
+            LayerStatus {
+                state: State::Failed,
+                media_type,
+                reason: Some(failure_reason(&e)),
+                result: None,
+            }
+        }
+        Err(join) => {
+            inner.metrics.layer_state("failed");
+            tracing::error!(layer = %d, error = %join, "expansion task panicked");
+            LayerStatus {
+                state: State::Failed,
+                media_type,
+                reason: Some("expansion task panicked".into()),
+                result: None,
+            }
+        }
+    };
+    if let Err(e) = write_state(&inner.store, &d, &status) {
+        tracing::error!(layer = %d, error = %e, "persisting layer state");
+    }
+    lock(&inner.states).insert(d, status);
+}
+
+fn failure_reason(e: &Error) -> String {
+    match e {
+        Error::Expand { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Expand one layer blob into `expanded/sha256/<hex>/{index,data}` (blocking).
+fn expand_layer(
+    store: &Store,
+    d: &Digest,
+    media_type: &str,
+    cancelled: &Arc<AtomicBool>,
+) -> Result<ExpandedInfo> {
+    let t0 = Instant::now();
+    let blob = store.blob_path(d);
+    let f = fs::File::open(&blob).map_err(Error::io(&blob))?;
+    let reader = CancelReader {
+        inner: BufReader::with_capacity(1 << 20, f),
+        cancelled: cancelled.clone(),
+    };
+    let tmp = store.tmp_path();
+    let out = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let mt = (!media_type.is_empty()).then_some(media_type);
+    let res = emulator::expand(
+        reader,
+        mt,
+        Some(d),
+        &mut w,
+        &emulator::ExpandOptions::default(),
+    );
+    let ex = match res {
+        Ok(ex) => ex,
+        Err(source) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Expand {
+                layer: d.to_string(),
+                source,
+            });
+        }
+    };
+    // The expander may seek back over de-duplicated content: cut the file to the data size.
+    let finish = |tmp: &Path| -> Result<()> {
+        let f = w.into_inner().map_err(|e| Error::io(tmp)(e.into_error()))?;
+        f.set_len(ex.index.data_size)
+            .and_then(|()| f.sync_all())
+            .map_err(Error::io(tmp))
+    };
+    if let Err(e) = finish(&tmp) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if cancelled.load(Ordering::Relaxed) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::Task("cancelled".into()));
+    }
+    let dir = store.expanded_dir(d);
+    fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    store.atomic_write(&dir.join("index"), &ex.index_bytes)?;
+    let data = dir.join("data");
+    fs::rename(&tmp, &data).map_err(Error::io(&data))?;
+    crate::store::sync_dir(&dir)?;
+    let data_size = fs::metadata(&data).map_err(Error::io(&data))?.len();
+    Ok(ExpandedInfo {
+        index_digest: Digest::sha256_of(&ex.index_bytes),
+        index_size: ex.index_bytes.len() as u64,
+        data_digest: ex.index.data_digest.clone(),
+        data_size,
+        chunk_size: ex.index.chunk_size,
+        entries: ex.index.entries.len() as u64,
+        diff_id: ex.index.diff_id.clone(),
+        compressed_size: ex.compressed_size,
+        uncompressed_size: ex.uncompressed_size,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expandable_media_types() {
+        assert!(is_expandable(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            false
+        ));
+        assert!(is_expandable(
+            "application/vnd.oci.image.layer.v1.tar",
+            false
+        ));
+        assert!(is_expandable(
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            false
+        ));
+        assert!(!is_expandable(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            true
+        ));
+        assert!(!is_expandable(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            false
+        ));
+        assert!(!is_expandable("application/vnd.oci.empty.v1+json", false));
+        assert!(!is_expandable(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            true
+        ));
+    }
+}

@@ -1,0 +1,310 @@
+//! ACR extras: repository attributes (`/acr/v1/{repo}`), explicit expansion
+//! (`POST /acr/v1/{repo}/_expand`, ours) and Teleport's `/mount/v1` API.
+//!
+//! `/mount/v1/{repo}/_manifests/{digest}` answers 200 (every layer expanded, body below), 409
+//! (a layer pending or expanding), 404 (repository not teleport-enabled, or the image was never
+//! queued: pushed before enabling and not `_expand`ed) and 500 `EXPANSION_FAILED` with the
+//! failing layer and reason in `detail` when a layer could not be expanded.
+//!
+//! The 200 body (format version 1, a contract fuse-mount relies on):
+//! ```json
+//! {"schemaVersion":1,"repository":"REPO","manifestDigest":"sha256:…","formatVersion":1,
+//!  "layers":[{"digest":"sha256:<compressed>","mediaType":"…","size":N,"diffId":"sha256:…",
+//!    "uncompressedSize":N,
+//!    "index":{"url":"/mount/v1/REPO/_layers/sha256:…/index","size":N,"digest":"sha256:…"},
+//!    "data":{"url":"/mount/v1/REPO/_layers/sha256:…/data","size":N,"digest":"sha256:…"},
+//!    "chunkSize":N,"entries":N}]}
+//! ```
+//! For an index (multi-arch) digest, `layers` is empty and `manifests` lists each child
+//! `{"digest","mediaType","platform","layers":[…]}`. Only filesystem layers are listed (artifact
+//! blobs and foreign layers are not expanded). The 409 body is an error with code
+//! `EXPANSION_PENDING` and `detail.layers = [{"digest","state"}]`; 404 uses `EXPANSION_UNKNOWN`.
+
+use std::sync::Arc;
+
+use emulator::Digest;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::expansion::{ExpandedInfo, ImageStatus};
+use crate::http_util::{self, rfc3339, Resp};
+use crate::metrics::ServedKind;
+use crate::names::RepoName;
+use crate::routes::blobs::{parse_digest, serve_file};
+use crate::routes::manifests::touch_repo;
+use crate::routes::Part;
+use crate::state::AppState;
+use crate::store::{LayerRef, RepoAttrs};
+
+/// Version of the `/mount` 200 body.
+pub const MOUNT_FORMAT_VERSION: u32 = 1;
+
+fn attributes(st: &AppState, name: &RepoName, host: &str, a: &RepoAttrs) -> ApiResult<Value> {
+    Ok(json!({
+        "registry": host,
+        "imageName": name.as_str(),
+        "createdTime": rfc3339(a.created_time),
+        "lastUpdateTime": rfc3339(a.last_update_time),
+        "manifestCount": st.store.manifests(name)?.len(),
+        "tagCount": st.store.tags(name)?.len(),
+        "changeableAttributes": {
+            "deleteEnabled": true,
+            "writeEnabled": true,
+            "readEnabled": true,
+            "listEnabled": true,
+            "teleportEnabled": a.teleport_enabled,
+        }
+    }))
+}
+
+pub fn get_repo(st: &Arc<AppState>, name: &RepoName, host: &str) -> ApiResult<Resp> {
+    if !st.store.repo_exists(name) {
+        return Err(ApiError::name_unknown(name.as_str()));
+    }
+    let a = st.store.read_attrs(name)?.unwrap_or_default();
+    Ok(http_util::json(
+        StatusCode::OK,
+        &attributes(st, name, host, &a)?,
+    ))
+}
+
+/// `PATCH /acr/v1/{repo}` with `{"teleportEnabled": bool}`. The other changeable attributes are
+/// accepted only with their (fixed) value `true`: this registry does not enforce them.
+pub async fn patch_repo(
+    st: &Arc<AppState>,
+    name: &RepoName,
+    req: Request<Incoming>,
+    host: &str,
+) -> ApiResult<Resp> {
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| ApiError::unsupported(format!("reading body: {e}")))?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::unsupported(format!("invalid JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::unsupported("expected a JSON object"));
+    };
+    let mut teleport = None;
+    for (k, val) in obj {
+        match (k.as_str(), val) {
+            ("teleportEnabled", Value::Bool(b)) => teleport = Some(*b),
+            (
+                "deleteEnabled" | "writeEnabled" | "readEnabled" | "listEnabled",
+                Value::Bool(true),
+            ) => {}
+            _ => {
+                return Err(ApiError::unsupported(format!(
+                    "unsupported attribute {k}={val}"
+                )))
+            }
+        }
+    }
+    let a = {
+        let _g = st.attrs_lock.lock().await;
+        let now = http_util::now_secs();
+        let mut a = st.store.read_attrs(name)?.unwrap_or(RepoAttrs {
+            created_time: now,
+            ..RepoAttrs::default()
+        });
+        if let Some(t) = teleport {
+            a.teleport_enabled = t;
+        }
+        a.last_update_time = now;
+        st.store.write_attrs(name, &a)?;
+        a
+    };
+    Ok(http_util::json(
+        StatusCode::OK,
+        &attributes(st, name, host, &a)?,
+    ))
+}
+
+/// `POST /acr/v1/{repo}/_expand` (ours): expand one image (`{"digest": …}`) or every manifest of
+/// the repository, e.g. images pushed before the repository was enabled. Failed layers are retried.
+pub async fn expand(
+    st: &Arc<AppState>,
+    name: &RepoName,
+    req: Request<Incoming>,
+) -> ApiResult<Resp> {
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| ApiError::unsupported(format!("reading body: {e}")))?
+        .to_bytes();
+    let digest = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::unsupported(format!("invalid JSON: {e}")))?;
+        match v.get("digest") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(parse_digest(s)?),
+            Some(other) => return Err(ApiError::unsupported(format!("invalid digest {other}"))),
+        }
+    };
+    if !st.store.repo_exists(name) {
+        return Err(ApiError::name_unknown(name.as_str()));
+    }
+    if !st
+        .store
+        .read_attrs(name)?
+        .is_some_and(|a| a.teleport_enabled)
+    {
+        return Err(ApiError::denied("repository is not teleport-enabled"));
+    }
+    let digests = match digest {
+        Some(d) => {
+            if st.store.manifest_media_type(name, &d)?.is_none() {
+                return Err(ApiError::manifest_unknown(d.as_str()));
+            }
+            vec![d]
+        }
+        None => st.store.manifests(name)?,
+    };
+    let (ex, n, ds) = (st.expander.clone(), name.clone(), digests.clone());
+    tokio::task::spawn_blocking(move || ds.iter().try_for_each(|d| ex.request_image(&n, d, true)))
+        .await
+        .map_err(|e| ApiError::Internal(crate::error::Error::Task(e.to_string())))??;
+    let _ = touch_repo(st, name).await?;
+    let list: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+    Ok(http_util::json(
+        StatusCode::ACCEPTED,
+        &json!({ "repository": name.as_str(), "queued": list }),
+    ))
+}
+
+fn layer_json(name: &RepoName, l: &LayerRef, i: &ExpandedInfo) -> Value {
+    let base = format!("/mount/v1/{name}/_layers/{}", l.digest);
+    json!({
+        "digest": l.digest.as_str(),
+        "mediaType": l.media_type,
+        "size": l.size,
+        "diffId": i.diff_id.as_str(),
+        "uncompressedSize": i.uncompressed_size,
+        "index": { "url": format!("{base}/index"), "size": i.index_size, "digest": i.index_digest.as_str() },
+        "data": { "url": format!("{base}/data"), "size": i.data_size, "digest": i.data_digest.as_str() },
+        "chunkSize": i.chunk_size,
+        "entries": i.entries,
+    })
+}
+
+fn not_enabled(message: &str) -> ApiError {
+    ApiError::spec(StatusCode::NOT_FOUND, Code::ExpansionUnknown, message)
+}
+
+pub fn mount_manifest(st: &Arc<AppState>, name: &RepoName, digest: &str) -> ApiResult<Resp> {
+    let d = parse_digest(digest)?;
+    if !st
+        .store
+        .read_attrs(name)?
+        .is_some_and(|a| a.teleport_enabled)
+    {
+        return Err(not_enabled("repository is not teleport-enabled"));
+    }
+    let ready = match st.expander.image_status(name, &d)? {
+        ImageStatus::NotQueued => return Err(not_enabled("image was not queued for expansion")),
+        ImageStatus::InProgress(layers) => {
+            let detail: Vec<Value> = layers
+                .iter()
+                .map(|(d, s)| json!({ "digest": d.as_str(), "state": s }))
+                .collect();
+            return Err(ApiError::spec(
+                StatusCode::CONFLICT,
+                Code::ExpansionPending,
+                "expanding layers",
+            )
+            .with_detail(json!({ "layers": detail })));
+        }
+        ImageStatus::Failed { layer, reason } => {
+            return Err(ApiError::spec(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::ExpansionFailed,
+                "layer expansion failed",
+            )
+            .with_detail(json!({ "layer": layer.as_str(), "reason": reason })));
+        }
+        ImageStatus::Ready(layers) => layers,
+    };
+    let rec = st.store.read_image_record(name, &d)?;
+    let mut body = json!({
+        "schemaVersion": 1,
+        "repository": name.as_str(),
+        "manifestDigest": d.as_str(),
+        "formatVersion": MOUNT_FORMAT_VERSION,
+        "layers": [],
+    });
+    match rec {
+        Some(r) if !r.children.is_empty() => {
+            // An index: the layers are per child manifest, under "manifests".
+            let mut children = Vec::new();
+            for c in &r.children {
+                let layers = match st.expander.image_status(name, &c.digest)? {
+                    ImageStatus::Ready(ls) => {
+                        ls.iter().map(|(l, i)| layer_json(name, l, i)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                children.push(json!({
+                    "digest": c.digest.as_str(), "mediaType": c.media_type, "platform": c.platform, "layers": layers,
+                }));
+            }
+            body["mediaType"] = Value::String(r.media_type);
+            body["manifests"] = Value::Array(children);
+        }
+        _ => {
+            body["layers"] =
+                Value::Array(ready.iter().map(|(l, i)| layer_json(name, l, i)).collect());
+        }
+    }
+    Ok(http_util::json(StatusCode::OK, &body))
+}
+
+pub async fn mount_layer(
+    st: &Arc<AppState>,
+    name: &RepoName,
+    digest: &str,
+    part: Part,
+    req: &Request<Incoming>,
+    head: bool,
+) -> ApiResult<Resp> {
+    let d = parse_digest(digest)?;
+    let info = match st.expander.layer_status(&d) {
+        Some(s) if st.store.blob_linked(name, &d) => s.result,
+        _ => None,
+    };
+    let Some(info) = info else {
+        return Err(ApiError::blob_unknown(digest)
+            .with_detail(json!({ "digest": digest, "reason": "no expanded layer" })));
+    };
+    let dir = st.store.expanded_dir(&d);
+    let (path, size, kind, dg) = match part {
+        Part::Index => (
+            dir.join("index"),
+            info.index_size,
+            ServedKind::ExpandedIndex,
+            info.index_digest,
+        ),
+        Part::Data => (
+            dir.join("data"),
+            info.data_size,
+            ServedKind::ExpandedData,
+            info.data_digest,
+        ),
+    };
+    serve_file(
+        st,
+        &path,
+        size,
+        req,
+        head,
+        kind,
+        "application/octet-stream",
+        Some(&dg),
+    )
+    .await
+}

@@ -1,0 +1,413 @@
+//! HTTP routing: path → [`Route`], authorisation, dispatch to the handler modules, request
+//! metrics, and the single translation of [`ApiError`] into a response.
+
+pub mod acr;
+pub mod blobs;
+pub mod manifests;
+pub mod token;
+pub mod uploads;
+
+use std::sync::Arc;
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+
+use crate::auth::Need;
+use crate::error::{ApiError, ApiResult};
+use crate::http_util::{header_str, now_secs, Resp};
+use crate::names::RepoName;
+use crate::state::AppState;
+
+/// Which expanded-layer file `/mount/v1/…/_layers/…/{index,data}` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Index,
+    Data,
+}
+
+#[derive(Debug)]
+pub enum Route {
+    Base,
+    Catalog,
+    Token,
+    Metrics,
+    Manifest {
+        name: RepoName,
+        reference: String,
+    },
+    Blob {
+        name: RepoName,
+        digest: String,
+    },
+    UploadStart {
+        name: RepoName,
+    },
+    Upload {
+        name: RepoName,
+        uuid: String,
+    },
+    Tags {
+        name: RepoName,
+    },
+    Referrers {
+        name: RepoName,
+        digest: String,
+    },
+    AcrRepo {
+        name: RepoName,
+    },
+    AcrExpand {
+        name: RepoName,
+    },
+    MountManifest {
+        name: RepoName,
+        digest: String,
+    },
+    MountLayer {
+        name: RepoName,
+        digest: String,
+        part: Part,
+    },
+}
+
+impl Route {
+    /// Route template used as the metrics label.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Base => "/v2/",
+            Route::Catalog => "/v2/_catalog",
+            Route::Token => "/oauth2/token",
+            Route::Metrics => "/metrics",
+            Route::Manifest { .. } => "/v2/{name}/manifests/{reference}",
+            Route::Blob { .. } => "/v2/{name}/blobs/{digest}",
+            Route::UploadStart { .. } => "/v2/{name}/blobs/uploads/",
+            Route::Upload { .. } => "/v2/{name}/blobs/uploads/{uuid}",
+            Route::Tags { .. } => "/v2/{name}/tags/list",
+            Route::Referrers { .. } => "/v2/{name}/referrers/{digest}",
+            Route::AcrRepo { .. } => "/acr/v1/{name}",
+            Route::AcrExpand { .. } => "/acr/v1/{name}/_expand",
+            Route::MountManifest { .. } => "/mount/v1/{name}/_manifests/{digest}",
+            Route::MountLayer {
+                part: Part::Index, ..
+            } => "/mount/v1/{name}/_layers/{digest}/index",
+            Route::MountLayer {
+                part: Part::Data, ..
+            } => "/mount/v1/{name}/_layers/{digest}/data",
+        }
+    }
+}
+
+fn pct_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let hexval = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hexval(b[i + 1]), hexval(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn name_of(segs: &[String]) -> ApiResult<RepoName> {
+    let joined = segs.join("/");
+    RepoName::parse(&joined).ok_or_else(|| ApiError::name_invalid(&joined))
+}
+
+/// Map a path to a route. Repository names are multi-component, so the route is recognised
+/// from the end of the path.
+pub fn parse_route(path: &str) -> ApiResult<Route> {
+    match path {
+        "/v2" | "/v2/" => return Ok(Route::Base),
+        "/v2/_catalog" => return Ok(Route::Catalog),
+        "/oauth2/token" => return Ok(Route::Token),
+        "/metrics" => return Ok(Route::Metrics),
+        _ => {}
+    }
+    let segs: Vec<String> = path.split('/').map(pct_decode).collect();
+    // segs[0] is "" (leading slash).
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let n = s.len();
+    if n >= 4 && s[1] == "v2" {
+        let rest = &segs[2..];
+        let r = rest.len();
+        if r >= 3 && rest[r - 3] == "blobs" && rest[r - 2] == "uploads" {
+            let name = name_of(&rest[..r - 3])?;
+            return Ok(if rest[r - 1].is_empty() {
+                Route::UploadStart { name }
+            } else {
+                Route::Upload {
+                    name,
+                    uuid: rest[r - 1].clone(),
+                }
+            });
+        }
+        if r >= 3 && rest[r - 2] == "blobs" && rest[r - 1] == "uploads" {
+            return Ok(Route::UploadStart {
+                name: name_of(&rest[..r - 2])?,
+            });
+        }
+        if r >= 3 && rest[r - 2] == "tags" && rest[r - 1] == "list" {
+            return Ok(Route::Tags {
+                name: name_of(&rest[..r - 2])?,
+            });
+        }
+        if r >= 3 && rest[r - 2] == "manifests" {
+            return Ok(Route::Manifest {
+                name: name_of(&rest[..r - 2])?,
+                reference: rest[r - 1].clone(),
+            });
+        }
+        if r >= 3 && rest[r - 2] == "blobs" {
+            return Ok(Route::Blob {
+                name: name_of(&rest[..r - 2])?,
+                digest: rest[r - 1].clone(),
+            });
+        }
+        if r >= 3 && rest[r - 2] == "referrers" {
+            return Ok(Route::Referrers {
+                name: name_of(&rest[..r - 2])?,
+                digest: rest[r - 1].clone(),
+            });
+        }
+        return Err(ApiError::NotFound);
+    }
+    if n >= 4 && s[1] == "acr" && s[2] == "v1" {
+        let rest = &segs[3..];
+        let r = rest.len();
+        if r >= 2 && rest[r - 1] == "_expand" {
+            return Ok(Route::AcrExpand {
+                name: name_of(&rest[..r - 1])?,
+            });
+        }
+        return Ok(Route::AcrRepo {
+            name: name_of(rest)?,
+        });
+    }
+    if n >= 6 && s[1] == "mount" && s[2] == "v1" {
+        let rest = &segs[3..];
+        let r = rest.len();
+        if r >= 3 && rest[r - 2] == "_manifests" {
+            return Ok(Route::MountManifest {
+                name: name_of(&rest[..r - 2])?,
+                digest: rest[r - 1].clone(),
+            });
+        }
+        if r >= 4 && rest[r - 3] == "_layers" {
+            let part = match rest[r - 1].as_str() {
+                "index" => Part::Index,
+                "data" => Part::Data,
+                _ => return Err(ApiError::NotFound),
+            };
+            return Ok(Route::MountLayer {
+                name: name_of(&rest[..r - 3])?,
+                digest: rest[r - 2].clone(),
+                part,
+            });
+        }
+    }
+    Err(ApiError::NotFound)
+}
+
+fn need_for(route: &Route, method: &Method) -> Need {
+    let write = !matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        Route::Token | Route::Metrics => Need::Nothing,
+        Route::Base => Need::Base,
+        Route::Catalog => Need::Catalog,
+        Route::Manifest { name, .. } | Route::Blob { name, .. } if *method == Method::DELETE => {
+            Need::Delete(name.clone())
+        }
+        Route::Upload { name, .. } | Route::UploadStart { name } => Need::Push(name.clone()),
+        Route::Manifest { name, .. }
+        | Route::Blob { name, .. }
+        | Route::AcrRepo { name }
+        | Route::AcrExpand { name } => {
+            if write {
+                Need::Push(name.clone())
+            } else {
+                Need::Pull(name.clone())
+            }
+        }
+        Route::Tags { name }
+        | Route::Referrers { name, .. }
+        | Route::MountManifest { name, .. }
+        | Route::MountLayer { name, .. } => Need::Pull(name.clone()),
+    }
+}
+
+/// The host clients reach us by: the request's Host header, else our bound address.
+fn realm_host(st: &AppState, req: &Request<Incoming>) -> String {
+    header_str(req.headers(), http::header::HOST)
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+        .map(str::to_string)
+        .unwrap_or_else(|| st.addr.to_string())
+}
+
+/// Entry point for every request.
+pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    if !st.link.latency.is_zero() {
+        tokio::time::sleep(st.link.latency).await;
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (label, resp) = match parse_route(&path) {
+        Ok(route) => {
+            let label = route.template();
+            let res = dispatch(&st, route, req).await;
+            (label, res.unwrap_or_else(ApiError::into_response))
+        }
+        Err(e) => ("unmatched", e.into_response()),
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    st.metrics
+        .request(label, method.as_str(), resp.status().as_u16());
+    let mut resp = resp;
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        http::HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+async fn dispatch(st: &Arc<AppState>, route: Route, req: Request<Incoming>) -> ApiResult<Resp> {
+    let method = req.method().clone();
+    let need = need_for(&route, &method);
+    let host = realm_host(st, &req);
+    st.auth.authorize(
+        header_str(req.headers(), http::header::AUTHORIZATION),
+        &need,
+        &host,
+        now_secs(),
+    )?;
+    use Method as M;
+    match (route, method) {
+        (Route::Base, M::GET | M::HEAD) => Ok(crate::http_util::json(
+            StatusCode::OK,
+            &serde_json::json!({}),
+        )),
+        (Route::Metrics, M::GET) => Ok(metrics_response(st)),
+        (Route::Token, M::GET) => token::get(st, &req, &host),
+        (Route::Token, M::POST) => token::post(st, req, &host).await,
+        (Route::Catalog, M::GET) => manifests::catalog(st, &req),
+        (Route::Tags { name }, M::GET) => manifests::tags(st, &name, &req),
+        (Route::Referrers { name, digest }, M::GET) => {
+            manifests::referrers(st, &name, &digest, &req)
+        }
+        (Route::Manifest { name, reference }, m @ (M::GET | M::HEAD)) => {
+            manifests::get(st, &name, &reference, &req, m == M::HEAD)
+        }
+        (Route::Manifest { name, reference }, M::PUT) => {
+            manifests::put(st, &name, &reference, req).await
+        }
+        (Route::Manifest { name, reference }, M::DELETE) => {
+            manifests::delete(st, &name, &reference)
+        }
+        (Route::Blob { name, digest }, m @ (M::GET | M::HEAD)) => {
+            blobs::get(st, &name, &digest, &req, m == M::HEAD).await
+        }
+        (Route::Blob { name, digest }, M::DELETE) => blobs::delete(st, &name, &digest),
+        (Route::UploadStart { name }, M::POST) => uploads::start(st, &name, req, &host).await,
+        (Route::Upload { name, uuid }, M::PATCH) => uploads::patch(st, &name, &uuid, req).await,
+        (Route::Upload { name, uuid }, M::PUT) => uploads::finish(st, &name, &uuid, req).await,
+        (Route::Upload { name, uuid }, M::GET) => uploads::status(st, &name, &uuid).await,
+        (Route::Upload { name, uuid }, M::DELETE) => uploads::cancel(st, &name, &uuid),
+        (Route::AcrRepo { name }, M::GET) => acr::get_repo(st, &name, &host),
+        (Route::AcrRepo { name }, M::PATCH) => acr::patch_repo(st, &name, req, &host).await,
+        (Route::AcrExpand { name }, M::POST) => acr::expand(st, &name, req).await,
+        (Route::MountManifest { name, digest }, M::GET | M::HEAD) => {
+            acr::mount_manifest(st, &name, &digest)
+        }
+        (Route::MountLayer { name, digest, part }, m @ (M::GET | M::HEAD)) => {
+            acr::mount_layer(st, &name, &digest, part, &req, m == M::HEAD).await
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn metrics_response(st: &AppState) -> Resp {
+    let body = st.metrics.render();
+    let mut r = http::Response::new(crate::http_util::full(body));
+    crate::http_util::set_header(&mut r, "content-type", "text/plain; version=0.0.4");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(matches!(parse_route("/v2/"), Ok(Route::Base)));
+        assert!(matches!(
+            parse_route("/v2/library/redis/manifests/latest"),
+            Ok(Route::Manifest { .. })
+        ));
+        match parse_route(&format!("/v2/a/b/blobs/{d}")) {
+            Ok(Route::Blob { name, digest }) => {
+                assert_eq!(name.as_str(), "a/b");
+                assert_eq!(digest, d);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_route("/v2/a/blobs/uploads/"),
+            Ok(Route::UploadStart { .. })
+        ));
+        assert!(matches!(
+            parse_route("/v2/a/blobs/uploads"),
+            Ok(Route::UploadStart { .. })
+        ));
+        assert!(matches!(
+            parse_route("/v2/a/blobs/uploads/xyz"),
+            Ok(Route::Upload { .. })
+        ));
+        assert!(matches!(
+            parse_route("/v2/blobs/blobs/abc"),
+            Ok(Route::Blob { .. })
+        ));
+        assert!(matches!(
+            parse_route("/v2/a/tags/list"),
+            Ok(Route::Tags { .. })
+        ));
+        assert!(matches!(
+            parse_route("/v2/Bad/tags/list"),
+            Err(ApiError::Spec { .. })
+        ));
+        assert!(matches!(
+            parse_route("/acr/v1/x/y"),
+            Ok(Route::AcrRepo { .. })
+        ));
+        assert!(matches!(
+            parse_route("/acr/v1/x/_expand"),
+            Ok(Route::AcrExpand { .. })
+        ));
+        assert!(matches!(
+            parse_route(&format!("/mount/v1/x/_manifests/{d}")),
+            Ok(Route::MountManifest { .. })
+        ));
+        assert!(matches!(
+            parse_route(&format!("/mount/v1/x/y/_layers/{d}/data")),
+            Ok(Route::MountLayer {
+                part: Part::Data,
+                ..
+            })
+        ));
+        assert!(matches!(parse_route("/nope"), Err(ApiError::NotFound)));
+        assert!(
+            matches!(parse_route("/v2/a/manifests/sha256%3Aab"), Ok(Route::Manifest { reference, .. }) if reference == "sha256:ab")
+        );
+        assert_eq!(pct_decode("%zz%4"), "%zz%4");
+    }
+}
