@@ -1,1 +1,20 @@
-//! fuse-mount: owned by the node-agent issue (#3); not built yet.
+//! fuse-mount: the node agent `teleportd`, a containerd proxy snapshotter (persistent overlayfs
+//! snapshots over gRPC on a unix socket, [`snapshot`], [`grpc`], [`daemon`]) that can mount
+//! registry-expanded layers lazily over FUSE instead of downloading them ([`remote`], [`fs`],
+//! [`fetch`]). Talks to the registry over HTTP only; must not depend on registry-mock or testbed.
+
+pub mod api {
+    //! Generated Snapshots gRPC server; messages are `containerd_client`'s.
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+    tonic::include_proto!("containerd.services.snapshots.v1");
+}
+pub mod convert;
+pub mod daemon;
+pub mod fetch;
+pub mod fs;
+pub mod grpc;
+pub mod metrics;
+pub mod remote;
+pub mod snapshot;
+
+pub use containerd_client;

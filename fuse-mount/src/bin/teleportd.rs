@@ -1,0 +1,99 @@
+//! teleportd: containerd remote snapshotter daemon. Thin wrapper over `fuse_mount::daemon`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use fuse_mount::daemon::{self, Config, MountMode};
+use fuse_mount::remote::http::Credentials;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Teleport node agent: a containerd proxy snapshotter (overlayfs, plus experimental FUSE-mounted expanded layers)"
+)]
+struct Cli {
+    /// State directory (snapshot metadata and layer directories).
+    #[arg(long, default_value = daemon::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Unix socket containerd connects to.
+    #[arg(long, default_value = daemon::DEFAULT_ADDRESS)]
+    address: PathBuf,
+    /// Teleport registry base URL, e.g. http://127.0.0.1:5000.
+    #[arg(long)]
+    registry: Option<String>,
+    /// Registry user (token auth); password from TELEPORTD_PASSWORD.
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long, env = "TELEPORTD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// How expanded layers are presented (the snapshotter supports per-layer so far).
+    #[arg(long, value_enum, default_value = "per-layer")]
+    mount_mode: MountMode,
+    /// Node-wide chunk cache for lazily fetched layer bytes (default ROOT/cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Mount registry-expanded layers over FUSE instead of downloading them (experimental;
+    /// per-layer mode only; needs --registry).
+    #[arg(long)]
+    experimental_remote: bool,
+    /// Longest a layer's Prepare waits for an image the registry is still expanding.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    expansion_wait: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the containerd config teleportd needs.
+    ConfigSnippet,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::ConfigSnippet) = cli.command {
+        print!("{}", daemon::config_snippet(&cli.address));
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cfg = Config {
+        credentials: cli.user.map(|user| Credentials {
+            user,
+            password: cli.password.unwrap_or_default(),
+        }),
+        registry: cli.registry,
+        mount_mode: cli.mount_mode,
+        cache_dir: cli.cache_dir,
+        metrics_addr: cli.metrics_addr,
+        remote: cli.experimental_remote,
+        expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
+        ..Config::new(cli.root, cli.address)
+    };
+    daemon::run(cfg, shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! teleportd's lifecycle: open the snapshotter, serve containerd's Snapshots API on a unix
+//! socket (and optional `/metrics`), stop on the shutdown future: gRPC first, then (once the FUSE
+//! layer exists) its mounts, then return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{info, warn};
+
+use crate::remote::fuse::FuseLayers;
+use crate::remote::http::{Credentials, HttpResolver, HttpResolverConfig};
+use crate::remote::RemoteLayers;
+use crate::snapshot::overlay::OverlaySnapshotter;
+use crate::snapshot::{Kind, SnapshotError, Snapshotter};
+
+pub const DEFAULT_ADDRESS: &str = "/run/teleportd/snapshotter.sock";
+pub const DEFAULT_ROOT: &str = "/var/lib/teleportd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MountMode {
+    /// One FUSE mount per layer, stacked by overlayfs.
+    PerLayer,
+    /// One FUSE mount per image with the merged tree.
+    Merged,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub address: PathBuf,
+    pub registry: Option<String>,
+    pub credentials: Option<Credentials>,
+    pub mount_mode: MountMode,
+    pub cache_dir: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Mount registry-expanded layers instead of downloading (per-layer mode only so far).
+    pub remote: bool,
+    /// How long a Prepare waits for an image the registry is still expanding (409).
+    pub expansion_wait: Duration,
+}
+
+impl Config {
+    pub fn new(root: impl Into<PathBuf>, address: impl Into<PathBuf>) -> Self {
+        Config {
+            root: root.into(),
+            address: address.into(),
+            registry: None,
+            credentials: None,
+            mount_mode: MountMode::PerLayer,
+            cache_dir: None,
+            metrics_addr: None,
+            remote: false,
+            expansion_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0:?} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("remote layers need --registry")]
+    RemoteNeedsRegistry,
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::Error),
+}
+
+pub type Result<T> = std::result::Result<T, DaemonError>;
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+/// Binds the snapshotter socket, replacing a stale socket file left by a previous run.
+pub fn bind(address: &Path) -> Result<UnixListener> {
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {dir:?}")))?;
+    }
+    match std::fs::symlink_metadata(address) {
+        Ok(md) if md.file_type().is_socket() => {
+            std::fs::remove_file(address).map_err(io(format!("removing stale {address:?}")))?
+        }
+        Ok(_) => return Err(DaemonError::NotASocket(address.to_owned())),
+        Err(_) => {}
+    }
+    UnixListener::bind(address).map_err(io(format!("binding {address:?}")))
+}
+
+/// Runs teleportd until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let remote = if cfg.remote {
+        Some(remote_layers(&cfg)?)
+    } else {
+        None
+    };
+    let snap = Arc::new(OverlaySnapshotter::open(&cfg.root, remote)?);
+    snap.restore_remote().await;
+    // Directories a crash left between mkdir and the metadata write.
+    if let Err(e) = snap.cleanup().await {
+        warn!(error = %e, "startup cleanup");
+    }
+    let listener = bind(&cfg.address)?;
+    info!(address = %cfg.address.display(), root = %cfg.root.display(), mode = ?cfg.mount_mode, "teleportd serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding metrics {addr}")))?;
+            info!(addr = %l.local_addr().map_err(io("metrics addr"))?, "metrics listening");
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                snap.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    let served = tonic::transport::Server::builder()
+        .add_service(crate::grpc::server(snap.clone()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    info!("gRPC stopped");
+    snap.shutdown().await;
+    let _ = stop_tx.send(true);
+    if let Some(m) = metrics {
+        if tokio::time::timeout(Duration::from_secs(5), m)
+            .await
+            .is_err()
+        {
+            warn!("metrics server did not stop in time");
+        }
+    }
+    if let Err(e) = std::fs::remove_file(&cfg.address) {
+        warn!(error = %e, "removing socket");
+    }
+    served?;
+    Ok(())
+}
+
+fn remote_layers(cfg: &Config) -> Result<RemoteLayers> {
+    let registry = cfg
+        .registry
+        .clone()
+        .ok_or(DaemonError::RemoteNeedsRegistry)?;
+    let cache = cfg
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| cfg.root.join("cache"));
+    let client = crate::fetch::Client::new(
+        &registry,
+        cfg.credentials.as_ref().map(|c| crate::fetch::Credentials {
+            username: c.user.clone(),
+            password: c.password.clone(),
+        }),
+        cache,
+        crate::fetch::ClientOptions::default(),
+    )?;
+    let resolver = HttpResolver::new(HttpResolverConfig {
+        registry,
+        credentials: cfg.credentials.clone(),
+        expansion_wait: cfg.expansion_wait,
+        poll_interval: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(10),
+    })?;
+    Ok(RemoteLayers::new(
+        Arc::new(resolver),
+        Arc::new(FuseLayers::new(client, crate::fs::MountOptions::default())),
+        cfg.mount_mode == MountMode::Merged,
+    ))
+}
+
+/// Counts of snapshots by kind, for `/metrics`.
+pub async fn snapshot_counts(s: &impl Snapshotter) -> [(Kind, usize); 3] {
+    let infos = s.list(Vec::new()).await.unwrap_or_default();
+    [Kind::Active, Kind::View, Kind::Committed]
+        .map(|k| (k, infos.iter().filter(|i| i.kind == k).count()))
+}
+
+/// The containerd configuration teleportd needs.
+pub fn config_snippet(address: &Path) -> String {
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "teleportd"
+  disable_snapshot_annotations = false
+
+[proxy_plugins.teleportd]
+  type = "snapshot"
+  address = "{}"
+"#,
+        address.display()
+    )
+}

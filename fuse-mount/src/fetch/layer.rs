@@ -1,0 +1,367 @@
+//! One expanded layer opened for reading: its index plus lazy, chunked, cached access to its data.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emulator::format::ChunkInfo;
+use emulator::{Digest, Index};
+
+use super::{Client, Counters, Error, Flight, Result};
+
+/// A local data blob (file or bytes) standing in for the registry.
+pub trait LocalSource: Send + Sync + 'static {
+    /// Fill `buf` from `offset`; short only at end of data.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl<T: emulator::reader::RangeSource + Send + Sync + 'static> LocalSource for T {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        emulator::reader::RangeSource::read_at(self, offset, buf)
+    }
+}
+
+pub(crate) enum Source {
+    Remote { repo: String, url: String },
+    Local(Arc<dyn LocalSource>),
+}
+
+/// A readable layer. Cheap to clone.
+#[derive(Clone)]
+pub struct LayerHandle {
+    inner: Arc<LayerInner>,
+}
+
+struct LayerInner {
+    client: Client,
+    index: Index,
+    source: Source,
+}
+
+impl std::fmt::Debug for LayerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerHandle")
+            .field("diff_id", &self.inner.index.diff_id)
+            .field("data_size", &self.inner.index.data_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Completes a flight exactly once, even on an early return or panic, so waiters never hang.
+struct FlightGuard<'a> {
+    client: &'a Client,
+    key: String,
+    flight: Arc<Flight>,
+    done: bool,
+}
+
+impl FlightGuard<'_> {
+    fn finish(&mut self, res: std::result::Result<(), String>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Ok(mut f) = self.client.inner.flights.lock() {
+            f.remove(&self.key);
+        }
+        if let Ok(mut d) = self.flight.done.lock() {
+            *d = Some(res);
+        }
+        self.flight.cv.notify_all();
+    }
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.finish(Err("fetch abandoned".into()));
+    }
+}
+
+impl LayerHandle {
+    pub(crate) fn new(client: Client, index: Index, source: Source) -> LayerHandle {
+        LayerHandle {
+            inner: Arc::new(LayerInner {
+                client,
+                index,
+                source,
+            }),
+        }
+    }
+
+    /// The decoded, validated index.
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    /// The client this layer reads through.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Indices of the chunks covering `offset..offset+len` of the data blob (`len > 0`).
+    pub fn chunk_span(&self, offset: u64, len: u64) -> Result<(usize, usize)> {
+        let idx = &self.inner.index;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= idx.data_size && len > 0)
+            .ok_or(Error::Range {
+                offset,
+                len,
+                size: idx.data_size,
+            })?;
+        let chunks = &idx.chunks;
+        // Chunks are sorted by offset and cover the blob: binary search the containing ones.
+        let first = chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset);
+        let last = chunks.partition_point(|c| c.offset < end);
+        if first >= chunks.len() || last == 0 || last - 1 < first {
+            return Err(Error::Range {
+                offset,
+                len,
+                size: idx.data_size,
+            });
+        }
+        Ok((first, last - 1))
+    }
+
+    /// Read data-blob bytes `offset..offset+buf.len()` (fetching missing chunks, verified, into
+    /// the cache). Fails within the client's read deadline when the registry cannot serve.
+    pub fn read_data(&self, offset: u64, buf: &mut [u8], counters: &Counters) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (first, last) = self.chunk_span(offset, buf.len() as u64)?;
+        self.ensure_chunks(first, last, counters, true)?;
+        let cache = &self.inner.client.inner.cache;
+        let end = offset + buf.len() as u64;
+        for c in &self.inner.index.chunks[first..=last] {
+            let c_end = c.offset + u64::from(c.len);
+            let a = offset.max(c.offset);
+            let b = end.min(c_end);
+            if a >= b {
+                continue;
+            }
+            let dst = &mut buf[(a - offset) as usize..(b - offset) as usize];
+            cache.read_chunk(&c.digest, a - c.offset, dst)?;
+        }
+        counters.read(buf.len() as u64);
+        Ok(())
+    }
+
+    /// Queue a low-priority background fetch of the chunks covering `offset..offset+len`.
+    pub fn prefetch(&self, offset: u64, len: u64, counters: &Arc<Counters>) {
+        if let Ok((first, last)) = self.chunk_span(offset, len) {
+            self.inner
+                .client
+                .queue_prefetch(self, first, last, counters);
+        }
+    }
+
+    /// Queue a low-priority background fetch of the whole layer.
+    pub fn prefetch_all(&self, counters: &Arc<Counters>) {
+        let n = self.inner.index.chunks.len();
+        if n > 0 {
+            self.inner.client.queue_prefetch(self, 0, n - 1, counters);
+        }
+    }
+
+    /// Background fetch of chunks `first..=last`, in batches of at most `coalesce_max` bytes so
+    /// that a reader waiting on one of them never waits for a whole layer.
+    pub(crate) fn prefetch_now(
+        &self,
+        first: usize,
+        last: usize,
+        counters: &Counters,
+    ) -> Result<()> {
+        let opts = &self.inner.client.inner.opts;
+        let per = (opts.coalesce_max / u64::from(self.inner.index.chunk_size.max(1))).max(1);
+        let per = usize::try_from(per).unwrap_or(usize::MAX);
+        let last = last.min(self.inner.index.chunks.len().saturating_sub(1));
+        let mut i = first;
+        while i <= last && i < self.inner.index.chunks.len() {
+            let j = last.min(i.saturating_add(per - 1));
+            self.ensure_chunks(i, j, counters, false)?;
+            i = j + 1;
+        }
+        Ok(())
+    }
+
+    /// Make chunks `first..=last` present in the cache: cached ones count as hits; missing ones
+    /// this call leads are fetched in coalesced runs; ones another thread is fetching are waited
+    /// for (single-flight).
+    /// `reading`: a reader waits for these (cache hits are counted only then).
+    pub(crate) fn ensure_chunks(
+        &self,
+        first: usize,
+        last: usize,
+        counters: &Counters,
+        reading: bool,
+    ) -> Result<()> {
+        let hit = || {
+            if reading {
+                counters.hit();
+            }
+        };
+        let client = &self.inner.client;
+        let cache = &client.inner.cache;
+        let chunks = &self.inner.index.chunks;
+        let mut lead: Vec<(usize, FlightGuard<'_>)> = Vec::new();
+        let mut wait: Vec<(Digest, Arc<Flight>)> = Vec::new();
+        for (i, c) in chunks.iter().enumerate().take(last + 1).skip(first) {
+            if cache.contains(&c.digest) {
+                hit();
+                continue;
+            }
+            let key = c.digest.hex().to_string();
+            let mut flights = client
+                .inner
+                .flights
+                .lock()
+                .map_err(|_| Error::ChunkFailed {
+                    digest: c.digest.clone(),
+                    reason: "flight table poisoned".into(),
+                })?;
+            if let Some(f) = flights.get(&key) {
+                wait.push((c.digest.clone(), Arc::clone(f)));
+            } else if lead.iter().any(|(_, g)| g.key == key) {
+                // The same content twice in one range: fetched once by this call.
+            } else if cache.contains(&c.digest) {
+                // Finished between the first check and taking the lock.
+                hit();
+            } else {
+                let flight = Arc::new(Flight::default());
+                flights.insert(key.clone(), Arc::clone(&flight));
+                lead.push((
+                    i,
+                    FlightGuard {
+                        client,
+                        key,
+                        flight,
+                        done: false,
+                    },
+                ));
+            }
+        }
+        // One budget for the whole call: a reader gets its answer (or EIO) within it.
+        let deadline = Instant::now() + client.inner.opts.read_deadline;
+        let mut first_err: Option<Error> = None;
+        let mut start = 0;
+        while start < lead.len() {
+            // A run: consecutive chunk indices, up to `coalesce_max` bytes.
+            let mut end = start + 1;
+            let mut bytes = u64::from(chunks[lead[start].0].len);
+            while end < lead.len()
+                && lead[end].0 == lead[end - 1].0 + 1
+                && bytes + u64::from(chunks[lead[end].0].len) <= client.inner.opts.coalesce_max
+            {
+                bytes += u64::from(chunks[lead[end].0].len);
+                end += 1;
+            }
+            let run = &mut lead[start..end];
+            let idxs: Vec<usize> = run.iter().map(|(i, _)| *i).collect();
+            match self.fetch_run(&idxs, deadline) {
+                Ok(n) => {
+                    counters.fetched(idxs.len() as u64, n);
+                    for (_, g) in run.iter_mut() {
+                        g.finish(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    counters.error();
+                    let msg = e.to_string();
+                    for (_, g) in run.iter_mut() {
+                        g.finish(Err(msg.clone()));
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+            start = end;
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        // A leader elsewhere is bounded by its own budget; ours caps the wait regardless.
+        let wait_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+        for (digest, f) in wait {
+            wait_flight(&f, &digest, wait_deadline)?;
+            hit();
+        }
+        Ok(())
+    }
+
+    /// Fetch chunks (consecutive indices) with one request, verify each, store each. Returns
+    /// the bytes fetched.
+    fn fetch_run(&self, idxs: &[usize], deadline: Instant) -> Result<u64> {
+        let chunks = &self.inner.index.chunks;
+        let (Some(&a), Some(&b)) = (idxs.first(), idxs.last()) else {
+            return Ok(0);
+        };
+        let start = chunks[a].offset;
+        let end = chunks[b].offset + u64::from(chunks[b].len);
+        let bytes = match &self.inner.source {
+            Source::Remote { repo, url } => {
+                let client = &self.inner.client;
+                client.block_on(client.get_range(repo, url, Some((start, end - 1)), deadline))?
+            }
+            Source::Local(src) => {
+                let mut buf = vec![0u8; (end - start) as usize];
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = src
+                        .read_at(start + done as u64, &mut buf[done..])
+                        .map_err(Error::Local)?;
+                    if n == 0 {
+                        return Err(Error::Local(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    done += n;
+                }
+                buf
+            }
+        };
+        let cache = &self.inner.client.inner.cache;
+        for &i in idxs {
+            let c: &ChunkInfo = &chunks[i];
+            let from = (c.offset - start) as usize;
+            let part = &bytes[from..from + c.len as usize];
+            let got = Digest::sha256_of(part);
+            if got != c.digest {
+                return Err(Error::DigestMismatch {
+                    expected: c.digest.clone(),
+                    actual: got,
+                });
+            }
+            cache.put_chunk(&c.digest, part)?;
+        }
+        Ok(end - start)
+    }
+}
+
+fn wait_flight(f: &Flight, digest: &Digest, deadline: Instant) -> Result<()> {
+    let failed = |reason: String| Error::ChunkFailed {
+        digest: digest.clone(),
+        reason,
+    };
+    let mut done = f
+        .done
+        .lock()
+        .map_err(|_| failed("flight poisoned".into()))?;
+    loop {
+        match &*done {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => return Err(failed(e.clone())),
+            None => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(failed("timed out waiting for another fetch".into()));
+        }
+        done =
+            f.cv.wait_timeout(done, left)
+                .map_err(|_| failed("flight poisoned".into()))?
+                .0;
+    }
+}
+
+// Handles cross FUSE worker threads.
+const _: () = {
+    const fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<LayerHandle>();
+};

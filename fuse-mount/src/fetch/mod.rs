@@ -1,0 +1,357 @@
+//! Registry client for expanded layers: the `/mount` JSON, index blobs, and file bytes by HTTP
+//! Range into a node-wide, content-addressed chunk cache.
+//!
+//! Blocking API on purpose: FUSE worker threads call it. The HTTP work runs on a small tokio
+//! runtime the [`Client`] owns, so callers need no runtime; async callers use the `async` variants
+//! (`resolve`, `open_layer`), which run on that runtime too.
+
+mod cache;
+mod counters;
+mod http;
+mod layer;
+mod mount_info;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+pub use cache::ChunkCache;
+pub use counters::{Counters, CountersSnapshot};
+pub use layer::{LayerHandle, LocalSource};
+pub use mount_info::{BlobRef, LayerInfo, MountInfo, MountStatus};
+
+use emulator::Digest;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid registry url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("http client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: unexpected status {status}")]
+    Status { url: String, status: u16 },
+    #[error("token for repository {repo}: {reason}")]
+    Auth { repo: String, reason: String },
+    #[error("{url}: invalid /mount body: {source}")]
+    MountJson {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("blob {expected}: digest mismatch (got {actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{url}: short body ({got} of {want} bytes)")]
+    ShortBody { url: String, got: u64, want: u64 },
+    #[error("index of layer {layer}: {source}")]
+    Index {
+        layer: String,
+        #[source]
+        source: emulator::Error,
+    },
+    #[error("index of layer {layer} does not match /mount: {reason}")]
+    IndexMismatch { layer: String, reason: String },
+    #[error("range {offset}+{len} outside the data blob ({size} bytes)")]
+    Range { offset: u64, len: u64, size: u64 },
+    #[error("{url}: gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("chunk {digest}: fetch failed: {reason}")]
+    ChunkFailed { digest: Digest, reason: String },
+    #[error("chunk cache {path:?}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("local data source: {0}")]
+    Local(#[source] std::io::Error),
+    #[error("client runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("client task failed: {0}")]
+    Join(String),
+}
+
+/// Registry credentials for the token endpoint (basic auth). `None` means anonymous.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tunables of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Upper bound for one read's fetch, retries included: past it the read fails (EIO).
+    pub read_deadline: Duration,
+    /// Timeout of one HTTP request (capped by what is left of `read_deadline`).
+    pub request_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Attempts per range request (first try included).
+    pub max_attempts: u32,
+    /// First retry backoff; doubles per attempt.
+    pub retry_backoff: Duration,
+    /// Adjacent missing chunks are fetched with one Range request up to this many bytes.
+    pub coalesce_max: u64,
+    /// Background prefetch threads (low priority: they only take queued work).
+    pub prefetch_workers: usize,
+    /// Runtime worker threads for HTTP.
+    pub http_threads: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            read_deadline: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(100),
+            coalesce_max: 8 << 20,
+            prefetch_workers: 2,
+            http_threads: 2,
+        }
+    }
+}
+
+/// A prefetch job: fetch chunks `first..=last` of a layer into the cache.
+pub(crate) struct PrefetchJob {
+    layer: LayerHandle,
+    first: usize,
+    last: usize,
+    counters: Arc<Counters>,
+}
+
+/// One in-flight chunk fetch others can wait for (single-flight).
+#[derive(Default)]
+pub(crate) struct Flight {
+    done: Mutex<Option<std::result::Result<(), String>>>,
+    cv: std::sync::Condvar,
+}
+
+/// Registry client + chunk cache. Cheap to clone; share one per node.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) base: reqwest::Url,
+    pub(crate) creds: Option<Credentials>,
+    pub(crate) http: reqwest::Client,
+    /// Owned runtime; `Option` so Drop can shut it down without blocking (safe inside async code).
+    pub(crate) rt: Option<tokio::runtime::Runtime>,
+    /// Bearer tokens per repository.
+    pub(crate) tokens: Mutex<HashMap<String, String>>,
+    pub(crate) cache: ChunkCache,
+    /// Chunk hex digest → in-flight fetch.
+    pub(crate) flights: Mutex<HashMap<String, Arc<Flight>>>,
+    pub(crate) opts: ClientOptions,
+    prefetch_tx: Mutex<Option<mpsc::Sender<PrefetchJob>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the prefetch threads once they finish their current job.
+        if let Ok(mut tx) = self.prefetch_tx.lock() {
+            tx.take();
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.inner.base.as_str())
+            .field("cache", &self.inner.cache.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `registry_url` (e.g. `http://127.0.0.1:5000`) with its chunk cache in
+    /// `cache_dir` (created if missing; shared by every mount and image of the node).
+    pub fn new(
+        registry_url: &str,
+        creds: Option<Credentials>,
+        cache_dir: impl Into<PathBuf>,
+        opts: ClientOptions,
+    ) -> Result<Client> {
+        let base = reqwest::Url::parse(registry_url).map_err(|e| Error::Url {
+            url: registry_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(Error::Url {
+                url: registry_url.to_string(),
+                reason: "scheme must be http or https".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(Error::Client)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.http_threads.max(1))
+            .thread_name("teleport-http")
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let cache = ChunkCache::open(cache_dir.into())?;
+        let (tx, rx) = mpsc::channel::<PrefetchJob>();
+        let client = Client {
+            inner: Arc::new(Inner {
+                base,
+                creds,
+                http,
+                rt: Some(rt),
+                tokens: Mutex::new(HashMap::new()),
+                cache,
+                flights: Mutex::new(HashMap::new()),
+                opts: opts.clone(),
+                prefetch_tx: Mutex::new(Some(tx)),
+            }),
+        };
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..opts.prefetch_workers {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("teleport-prefetch-{i}"))
+                .spawn(move || prefetch_worker(&rx))
+                .map_err(Error::Runtime)?;
+        }
+        Ok(client)
+    }
+
+    /// The node-wide chunk cache.
+    pub fn cache(&self) -> &ChunkCache {
+        &self.inner.cache
+    }
+
+    /// Ask the registry whether `manifest_digest` of `repo` is expanded (`GET /mount/v1/...`).
+    pub async fn resolve(&self, repo: &str, manifest_digest: &Digest) -> Result<MountStatus> {
+        let this = self.clone();
+        let repo = repo.to_string();
+        let digest = manifest_digest.clone();
+        self.spawn(async move { this.resolve_async(&repo, &digest).await })
+            .await
+    }
+
+    /// Blocking [`Client::resolve`]; must not be called from inside an async runtime.
+    pub fn resolve_blocking(&self, repo: &str, manifest_digest: &Digest) -> Result<MountStatus> {
+        self.block_on(self.resolve_async(repo, manifest_digest))
+    }
+
+    /// Fetch (or load from the cache), verify and decode a layer's index; the handle reads the
+    /// layer's data lazily from the registry.
+    pub async fn open_layer(&self, repo: &str, layer: &LayerInfo) -> Result<LayerHandle> {
+        let this = self.clone();
+        let repo = repo.to_string();
+        let layer = layer.clone();
+        self.spawn(async move { this.open_layer_async(&repo, &layer).await })
+            .await
+    }
+
+    /// Blocking [`Client::open_layer`]; must not be called from inside an async runtime.
+    pub fn open_layer_blocking(&self, repo: &str, layer: &LayerInfo) -> Result<LayerHandle> {
+        self.block_on(self.open_layer_async(repo, layer))
+    }
+
+    /// A layer whose data blob is local (a file or bytes), read through the same chunk cache and
+    /// digest checks as a remote one. Used for tests, tools and pre-seeded nodes.
+    pub fn local_layer(&self, index: emulator::Index, data: Arc<dyn LocalSource>) -> LayerHandle {
+        LayerHandle::new(self.clone(), index, layer::Source::Local(data))
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match &self.inner.rt {
+            Some(rt) => rt.block_on(fut),
+            // invariant: `rt` is only taken in Drop, after which no `&self` exists.
+            None => unreachable!("client runtime used after drop"),
+        }
+    }
+
+    async fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let handle = match &self.inner.rt {
+            Some(rt) => rt.spawn(fut),
+            None => return Err(Error::Join("client runtime gone".into())),
+        };
+        handle.await.map_err(|e| Error::Join(e.to_string()))?
+    }
+
+    pub(crate) fn queue_prefetch(
+        &self,
+        layer: &LayerHandle,
+        first: usize,
+        last: usize,
+        counters: &Arc<Counters>,
+    ) {
+        let job = PrefetchJob {
+            layer: layer.clone(),
+            first,
+            last,
+            counters: Arc::clone(counters),
+        };
+        if let Ok(tx) = self.inner.prefetch_tx.lock() {
+            if let Some(tx) = tx.as_ref() {
+                // A closed queue only means the client is shutting down.
+                let _ = tx.send(job);
+            }
+        }
+    }
+}
+
+fn prefetch_worker(rx: &Mutex<mpsc::Receiver<PrefetchJob>>) {
+    lower_thread_priority();
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        if let Err(e) = job.layer.prefetch_now(job.first, job.last, &job.counters) {
+            tracing::debug!(error = %e, "prefetch failed");
+        }
+    }
+}
+
+/// Prefetch must not compete with reads a container is waiting on.
+fn lower_thread_priority() {
+    // SAFETY: setpriority on the calling thread (who = 0 with PRIO_PROCESS applies to the
+    // calling thread on Linux); no pointers involved.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}

@@ -1,0 +1,352 @@
+//! Remote-layer decision (off by default: `teleportd --experimental-remote`; per-layer mode).
+//!
+//! On a layer's Prepare with CRI labels, ask the registry whether the image is expanded
+//! (`/mount/v1/{repo}/_manifests/{digest}`), decide once per image (manifest digest) and, when
+//! remote, have a [`LayerMounter`] make the layer available so the snapshotter can commit it under
+//! the target chain ID and answer `AlreadyExists`. Once an image is remote a later layer never
+//! falls back: containerd would then fetch that layer and every layer above it.
+
+pub mod fuse;
+pub mod http;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tracing::{info, warn};
+
+use crate::fetch::MountInfo;
+use crate::snapshot::{
+    Labels, SnapshotError, LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST,
+    LABEL_TARGET_REF,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("registry request {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("registry {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("token response from {0} has no token")]
+    NoToken(String),
+    #[error("image reference {0:?} is not valid")]
+    BadReference(String),
+    #[error("layer {digest} of remote image {manifest}: {reason}")]
+    Layer {
+        digest: String,
+        manifest: String,
+        reason: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, RemoteError>;
+
+/// Registry repository + manifest digest of the image being pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// `host[:port]` the image is pulled from.
+    pub host: String,
+    pub repo: String,
+    pub manifest: String,
+}
+
+impl ImageRef {
+    /// From `cri.image-ref` (`host/repo[:tag][@digest]`) and `cri.manifest-digest`.
+    pub fn parse(image_ref: &str, manifest: &str) -> Result<Self> {
+        let bad = || RemoteError::BadReference(image_ref.to_owned());
+        let without_digest = image_ref.split('@').next().unwrap_or(image_ref);
+        let (host, rest) = without_digest.split_once('/').ok_or_else(bad)?;
+        // docker's rule: the first component is a host if it has '.' or ':' or is localhost.
+        if !(host.contains('.') || host.contains(':') || host == "localhost") {
+            return Err(bad());
+        }
+        let repo = match rest.rsplit_once(':') {
+            Some((r, tag)) if !tag.contains('/') => r,
+            _ => rest,
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.split('/').all(|c| {
+                    c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                        && c.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                        })
+                })
+        };
+        let digest_ok = manifest.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+        if !valid(repo) || !digest_ok {
+            return Err(bad());
+        }
+        Ok(ImageRef {
+            host: host.to_owned(),
+            repo: repo.to_owned(),
+            manifest: manifest.to_owned(),
+        })
+    }
+}
+
+/// One layer of a remote image, as a Prepare's labels name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRef {
+    pub image: ImageRef,
+    /// Compressed layer digest (`cri.layer-digest`).
+    pub digest: String,
+    /// The registry's `/mount` answer for the image.
+    pub mount_info: Arc<MountInfo>,
+}
+
+/// The registry's answer for one image.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Remote(Arc<MountInfo>),
+    /// 404: repository not teleport-enabled or image not expanded.
+    NotEnabled,
+    /// Still 409 after the bounded wait.
+    Expanding,
+}
+
+pub trait RemoteResolver: Send + Sync + 'static {
+    fn resolve<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<Decision>>;
+}
+
+/// Makes a remote layer's tree appear at `target` (the committed snapshot's `fs` dir), and
+/// takes it away again. [`fuse::FuseLayers`] does it with a per-layer FUSE mount.
+pub trait LayerMounter: Send + Sync + 'static {
+    fn mount_layer<'a>(
+        &'a self,
+        layer: &'a LayerRef,
+        target: &'a Path,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// One mount at `target` presenting the merged tree of `layers` (bottom → top). Returns
+    /// Ok without remounting when `target` is already mounted.
+    fn mount_merged<'a>(
+        &'a self,
+        layers: &'a [LayerRef],
+        target: &'a Path,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// No-op when nothing is mounted at `target`.
+    fn unmount_layer<'a>(&'a self, target: &'a Path) -> BoxFuture<'a, Result<()>>;
+    /// Everything this mounter mounted (clean shutdown).
+    fn unmount_all(&self) -> BoxFuture<'_, ()>;
+    fn is_mounted(&self, target: &Path) -> bool;
+    /// Fetch counters of each live mount, for `/metrics`.
+    fn stats(&self) -> Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)> {
+        Vec::new()
+    }
+}
+
+pub enum RemoteOutcome {
+    Local,
+    Remote { target: String, layer: LayerRef },
+}
+
+#[derive(Clone)]
+enum Cached {
+    Remote(Arc<MountInfo>),
+    /// Remembered for a while so one pull's layers agree and do not each wait out a 409.
+    Local(Instant),
+}
+
+/// How long a "download it" decision is reused for an image.
+const LOCAL_DECISION_TTL: Duration = Duration::from_secs(300);
+
+pub struct RemoteLayers {
+    resolver: Arc<dyn RemoteResolver>,
+    mounter: Arc<dyn LayerMounter>,
+    decisions: Mutex<HashMap<String, Cached>>,
+    merged: bool,
+    /// Serialises merged mounts so two Prepares do not mount the same image twice.
+    merging: tokio::sync::Mutex<()>,
+}
+
+impl RemoteLayers {
+    /// `merged`: present each image's remote layers as one merged mount (mounted when a
+    /// container needs it) instead of one mount per layer.
+    pub fn new(
+        resolver: Arc<dyn RemoteResolver>,
+        mounter: Arc<dyn LayerMounter>,
+        merged: bool,
+    ) -> Self {
+        RemoteLayers {
+            resolver,
+            mounter,
+            decisions: Mutex::new(HashMap::new()),
+            merged,
+            merging: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn merged(&self) -> bool {
+        self.merged
+    }
+
+    /// Mounts one recorded remote layer at `target` unless it is mounted already.
+    pub async fn ensure_layer(
+        &self,
+        labels: &Labels,
+        target: &Path,
+    ) -> std::result::Result<(), SnapshotError> {
+        let _one_at_a_time = self.merging.lock().await;
+        if self.mounter.is_mounted(target) {
+            return Ok(());
+        }
+        self.restore(labels, target).await
+    }
+
+    /// Mounts the merged tree of the remote layers recorded with `labels` (bottom → top) at
+    /// `target` unless it is mounted already.
+    pub async fn ensure_merged(
+        &self,
+        labels: &[Labels],
+        target: &Path,
+    ) -> std::result::Result<(), SnapshotError> {
+        let _one_at_a_time = self.merging.lock().await;
+        let mut layers = Vec::with_capacity(labels.len());
+        for l in labels {
+            match self.decide(l).await {
+                RemoteOutcome::Remote { layer, .. } => layers.push(layer),
+                RemoteOutcome::Local => {
+                    return Err(SnapshotError::FailedPrecondition(format!(
+                        "remote layer {:?} is no longer available from the registry",
+                        l.get(LABEL_CRI_LAYER_DIGEST)
+                    )))
+                }
+            }
+        }
+        Ok(self.mounter.mount_merged(&layers, target).await?)
+    }
+
+    fn cached(&self, manifest: &str) -> Option<Cached> {
+        let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        d.get(manifest).cloned()
+    }
+
+    fn remember(&self, manifest: &str, c: Cached) {
+        let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        // Never demote a remote image to local.
+        if !matches!(d.get(manifest), Some(Cached::Remote(_))) {
+            d.insert(manifest.to_owned(), c);
+        }
+    }
+
+    /// Remote or local for this Prepare. Errors before an image is known remote mean local;
+    /// they are only logged.
+    pub async fn decide(&self, labels: &Labels) -> RemoteOutcome {
+        let (Some(target), Some(digest), Some(image_ref), Some(manifest)) = (
+            labels.get(LABEL_TARGET_REF),
+            labels.get(LABEL_CRI_LAYER_DIGEST),
+            labels.get(LABEL_CRI_IMAGE_REF),
+            labels.get(LABEL_CRI_MANIFEST_DIGEST),
+        ) else {
+            return RemoteOutcome::Local;
+        };
+        let image = match ImageRef::parse(image_ref, manifest) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "not a teleport image reference; pulling normally");
+                return RemoteOutcome::Local;
+            }
+        };
+        // Per repository and digest: the same manifest pushed to a repo that is not
+        // teleport-enabled must not reuse another repo's remote decision.
+        let cache_key = format!("{}/{}@{}", image.host, image.repo, image.manifest);
+        let info = match self.cached(&cache_key) {
+            Some(Cached::Remote(info)) => info,
+            Some(Cached::Local(at)) if at.elapsed() < LOCAL_DECISION_TTL => {
+                return RemoteOutcome::Local
+            }
+            _ => match self.resolver.resolve(&image).await {
+                Ok(Decision::Remote(info)) => {
+                    info!(repo = %image.repo, %manifest, "image is expanded: mounting its layers");
+                    self.remember(&cache_key, Cached::Remote(info.clone()));
+                    info
+                }
+                Ok(d) => {
+                    info!(repo = %image.repo, %manifest, decision = ?d, "pulling normally");
+                    self.remember(&cache_key, Cached::Local(Instant::now()));
+                    return RemoteOutcome::Local;
+                }
+                Err(e) => {
+                    warn!(repo = %image.repo, %manifest, error = %e, "registry check failed; pulling normally");
+                    self.remember(&cache_key, Cached::Local(Instant::now()));
+                    return RemoteOutcome::Local;
+                }
+            },
+        };
+        RemoteOutcome::Remote {
+            target: target.clone(),
+            layer: LayerRef {
+                image,
+                digest: digest.clone(),
+                mount_info: info,
+            },
+        }
+    }
+
+    pub async fn mount_layer(
+        &self,
+        layer: &LayerRef,
+        target: &Path,
+    ) -> std::result::Result<(), SnapshotError> {
+        Ok(self.mounter.mount_layer(layer, target).await?)
+    }
+
+    /// Re-mounts a remote snapshot recorded in metadata (after a restart) from its labels.
+    pub async fn restore(
+        &self,
+        labels: &Labels,
+        target: &Path,
+    ) -> std::result::Result<(), SnapshotError> {
+        match self.decide(labels).await {
+            RemoteOutcome::Remote { layer, .. } => self.mount_layer(&layer, target).await,
+            RemoteOutcome::Local => Err(SnapshotError::FailedPrecondition(format!(
+                "remote snapshot at {target:?} is no longer available from the registry"
+            ))),
+        }
+    }
+
+    pub async fn unmount_layer(&self, target: &Path) -> std::result::Result<(), SnapshotError> {
+        Ok(self.mounter.unmount_layer(target).await?)
+    }
+
+    pub fn stats(&self) -> Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)> {
+        self.mounter.stats()
+    }
+
+    pub async fn unmount_all(&self) {
+        self.mounter.unmount_all().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn image_refs() {
+        let i = ImageRef::parse("127.0.0.1:5000/team/app:v1", D).unwrap();
+        assert_eq!(
+            (i.host.as_str(), i.repo.as_str()),
+            ("127.0.0.1:5000", "team/app")
+        );
+        let i = ImageRef::parse(&format!("localhost/app@{D}"), D).unwrap();
+        assert_eq!(i.repo, "app");
+        assert!(ImageRef::parse("docker.io/library/x:1", D).is_ok());
+        for bad in ["app:v1", "h.io/", "h.io/UPPER", "h.io/a//b", "h.io/../x"] {
+            assert!(ImageRef::parse(bad, D).is_err(), "{bad}");
+        }
+        assert!(ImageRef::parse("h.io/a", "sha256:xyz").is_err());
+    }
+}

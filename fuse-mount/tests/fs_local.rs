@@ -1,0 +1,503 @@
+//! Real FUSE (+ real overlayfs) over expanded layers whose data blobs are local files, read
+//! through the same chunk cache and digest checks as the registry path. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fs_support;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+
+use fs_support::*;
+use fuse_mount::fetch::{Client, ClientOptions, Counters, LayerHandle};
+use fuse_mount::fs::{mount_layer, mount_layer_over, mount_merged, MountOptions};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    client: Client,
+    layers: Vec<LayerHandle>,
+    data_files: Vec<PathBuf>,
+}
+
+/// Expand the test layers with the emulator into `tmp/layers/N.data`, open them locally.
+fn env_with(corrupt: bool) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let client = Client::new(
+        "http://127.0.0.1:9",
+        None,
+        root.join("cache"),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("layers")).unwrap();
+    let mut layers = Vec::new();
+    let mut data_files = Vec::new();
+    for (i, tar) in test_layers().iter().enumerate() {
+        let path = root.join(format!("layers/{i}.data"));
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let opts = emulator::ExpandOptions {
+            chunk_size: CHUNK,
+            ..Default::default()
+        };
+        let ex = emulator::expand_to_file(
+            &tar[..],
+            Some(emulator::oci::MT_OCI_LAYER_TAR),
+            None,
+            &mut f,
+            &opts,
+        )
+        .unwrap();
+        if corrupt {
+            let mut b = std::fs::read(&path).unwrap();
+            for x in b.iter_mut() {
+                *x ^= 0x5a;
+            }
+            std::fs::write(&path, b).unwrap();
+        }
+        let f = File::open(&path).unwrap();
+        layers.push(client.local_layer(ex.index, Arc::new(f)));
+        data_files.push(path);
+    }
+    Env {
+        _tmp: tmp,
+        root,
+        client,
+        layers,
+        data_files,
+    }
+}
+
+fn mkdir(p: &Path) -> PathBuf {
+    std::fs::create_dir_all(p).unwrap();
+    p.to_path_buf()
+}
+
+fn opts() -> MountOptions {
+    MountOptions {
+        prefetch_on_open: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn fs_merged_view_equals_overlay_of_per_layer_mounts() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/merged"));
+    let merged = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    let mut per_layer = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, l) in env.layers.iter().enumerate() {
+        let d = mkdir(&env.root.join(format!("mnt/l{i}")));
+        let lowers = &env.layers[..i];
+        per_layer.push(mount_layer_over(&d, l.clone(), lowers, &opts()).unwrap());
+        dirs.push(d);
+    }
+    let ovl = mkdir(&env.root.join("mnt/ovl"));
+    let top_first: Vec<&Path> = dirs.iter().rev().map(PathBuf::as_path).collect();
+    let overlay = KernelMount::overlay(&ovl, &top_first);
+
+    let a = walk(&m);
+    let b = walk(&ovl);
+    for (k, v) in &a {
+        assert_eq!(Some(v), b.get(k), "path {k} differs (merged vs overlay)");
+    }
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+
+    // The expected merged view, independently of the emulator.
+    for gone in ["gone.txt", "gonedir", "opq/x", "opq/y", "etc/conf/a.conf"] {
+        assert!(!a.contains_key(gone), "{gone} should be deleted");
+    }
+    assert_eq!(a["opq"].mode, 0o711);
+    assert!(a.contains_key("opq/z"));
+    assert_eq!(a["etc"].mode, 0o700);
+    assert_eq!(a["etc/conf"].mode, 0o750);
+    assert_eq!(a["etc/conf/b.conf"].sha, Some(sha(b"b=2\n")));
+    assert_eq!(a["etc/conf/c.conf"].sha, Some(sha(b"c=3\n")));
+    assert_eq!(
+        a["etc/passwd"].sha,
+        Some(sha(b"root:x:0:0\nuser:x:1000:1000\n"))
+    );
+    assert_eq!(a["data/big.bin"].sha, Some(sha(&big_file())));
+    assert_eq!(a["data/big.bin"].size, big_file().len() as u64);
+    assert_eq!(
+        a["data/big.bin"].blocks,
+        (big_file().len() as u64).div_ceil(4096) * 8
+    );
+    assert_eq!(a["data/lonely.bin"].sha, Some(sha(&lonely_file())));
+    assert_eq!(a["data/new.bin"].sha, Some(sha(&bytes(3, 200_000))));
+    assert_eq!(a["data/dup.txt"].sha, a["data/small.txt"].sha);
+    assert_eq!(
+        a["data/small.txt"].xattrs,
+        vec![("user.note".to_string(), b"hi\0there".to_vec())]
+    );
+    let tool = &a["usr/bin/tool"];
+    assert_eq!(
+        (tool.mode, tool.uid, tool.gid, tool.nlink),
+        (0o4755, 1000, 1000, 2)
+    );
+    assert_eq!(tool.sha, Some(sha(&bytes(2, 5000))));
+    assert_eq!(tool.inode_group.as_deref(), Some("usr/bin/tool"));
+    assert_eq!(
+        a["usr/bin/tool2"].inode_group.as_deref(),
+        Some("usr/bin/tool")
+    );
+    assert_eq!(a["bin"].kind, "symlink");
+    assert_eq!(a["bin"].link.as_deref(), Some("usr/bin"));
+    assert_eq!(a["dev/null"].kind, "char");
+    assert_eq!(a["dev/null"].rdev, libc::makedev(1, 3));
+    assert_eq!(a["dev/fifo"].kind, "fifo");
+    assert_eq!(a["etc/passwd"].mtime, 1_700_000_000);
+
+    // Per-layer form: whiteouts are 0/0 char devices, opaque dirs carry the overlay xattr.
+    let wh = std::fs::symlink_metadata(dirs[1].join("gone.txt")).unwrap();
+    assert_eq!((wh.mode() & libc::S_IFMT, wh.rdev()), (libc::S_IFCHR, 0));
+    let mut v = [0u8; 8];
+    let p = std::ffi::CString::new(dirs[1].join("opq").to_str().unwrap()).unwrap();
+    let name = std::ffi::CString::new("trusted.overlay.opaque").unwrap();
+    // SAFETY: valid strings and buffer.
+    let n = unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    assert_eq!(&v[..n.max(0) as usize], b"y");
+    // Misses (cached negative entries) stay misses, in both views; a file is not a dir.
+    for _ in 0..2 {
+        for root in [&m, &ovl] {
+            let e = std::fs::metadata(root.join("etc/nope")).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        }
+        let e = std::fs::metadata(m.join("etc/passwd/x")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
+    // statfs: a read-only filesystem sized like its contents.
+    let c = std::ffi::CString::new(m.to_str().unwrap()).unwrap();
+    // SAFETY: zeroed statvfs is a valid out-parameter; `c` is a valid path.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0);
+    assert_eq!(sv.f_bsize, 4096);
+    assert!(sv.f_blocks * 4096 >= big_file().len() as u64);
+    assert!(sv.f_files >= a.len() as u64);
+    assert_eq!(sv.f_bfree, 0);
+    assert_ne!(sv.f_flag & libc::ST_RDONLY, 0);
+    // Directory link counts: 2 + subdirectories.
+    let st = std::fs::metadata(m.join("etc")).unwrap();
+    assert_eq!(st.nlink(), 3);
+
+    drop(overlay);
+    for h in per_layer {
+        h.unmount().unwrap();
+    }
+    merged.unmount().unwrap();
+}
+
+#[test]
+fn fs_reads_fetch_only_what_is_read_and_the_cache_serves_later_mounts() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/m"));
+    let total: u64 = env.layers.iter().map(|l| l.index().data_size).sum();
+
+    let h = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    assert_eq!(
+        h.counters().snapshot().bytes_fetched,
+        0,
+        "mount fetches nothing"
+    );
+    let got = std::fs::read(m.join("data/lonely.bin")).unwrap();
+    assert_eq!(got, lonely_file());
+    let s = h.counters().snapshot();
+    let len = lonely_file().len() as u64;
+    assert!(s.bytes_fetched >= len, "{s:?}");
+    assert!(
+        s.bytes_fetched < len + 2 * u64::from(CHUNK),
+        "fetched more than the file: {s:?}"
+    );
+    assert!(s.bytes_fetched * 4 < total, "{s:?} vs layer total {total}");
+    assert_eq!(s.chunks_fetched, len.div_ceil(u64::from(CHUNK)));
+    assert_eq!(s.fetch_errors, 0);
+    h.unmount().unwrap();
+
+    // A new mount (fresh counters, same node cache): served without fetching.
+    let h = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    let got = std::fs::read(m.join("data/lonely.bin")).unwrap();
+    assert_eq!(got, lonely_file());
+    let s = h.counters().snapshot();
+    assert_eq!(s.bytes_fetched, 0, "{s:?}");
+    assert!(s.cache_hits >= len.div_ceil(u64::from(CHUNK)), "{s:?}");
+    h.unmount().unwrap();
+
+    // With prefetch on open, opening and reading one byte pulls the whole file in.
+    let h = mount_merged(
+        &m,
+        env.layers.clone(),
+        &MountOptions {
+            prefetch_on_open: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut f = File::open(m.join("data/big.bin")).unwrap();
+    let mut one = [0u8; 1];
+    f.read_exact(&mut one).unwrap();
+    let want = (big_file().len() as u64).div_ceil(u64::from(CHUNK));
+    let c = h.counters();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.snapshot().chunks_fetched < want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch incomplete: {:?}",
+            c.snapshot()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(c.snapshot().chunks_fetched, want);
+    drop(f);
+    drop(h);
+}
+
+#[test]
+fn fs_concurrent_reads_of_one_chunk_fetch_it_once() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let _guard = NoMountsLeft(env.root.clone());
+    // Library level: 8 threads read the same range at once.
+    let layer = env.layers[0].clone();
+    let counters = Arc::new(Counters::default());
+    let n = 8;
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (layer, counters, barrier) = (layer.clone(), counters.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 3 * CHUNK as usize];
+                barrier.wait();
+                layer.read_data(0, &mut buf, &counters).unwrap();
+                buf
+            })
+        })
+        .collect();
+    let bufs: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(bufs.windows(2).all(|w| w[0] == w[1]));
+    let s = counters.snapshot();
+    assert_eq!(s.chunks_fetched, 3, "{s:?}");
+    assert_eq!(s.bytes_fetched, 3 * u64::from(CHUNK));
+    assert_eq!(s.cache_hits, 3 * (n as u64 - 1), "{s:?}");
+
+    // Through FUSE: parallel readers of one file on a fresh mount.
+    let m = mkdir(&env.root.join("mnt/m"));
+    let h = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    let barrier = Arc::new(Barrier::new(n));
+    let p = m.join("data/new.bin");
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (p, barrier) = (p.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                std::fs::read(p).unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), bytes(3, 200_000));
+    }
+    let s = h.counters().snapshot();
+    assert_eq!(
+        s.chunks_fetched,
+        200_000u64.div_ceil(u64::from(CHUNK)),
+        "{s:?}"
+    );
+    h.unmount().unwrap();
+}
+
+#[test]
+fn fs_corrupt_data_is_an_error_not_served() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(true);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/m"));
+    let h = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    let err = std::fs::read(m.join("data/lonely.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(h.counters().snapshot().fetch_errors >= 1);
+    assert_eq!(h.counters().snapshot().chunks_fetched, 0);
+    // Metadata needs no data: still fine.
+    assert_eq!(
+        std::fs::metadata(m.join("data/lonely.bin")).unwrap().len(),
+        lonely_file().len() as u64
+    );
+    assert!(env.data_files.iter().all(|p| p.exists()));
+    h.unmount().unwrap();
+    let _ = &env.client;
+}
+
+#[test]
+fn fs_busy_mount_is_detached_and_open_files_keep_reading() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/m"));
+    let h = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    let mut f = File::open(m.join("data/big.bin")).unwrap();
+    h.unmount().unwrap();
+    assert!(mounts_under(&m).is_empty(), "mount still visible");
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!(got, big_file());
+}
+
+/// A 29-layer image with ~60k entries (the size class of the published 944 MB, 29-layer
+/// comparison): mounting builds the inode table from the indexes only. Prints the time taken
+/// (no timed assertion); asserts nothing was fetched and the tree is complete.
+#[test]
+fn fs_mount_of_many_layers_reads_no_data() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("fuse_mount=debug")
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let _guard = NoMountsLeft(root.clone());
+    let client = Client::new(
+        "http://127.0.0.1:9",
+        None,
+        root.join("cache"),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let digest = emulator::Digest::sha256_of(b"");
+    let layers: Vec<LayerHandle> = (0..29)
+        .map(|l| {
+            let mut entries = Vec::new();
+            for d in 0..40 {
+                entries.push(emulator::Entry {
+                    path: format!("usr/l{l}/d{d}"),
+                    kind: emulator::EntryKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 1,
+                    size: 0,
+                    link: None,
+                    rdev_major: 0,
+                    rdev_minor: 0,
+                    xattrs: vec![],
+                    data_offset: 0,
+                });
+                for f in 0..50 {
+                    entries.push(emulator::Entry {
+                        path: format!("usr/l{l}/d{d}/f{f}"),
+                        kind: emulator::EntryKind::File,
+                        mode: 0o644,
+                        size: 10,
+                        ..entries[entries.len() - 1 - f].clone()
+                    });
+                }
+            }
+            let index = emulator::Index {
+                layer_digest: None,
+                diff_id: digest.clone(),
+                chunk_size: 1 << 20,
+                data_size: 0,
+                data_digest: digest.clone(),
+                entries,
+                chunks: vec![],
+            };
+            client.local_layer(index, Arc::new(File::open("/dev/null").unwrap()))
+        })
+        .collect();
+    let m = mkdir(&root.join("mnt/m"));
+    let t = std::time::Instant::now();
+    let h = mount_merged(&m, layers.clone(), &opts()).unwrap();
+    let took = t.elapsed();
+    eprintln!(
+        "mount_merged of 29 layers / {} entries: {:?} ({:?} per layer)",
+        29 * 40 * 51,
+        took,
+        took / 29
+    );
+    let n = std::fs::read_dir(m.join("usr")).unwrap().count();
+    assert_eq!(n, 29);
+    let st = std::fs::metadata(m.join("usr/l28/d39/f49")).unwrap();
+    assert_eq!(st.len(), 10);
+    assert_eq!(h.counters().snapshot().bytes_fetched, 0);
+    h.unmount().unwrap();
+    let d = mkdir(&root.join("mnt/l"));
+    let t = std::time::Instant::now();
+    let h = mount_layer(&d, layers[0].clone(), &opts()).unwrap();
+    eprintln!(
+        "mount_layer of one layer / {} entries: {:?}",
+        40 * 51,
+        t.elapsed()
+    );
+    h.unmount().unwrap();
+}
+
+#[test]
+fn fs_background_layer_prefetch_fills_the_cache() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/m"));
+    // Identical chunks (same digest) across layers are fetched once.
+    let distinct: std::collections::BTreeSet<String> = env
+        .layers
+        .iter()
+        .flat_map(|l| l.index().chunks.iter().map(|c| c.digest.to_string()))
+        .collect();
+    let h = mount_merged(
+        &m,
+        env.layers.clone(),
+        &MountOptions {
+            prefetch_layers: true,
+            prefetch_on_open: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c = h.counters();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.snapshot().chunks_fetched < distinct.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch incomplete: {:?} of {}",
+            c.snapshot(),
+            distinct.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let before = c.snapshot();
+    assert_eq!(before.chunks_fetched, distinct.len() as u64);
+    assert_eq!(before.cache_hits, 0, "prefetch does not count as hits");
+    // Everything now reads without another fetch.
+    let a = walk(&m);
+    assert_eq!(a["data/big.bin"].sha, Some(sha(&big_file())));
+    let after = c.snapshot();
+    assert_eq!(after.bytes_fetched, before.bytes_fetched);
+    assert!(after.cache_hits > 0);
+    h.unmount().unwrap();
+}

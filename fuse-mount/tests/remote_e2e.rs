@@ -1,0 +1,278 @@
+//! The remote path end to end: a teleport-enabled repository in registry-mock, a CRI PullImage
+//! through a containerd whose snapshotter is teleportd with `--experimental-remote`: no layer
+//! blob is downloaded, layers are FUSE-mounted (per-layer mode), a container runs on them,
+//! teleportd restarts and re-mounts, image removal unmounts. Needs root, FUSE, containerd.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{mounts_under, Containerd, Teleportd, TestDir};
+use containerd_client::services::v1::snapshots::{
+    snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest,
+};
+use fuse_mount::snapshot::LABEL_REMOTE;
+use k8s_cri::v1::{
+    image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
+};
+use registry_mock::metrics::ServedKind;
+
+async fn remote_committed(socket: &std::path::Path) -> usize {
+    let ch = containerd_client::connect(socket).await.unwrap();
+    let mut s = SnapshotsClient::new(ch)
+        .list(ListSnapshotsRequest {
+            snapshotter: String::new(),
+            filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        n += m
+            .info
+            .iter()
+            .filter(|i| {
+                i.kind == Kind::Committed as i32
+                    && i.labels.get(LABEL_REMOTE).is_some_and(|v| v == "true")
+            })
+            .count();
+    }
+    n
+}
+
+fn fuse_mounts(dir: &std::path::Path) -> usize {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains(" - fuse") && l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&d))
+        })
+        .count()
+}
+
+fn run(ctrd: &Containerd, image: &str, id: &str) -> String {
+    ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "teleportd",
+        image,
+        id,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        common::TREE_CMD,
+    ])
+}
+
+#[test]
+fn per_layer_mode() {
+    remote_pull_run_restart_remove("per-layer");
+}
+
+#[test]
+fn merged_mode() {
+    remote_pull_run_restart_remove("merged");
+}
+
+/// CRI pull of a teleport image: no layer blob downloaded, layers FUSE-mounted (one mount per
+/// layer, or one merged mount per image when a container needs it), container view identical
+/// to a standard pull's.
+fn remote_pull_run_restart_remove(mode: &str) {
+    if !common::prerequisites() {
+        return;
+    }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI: /dev/fuse missing"
+        );
+        eprintln!("SKIPPED: no /dev/fuse");
+        return;
+    }
+    let t = TestDir::new();
+    let dir = t.path();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cfg = registry_mock::Config::new(dir.join("reg"));
+    cfg.teleport_repos = vec!["tele/app".into()];
+    let reg = rt.block_on(registry_mock::start(cfg)).unwrap();
+    let image = format!("{}/tele/app:1", reg.addr());
+    let archive = dir.join("image.tar");
+    common::test_image(&archive, "unused.test/app:1");
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}:1", archive.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let socket = dir.join("teleportd.sock");
+    let root = dir.join("teleportd");
+    let args = [
+        "--experimental-remote",
+        "--mount-mode",
+        mode,
+        "--registry",
+        &reg.url(),
+        "--cache-dir",
+    ];
+    let cache = dir.join("cache");
+    // A free port for /metrics (released just before teleportd binds it).
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut targs: Vec<&str> = args.to_vec();
+    targs.extend([cache.to_str().unwrap(), "--metrics-addr", &metrics_addr]);
+    let log = dir.join("teleportd.log");
+    let mut td = Teleportd::start_with(&root, &socket, &log, &targs);
+    let mut ctrd =
+        Containerd::start_with(&dir.join("ctrd"), &socket, Some(&reg.addr().to_string()));
+    ctrd.namespace = "k8s.io".into();
+
+    let blobs_before = reg.metrics().served(ServedKind::LayerBlob);
+    rt.block_on(async {
+        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        ImageServiceClient::new(ch)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull: {e}\n{}", common::tail(&td.log_text(), 30)));
+    });
+    assert_eq!(
+        reg.metrics().served(ServedKind::LayerBlob),
+        blobs_before,
+        "no layer blob downloaded"
+    );
+    assert_eq!(rt.block_on(remote_committed(&socket)), 2);
+    let (after_pull, after_run) = if mode == "merged" { (0, 1) } else { (2, 2) };
+    assert_eq!(fuse_mounts(dir), after_pull, "FUSE mounts after the pull");
+
+    let out = run(&ctrd, &image, &format!("{mode}-c1"));
+    assert_eq!(out, common::expected_tree());
+    assert_eq!(
+        fuse_mounts(dir),
+        after_run,
+        "FUSE mounts after a container ran"
+    );
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let total = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        total("teleportd_fuse_mounts "),
+        after_run as u64,
+        "{metrics}"
+    );
+    assert!(total("teleportd_fuse_bytes_read_total") > 0, "{metrics}");
+    assert!(total("teleportd_fuse_bytes_fetched_total") > 0, "{metrics}");
+    assert!(
+        reg.metrics().served(ServedKind::ExpandedData) > 0,
+        "file bytes fetched lazily"
+    );
+
+    // Restart: a clean stop unmounts, a start re-mounts from metadata.
+    assert!(td.stop().success());
+    assert_eq!(fuse_mounts(dir), 0, "clean stop unmounts");
+    drop(td);
+    let td = Teleportd::start_with(&root, &socket, &log, &targs);
+    common::wait_for("re-mounted layers", Duration::from_secs(30), || {
+        (fuse_mounts(dir) == after_pull).then_some(())
+    });
+    // containerd's proxy client reconnects with backoff.
+    common::wait_for("containerd to reconnect", Duration::from_secs(30), || {
+        let o = ctrd.ctr_raw(&["snapshots", "--snapshotter", "teleportd", "ls"]);
+        o.status.success().then_some(())
+    });
+    let out = run(&ctrd, &image, &format!("{mode}-c2"));
+    assert_eq!(out, common::expected_tree());
+
+    rt.block_on(async {
+        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        ImageServiceClient::new(ch)
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    });
+    common::wait_for("GC of remote snapshots", Duration::from_secs(30), || {
+        (rt.block_on(remote_committed(&socket)) == 0).then_some(())
+    });
+    assert_eq!(fuse_mounts(dir), 0, "removed snapshots are unmounted");
+
+    // The same image in a repository that is not teleport-enabled: teleportd falls back, and
+    // containerd downloads and unpacks it as usual.
+    let plain = format!("{}/plain/app:1", reg.addr());
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}:1", archive.display()))
+        .arg(format!("docker://{plain}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = reg.metrics().served(ServedKind::LayerBlob);
+    rt.block_on(async {
+        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        ImageServiceClient::new(ch)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: plain.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    assert!(
+        reg.metrics().served(ServedKind::LayerBlob) > before,
+        "fallback downloads layers"
+    );
+    assert_eq!(rt.block_on(remote_committed(&socket)), 0);
+    assert_eq!(fuse_mounts(dir), 0);
+    let out = run(&ctrd, &plain, &format!("{mode}-plain"));
+    assert_eq!(out, common::expected_tree());
+    drop(ctrd);
+    drop(td);
+    rt.block_on(reg.shutdown()).unwrap();
+    assert!(
+        mounts_under(dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir)
+    );
+}
