@@ -1,1 +1,39 @@
-//! testbed: owned by the testbed issue (#4); not built yet.
+//! testbed: the seed's A/B experiment on one machine. Owns provisioning, real containerd nodes
+//! (`shuttle` = overlayfs, `teleporter` = teleportd), the kubelet-like CRI pod lifecycle, the
+//! compare plan and its reports. Uses registry-mock, fixtures and teleportd as libraries or
+//! binaries; never re-implements their format or merge logic.
+//!
+//! ```text
+//! testbed provision                                  # check / install containerd, runc, fuse3 …
+//! testbed compare --scale 0.01 --reps 1 --out bench-out/quick
+//! testbed compare --bandwidth 1Gbit --latency 10ms --out bench-out   # full size, 3 reps
+//! testbed nodes up [--dir /tmp/testbed-nodes]        # shuttle + teleporters + registry, by hand
+//! testbed recycle teleporter-merged                  # stop, unmount, wipe, start
+//! testbed check-expansion --registry http://127.0.0.1:PORT azure-vote-front v1
+//! testbed nodes down
+//! ```
+//!
+//! Modules: [`provision`] (prerequisites), [`node`] (one containerd + optional teleportd, with
+//! recycle), [`mounts`] and [`process`] (teardown by PID and mountinfo), [`cri`] (k8s-cri client
+//! over the node socket), [`pod`] and [`events`] (kubelet's path with `kubectl describe`-style
+//! events), [`bed`] (fixtures, registry, node set), [`compare`] (the plan), [`metrics`]
+//! (registry `/metrics` deltas), [`report`] (md / json / svg), [`expansion`] (check-expansion),
+//! [`control`] (the `nodes up` control socket).
+
+pub mod cri;
+pub mod error;
+pub mod mounts;
+pub mod node;
+pub mod process;
+pub mod provision;
+
+pub use error::{Error, Result};
+pub mod bed;
+pub mod compare;
+pub mod control;
+pub mod events;
+pub mod expansion;
+pub mod machine;
+pub mod metrics;
+pub mod pod;
+pub mod report;

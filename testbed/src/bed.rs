@@ -1,0 +1,219 @@
+//! The bench's world: fixture images (built once, cached by profile/scale/variant), an
+//! in-process registry-mock with link emulation and teleport-enabled repos, and the nodes.
+
+use crate::error::{Error, Result};
+use crate::expansion::{self, Expansion};
+use crate::node::{MountMode, Node, NodeConfig, NodeKind};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Squashed or not: the seed's two image shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// The profile's layers (azure-vote-front: 29).
+    Layered,
+    /// One layer holding the same final filesystem (`docker build --squash`).
+    Squashed,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Layered => "layered",
+            Variant::Squashed => "squashed",
+        }
+    }
+    /// Tag pushed to the registry (the seed used `:v1` and `:squashed`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Variant::Layered => "v1",
+            Variant::Squashed => "squashed",
+        }
+    }
+}
+
+/// Name of the pause image's repository and tag in the registry.
+pub const PAUSE_REPO: &str = "pause";
+pub const PAUSE_TAG: &str = "tb";
+
+/// A fixture image built on disk.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    pub variant: Option<Variant>,
+    pub layout: PathBuf,
+    pub info: fixtures::ImageInfo,
+}
+
+fn scale_tag(scale: f64) -> String {
+    format!("{scale}").replace('.', "_")
+}
+
+/// Build (or reuse, when `image-info.json` says it is the same image) one fixture.
+pub async fn fixture(
+    cache: &Path,
+    profile: &str,
+    scale: f64,
+    variant: Option<Variant>,
+    progress: bool,
+) -> Result<Fixture> {
+    let p = fixtures::profile::by_name(profile)
+        .ok_or_else(|| Error::Invalid(format!("unknown fixture profile {profile:?}")))?;
+    let squash = variant == Some(Variant::Squashed);
+    let tag = variant.map_or(PAUSE_TAG, Variant::tag).to_string();
+    let dir = cache.join(format!(
+        "{profile}-s{}-{}",
+        scale_tag(scale),
+        variant.map_or("image", Variant::as_str)
+    ));
+    if let Ok(info) = fixtures::ImageInfo::load(&dir) {
+        if info.profile == profile
+            && info.scale == scale
+            && info.squashed == squash
+            && info.tag == tag
+        {
+            tracing::info!(layout = %dir.display(), "reusing fixture");
+            return Ok(Fixture {
+                variant,
+                layout: dir,
+                info,
+            });
+        }
+    }
+    let mut opts = fixtures::BuildOptions::new(p);
+    opts.scale = scale;
+    opts.squash = squash;
+    opts.tag = tag;
+    opts.progress = progress;
+    let out = dir.clone();
+    let info = tokio::task::spawn_blocking(move || fixtures::build(&opts, &out))
+        .await
+        .map_err(|e| Error::Invalid(format!("fixture build task: {e}")))?
+        .map_err(|e| Error::Invalid(format!("fixture {profile}: {e}")))?;
+    Ok(Fixture {
+        variant,
+        layout: dir,
+        info,
+    })
+}
+
+/// Push a fixture's layout to `host/repo:tag`.
+pub async fn push(fx: &Fixture, host: &str, repo: &str) -> Result<String> {
+    let reference = format!("{host}/{repo}:{}", fx.info.tag);
+    let target = reference
+        .parse()
+        .map_err(|e| Error::Invalid(format!("reference {reference}: {e}")))?;
+    let opts = fixtures::PushOptions::new(fx.layout.clone(), target);
+    fixtures::push(&opts).await.map_err(|e| Error::Registry {
+        url: host.into(),
+        reason: format!("push {reference}: {e}"),
+    })?;
+    Ok(reference)
+}
+
+/// Start the in-process registry.
+pub async fn start_registry(
+    root: &Path,
+    bandwidth_bytes_per_sec: Option<u64>,
+    latency: Duration,
+    teleport_repos: Vec<String>,
+) -> Result<registry_mock::Registry> {
+    let mut cfg = registry_mock::Config::new(root);
+    cfg.anonymous_pull = true;
+    cfg.link.bandwidth_bytes_per_sec = bandwidth_bytes_per_sec;
+    cfg.link.latency = latency;
+    cfg.teleport_repos = teleport_repos;
+    registry_mock::start(cfg)
+        .await
+        .map_err(|e| Error::Registry {
+            url: root.display().to_string(),
+            reason: format!("start: {e}"),
+        })
+}
+
+/// Wait until the registry says every layer of `repo:tag` is expanded.
+pub async fn ensure_expanded(
+    registry_url: &str,
+    repo: &str,
+    tag: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let (digest, state) = expansion::check_expansion(registry_url, repo, tag, timeout).await?;
+    tracing::info!(repo, tag, %digest, %state, "check-expansion");
+    match state {
+        Expansion::Ready => Ok(()),
+        other => Err(Error::Registry {
+            url: registry_url.into(),
+            reason: format!("{repo}:{tag} ({digest}): {other}"),
+        }),
+    }
+}
+
+/// Where the `teleportd` binary is: explicit, `$TELEPORTD_BIN`, beside this executable (or one
+/// level up, for test binaries in `target/*/deps`), or `$PATH`.
+pub fn find_teleportd(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("TELEPORTD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let c = dir.join("teleportd");
+            if c.is_file() {
+                return Some(c);
+            }
+        }
+    }
+    crate::provision::in_path("teleportd")
+}
+
+/// Which nodes to start.
+#[derive(Debug, Clone)]
+pub struct NodeSet {
+    pub shuttle: bool,
+    pub mount_modes: Vec<MountMode>,
+    pub teleportd_bin: Option<PathBuf>,
+    /// Extra flags passed to every teleportd.
+    pub teleportd_args: Vec<String>,
+}
+
+/// Start the shuttle and one teleporter per mount mode under `dir`.
+pub async fn start_nodes(
+    dir: &Path,
+    set: &NodeSet,
+    registry: &registry_mock::Registry,
+) -> Result<Vec<Node>> {
+    let host = registry.addr().to_string();
+    let sandbox_image = format!("{host}/{PAUSE_REPO}:{PAUSE_TAG}");
+    let mut kinds: Vec<(String, NodeKind)> = Vec::new();
+    if set.shuttle {
+        kinds.push(("shuttle".into(), NodeKind::Shuttle));
+    }
+    if !set.mount_modes.is_empty() {
+        let bin = find_teleportd(set.teleportd_bin.as_deref()).ok_or_else(|| Error::Prerequisites {
+            missing: "teleportd binary".into(),
+            hint: "build it with `cargo build -p fuse-mount --bin teleportd`, or pass --teleportd PATH / set TELEPORTD_BIN".into(),
+        })?;
+        for mode in &set.mount_modes {
+            kinds.push((
+                format!("teleporter-{}", mode.as_str()),
+                NodeKind::Teleporter {
+                    mount_mode: *mode,
+                    registry_url: registry.url(),
+                    teleportd_bin: bin.clone(),
+                    extra_args: set.teleportd_args.clone(),
+                },
+            ));
+        }
+    }
+    let mut nodes = Vec::new();
+    for (name, kind) in kinds {
+        let mut cfg = NodeConfig::new(&name, &dir.join(&name), kind);
+        cfg.sandbox_image = sandbox_image.clone();
+        cfg.registries = vec![host.clone()];
+        nodes.push(Node::start(cfg).await?);
+    }
+    Ok(nodes)
+}

@@ -1,0 +1,341 @@
+//! `testbed`: the seed's A/B experiment (standard pull vs Teleport) on real containerd nodes.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use testbed::bed::{self, NodeSet, PAUSE_REPO};
+use testbed::compare::{compare, CompareOptions};
+use testbed::control::{self, Command};
+use testbed::node::MountMode;
+
+#[derive(Parser)]
+#[command(
+    name = "testbed",
+    version,
+    about = "Standard pull vs Teleport on real containerd nodes, over CRI (like kubelet)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start or stop nodes (shuttle + teleporters) and a registry for poking by hand.
+    Nodes {
+        #[command(subcommand)]
+        action: NodesCmd,
+    },
+    /// Recycle a node of a running `testbed nodes up`: stop, unmount, wipe, start.
+    Recycle {
+        /// Node name (`shuttle`, `teleporter-per-layer`, `teleporter-merged`).
+        node: String,
+        #[arg(long, default_value = "/tmp/testbed-nodes")]
+        dir: PathBuf,
+    },
+    /// Teleport's check-expansion.sh: HEAD the tag, poll /mount until ready / not enabled.
+    CheckExpansion {
+        /// Registry base URL, e.g. http://127.0.0.1:5000
+        #[arg(long)]
+        registry: String,
+        repo: String,
+        tag: String,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Check (and, as root with apt, install) what real nodes need: containerd, runc, ctr,
+    /// fusermount3, /dev/fuse, overlayfs, root.
+    Provision,
+    /// The A/B comparison: every variant × node × rep on recycled nodes; writes report.{md,json,svg}.
+    Compare(CompareArgs),
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Start the nodes and a registry in the foreground until Ctrl-C or `nodes down`.
+    Up {
+        #[arg(long, default_value = "/tmp/testbed-nodes")]
+        dir: PathBuf,
+        /// Teleporter nodes to start (empty: shuttle only).
+        #[arg(long, value_delimiter = ',', default_value = "per-layer,merged")]
+        mount_modes: Vec<String>,
+        /// teleportd binary (default: beside this binary, $TELEPORTD_BIN, or $PATH).
+        #[arg(long)]
+        teleportd: Option<PathBuf>,
+        /// Extra flag for every teleportd (repeatable).
+        #[arg(long = "teleportd-arg", allow_hyphen_values = true)]
+        teleportd_args: Vec<String>,
+        /// Repositories to teleport-enable on the registry.
+        #[arg(long, value_delimiter = ',', default_value = "azure-vote-front,redis")]
+        teleport_repos: Vec<String>,
+    },
+    /// Stop a running `nodes up`.
+    Down {
+        #[arg(long, default_value = "/tmp/testbed-nodes")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Fixture profile (azure-vote-front, redis).
+    #[arg(long, default_value = "azure-vote-front")]
+    profile: String,
+    /// Size factor for the fixture (1.0 = full size: 944 MB for azure-vote-front).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Cold repetitions per variant and node.
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Registry egress limit, e.g. 1Gbit, 200MiB/s (default: unlimited).
+    #[arg(long)]
+    bandwidth: Option<String>,
+    /// Added per registry request, e.g. 20ms.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Teleporter mount modes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "per-layer,merged")]
+    mount_modes: Vec<String>,
+    /// Image variants: layered, squashed.
+    #[arg(long, value_delimiter = ',', default_value = "layered,squashed")]
+    variants: Vec<String>,
+    /// Share of the image's files the app reads before it is ready (Slacker: ≈6%).
+    #[arg(long, default_value_t = 0.06)]
+    working_set: f64,
+    /// Output directory for report.md, report.json, report.svg.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Work directory (fixture cache, registry, nodes); default OUT/work.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// teleportd binary (default: beside this binary, $TELEPORTD_BIN, or $PATH).
+    #[arg(long)]
+    teleportd: Option<PathBuf>,
+    /// Extra flag for every teleportd (repeatable), e.g. --teleportd-arg=--experimental-remote
+    #[arg(long = "teleportd-arg", allow_hyphen_values = true)]
+    teleportd_args: Vec<String>,
+    /// Per-run limit for the app's ready line.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
+}
+
+fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
+    v.iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(anyhow::Error::from))
+        .collect()
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "testbed=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Compare(a) => run_compare(a).await,
+        Cmd::Provision => {
+            testbed::provision::ensure()?;
+            println!("ready: containerd, runc, ctr, fusermount3, /dev/fuse, overlayfs, root");
+            Ok(())
+        }
+        Cmd::CheckExpansion {
+            registry,
+            repo,
+            tag,
+            timeout,
+        } => {
+            let (digest, state) =
+                testbed::expansion::check_expansion(&registry, &repo, &tag, timeout).await?;
+            println!("{repo}:{tag} {digest}: {state}");
+            if state != testbed::expansion::Expansion::Ready {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Recycle { node, dir } => {
+            control::send(&dir, &format!("recycle {node}")).await?;
+            println!("{node}: recycled");
+            Ok(())
+        }
+        Cmd::Nodes {
+            action: NodesCmd::Down { dir },
+        } => {
+            control::send(&dir, "down").await?;
+            println!("nodes stopped");
+            Ok(())
+        }
+        Cmd::Nodes {
+            action:
+                NodesCmd::Up {
+                    dir,
+                    mount_modes: modes,
+                    teleportd,
+                    teleportd_args,
+                    teleport_repos,
+                },
+        } => {
+            let set = NodeSet {
+                shuttle: true,
+                mount_modes: mount_modes(&modes)?,
+                teleportd_bin: teleportd,
+                teleportd_args,
+            };
+            nodes_up(dir, set, teleport_repos).await
+        }
+    }
+}
+
+async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
+    let mut o = CompareOptions::new(&a.out);
+    o.profile = a.profile;
+    o.scale = a.scale;
+    o.reps = a.reps;
+    o.bandwidth_bytes_per_sec = match &a.bandwidth {
+        Some(b) => Some(registry_mock::parse_bandwidth(b).context("--bandwidth")?),
+        None => None,
+    };
+    o.bandwidth_label = a.bandwidth;
+    o.latency = a.latency;
+    o.mount_modes = mount_modes(&a.mount_modes)?;
+    o.variants = a
+        .variants
+        .iter()
+        .map(|v| match v.as_str() {
+            "layered" => Ok(bed::Variant::Layered),
+            "squashed" => Ok(bed::Variant::Squashed),
+            other => bail!("unknown variant {other:?} (layered, squashed)"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    o.working_set = a.working_set;
+    o.work_dir = a.work_dir;
+    o.teleportd_bin = a.teleportd;
+    o.teleportd_args = a.teleportd_args;
+    o.ready_timeout = a.ready_timeout;
+    let report = tokio::select! {
+        r = compare(&o) => r?,
+        _ = shutdown_signal() => {
+            // The compare future is dropped by now: its nodes are stopped and unmounted. Exit
+            // without waiting for a fixture build that may still run on a blocking thread.
+            eprintln!("interrupted: nodes stopped and unmounted");
+            std::process::exit(130);
+        }
+    };
+    println!("{}", report.markdown());
+    println!("written: {}/report.{{md,json,svg}}", a.out.display());
+    Ok(())
+}
+
+async fn nodes_up(dir: PathBuf, set: NodeSet, teleport_repos: Vec<String>) -> anyhow::Result<()> {
+    testbed::provision::ensure()?;
+    std::fs::create_dir_all(&dir)?;
+    if tokio::net::UnixStream::connect(control::socket_path(&dir))
+        .await
+        .is_ok()
+    {
+        bail!("nodes already up in {}", dir.display());
+    }
+    let reg_root = dir.join("registry");
+    let registry =
+        bed::start_registry(&reg_root, None, Duration::ZERO, teleport_repos.clone()).await?;
+    let host = registry.addr().to_string();
+    let pause = bed::fixture(&dir.join("fixtures"), "pause", 1.0, None, false).await?;
+    let pause_ref = bed::push(&pause, &host, PAUSE_REPO).await?;
+    let mut nodes = bed::start_nodes(&dir.join("nodes"), &set, &registry).await?;
+    for n in &nodes {
+        n.cri().pull_image(&pause_ref).await?;
+    }
+    let listener = control::listen(&dir)?;
+    println!(
+        "registry  {}  (teleport-enabled: {})",
+        registry.url(),
+        teleport_repos.join(", ")
+    );
+    println!("  push:   fixtures push --layout DIR --to {host}/REPO:TAG");
+    println!(
+        "  check:  testbed check-expansion --registry {} REPO TAG",
+        registry.url()
+    );
+    for n in &nodes {
+        println!(
+            "node {:<22} {}  pid {}{}",
+            n.name(),
+            n.socket().display(),
+            n.containerd_pid().unwrap_or(0),
+            n.teleportd_metrics_url()
+                .map(|u| format!("  teleportd {u}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(n) = nodes.first() {
+        let s = n.socket().display();
+        println!("  crictl --runtime-endpoint unix://{s} --image-endpoint unix://{s} pull {host}/REPO:TAG");
+        println!("  ctr --address {s} -n k8s.io images ls");
+    }
+    println!(
+        "  testbed recycle NODE --dir {}   |   testbed nodes down --dir {}   (or Ctrl-C)",
+        dir.display(),
+        dir.display()
+    );
+
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            got = control::accept(&listener) => {
+                let (cmd, stream) = got?;
+                match cmd {
+                    Command::Down => {
+                        for n in nodes.drain(..) {
+                            n.destroy().await?;
+                        }
+                        control::reply(stream, &Ok(())).await;
+                        break;
+                    }
+                    Command::Recycle(name) => {
+                        let res = match nodes.iter_mut().find(|n| n.name() == name) {
+                            Some(n) => match n.recycle().await {
+                                Ok(()) => n.cri().pull_image(&pause_ref).await.map(|_| ()),
+                                Err(e) => Err(e),
+                            },
+                            None => Err(testbed::Error::Invalid(format!("no node {name:?}"))),
+                        };
+                        if let Err(e) = &res {
+                            eprintln!("recycle {name}: {e}");
+                        } else {
+                            println!("{name}: recycled");
+                        }
+                        control::reply(stream, &res).await;
+                    }
+                }
+            }
+        }
+    }
+    for n in nodes.drain(..) {
+        n.destroy().await?;
+    }
+    let _ = std::fs::remove_file(control::socket_path(&dir));
+    registry.shutdown().await?;
+    Ok(())
+}

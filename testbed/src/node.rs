@@ -1,0 +1,603 @@
+//! Nodes: a node is a real containerd 1.6 the testbed starts with its own root, state, socket
+//! and CRI config in its own directory. `shuttle` uses the stock overlayfs snapshotter;
+//! `teleporter` runs its own `teleportd` as containerd's proxy snapshotter. Recycling a node is
+//! the seed's "scale the node pool to 0 and back to 1": stop, unmount, wipe, start.
+
+use crate::cri::Cri;
+use crate::error::{Error, Result};
+use crate::mounts;
+use crate::process::{self, Daemon};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How a teleporter presents layers (teleportd `--mount-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountMode {
+    /// One FUSE mount per layer, stacked by overlayfs (Teleport prototype-1).
+    PerLayer,
+    /// One FUSE mount presenting the merged tree (ours).
+    Merged,
+}
+
+impl MountMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountMode::PerLayer => "per-layer",
+            MountMode::Merged => "merged",
+        }
+    }
+}
+
+impl std::str::FromStr for MountMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "per-layer" => Ok(MountMode::PerLayer),
+            "merged" => Ok(MountMode::Merged),
+            other => Err(Error::Invalid(format!(
+                "unknown mount mode {other:?} (per-layer or merged)"
+            ))),
+        }
+    }
+}
+
+/// Which snapshotter the node's CRI uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Stock overlayfs: standard download + unpack.
+    Shuttle,
+    /// teleportd as proxy snapshotter, mounting expanded layers.
+    Teleporter {
+        mount_mode: MountMode,
+        /// Registry base URL teleportd asks for `/mount` (e.g. `http://127.0.0.1:5000`).
+        registry_url: String,
+        teleportd_bin: PathBuf,
+        /// Extra teleportd flags (e.g. `--experimental-remote` while issue 3 lands).
+        extra_args: Vec<String>,
+    },
+}
+
+impl NodeKind {
+    /// `overlayfs`, `per-layer` or `merged`: the report's mount_mode column.
+    pub fn mount_mode_label(&self) -> &'static str {
+        match self {
+            NodeKind::Shuttle => "overlayfs",
+            NodeKind::Teleporter { mount_mode, .. } => mount_mode.as_str(),
+        }
+    }
+
+    pub fn role(&self) -> &'static str {
+        match self {
+            NodeKind::Shuttle => "shuttle",
+            NodeKind::Teleporter { .. } => "teleporter",
+        }
+    }
+}
+
+/// Everything needed to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    /// The node's own directory; created if missing, and everything inside belongs to the node.
+    pub dir: PathBuf,
+    pub kind: NodeKind,
+    /// CRI `sandbox_image` (the pause fixture's reference).
+    pub sandbox_image: String,
+    /// Plain-HTTP registries (`host:port`) the node may pull from.
+    pub registries: Vec<String>,
+    pub containerd_bin: PathBuf,
+    pub start_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(name: &str, dir: &Path, kind: NodeKind) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            dir: dir.to_path_buf(),
+            kind,
+            sandbox_image: String::new(),
+            registries: Vec::new(),
+            containerd_bin: PathBuf::from("containerd"),
+            start_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Paths inside a node's directory.
+#[derive(Debug, Clone)]
+pub struct NodePaths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub certs: PathBuf,
+    pub cni: PathBuf,
+    pub opt: PathBuf,
+    pub pods: PathBuf,
+    pub logs: PathBuf,
+    pub teleportd_root: PathBuf,
+    pub teleportd_cache: PathBuf,
+    pub teleportd_socket: PathBuf,
+}
+
+impl NodePaths {
+    fn new(dir: &Path) -> NodePaths {
+        NodePaths {
+            dir: dir.to_path_buf(),
+            config: dir.join("config.toml"),
+            // Short name: unix socket paths are limited to 108 bytes.
+            socket: dir.join("c.sock"),
+            root: dir.join("root"),
+            state: dir.join("state"),
+            certs: dir.join("certs.d"),
+            cni: dir.join("cni"),
+            opt: dir.join("opt"),
+            pods: dir.join("pods"),
+            logs: dir.join("logs"),
+            teleportd_root: dir.join("teleportd/root"),
+            teleportd_cache: dir.join("teleportd/cache"),
+            teleportd_socket: dir.join("t.sock"),
+        }
+    }
+
+    /// Directories wiped by a recycle: everything a node learned (images, snapshots, chunks).
+    fn volatile(&self) -> [&Path; 6] {
+        [
+            &self.root,
+            &self.state,
+            &self.opt,
+            &self.pods,
+            &self.teleportd_root,
+            &self.teleportd_cache,
+        ]
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    // TOML basic string: escape backslash and quote (paths here are plain).
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// containerd 1.6 config.toml for a node.
+pub fn render_config(cfg: &NodeConfig, p: &NodePaths) -> String {
+    let path = |x: &Path| toml_str(&x.to_string_lossy());
+    let mut s = String::new();
+    let _ = writeln!(s, "version = 2");
+    let _ = writeln!(s, "root = {}", path(&p.root));
+    let _ = writeln!(s, "state = {}", path(&p.state));
+    let _ = writeln!(s, "[grpc]\n  address = {}", path(&p.socket));
+    let _ = writeln!(
+        s,
+        "[ttrpc]\n  address = {}",
+        toml_str(&format!("{}.ttrpc", p.socket.display()))
+    );
+    let _ = writeln!(
+        s,
+        "[debug]\n  address = {}\n  level = \"info\"",
+        path(&p.dir.join("d.sock"))
+    );
+    // No metrics listener: nodes must not fight over a TCP port.
+    let _ = writeln!(s, "[metrics]\n  address = \"\"");
+    let _ = writeln!(s, "[plugins]");
+    let _ = writeln!(
+        s,
+        "  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = {}",
+        path(&p.opt)
+    );
+    let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+    let _ = writeln!(s, "  [{cri}]");
+    let _ = writeln!(s, "    sandbox_image = {}", toml_str(&cfg.sandbox_image));
+    let _ = writeln!(s, "    stream_server_address = \"127.0.0.1\"");
+    let _ = writeln!(s, "    stream_server_port = \"0\"");
+    // Never ask for a lower oom_score_adj than ours: sandboxed CI runners (and this machine)
+    // lack CAP_SYS_RESOURCE, and runc fails the pod otherwise.
+    let _ = writeln!(s, "    restrict_oom_score_adj = true");
+    // Same behaviour with or without AppArmor on the host (Ubuntu CI has it, Debian may not).
+    let _ = writeln!(s, "    disable_apparmor = true");
+    // An empty CNI dir: host-network pods need no CNI, and the system's config stays out.
+    let _ = writeln!(
+        s,
+        "    [{cri}.cni]\n      conf_dir = {}\n      bin_dir = {}",
+        path(&p.cni),
+        path(&p.cni)
+    );
+    let (snapshotter, annotations) = match cfg.kind {
+        NodeKind::Shuttle => ("overlayfs", true),
+        NodeKind::Teleporter { .. } => ("teleportd", false),
+    };
+    let _ = writeln!(s, "    [{cri}.containerd]");
+    let _ = writeln!(s, "      snapshotter = \"{snapshotter}\"");
+    let _ = writeln!(s, "      disable_snapshot_annotations = {annotations}");
+    let _ = writeln!(s, "      default_runtime_name = \"runc\"");
+    let _ = writeln!(
+        s,
+        "      [{cri}.containerd.runtimes.runc]\n        runtime_type = \"io.containerd.runc.v2\""
+    );
+    // runc's state under the node's state dir, so a recycle wipes it.
+    let _ = writeln!(
+        s,
+        "        [{cri}.containerd.runtimes.runc.options]\n          Root = {}",
+        path(&p.state.join("runc"))
+    );
+    let _ = writeln!(
+        s,
+        "    [{cri}.registry]\n      config_path = {}",
+        path(&p.certs)
+    );
+    if let NodeKind::Teleporter { .. } = cfg.kind {
+        let _ = writeln!(
+            s,
+            "[proxy_plugins]\n  [proxy_plugins.teleportd]\n    type = \"snapshot\"\n    address = {}",
+            path(&p.teleportd_socket)
+        );
+    }
+    s
+}
+
+/// `hosts.toml` telling containerd to reach `host` over plain HTTP.
+pub fn render_hosts_toml(host: &str) -> String {
+    format!(
+        "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
+    )
+}
+
+/// A running node. Dropping it stops its processes, kills its shims and unmounts its mounts.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    paths: NodePaths,
+    containerd: Option<Daemon>,
+    teleportd: Option<Daemon>,
+    teleportd_metrics: Option<String>,
+    cri: Cri,
+}
+
+impl Node {
+    /// Write the config and start the node; returns once CRI answers `Version`.
+    pub async fn start(cfg: NodeConfig) -> Result<Node> {
+        let paths = NodePaths::new(&cfg.dir);
+        let cri = Cri::connect(&cfg.name, &paths.socket)?;
+        let mut node = Node {
+            cfg,
+            paths,
+            containerd: None,
+            teleportd: None,
+            teleportd_metrics: None,
+            cri,
+        };
+        node.boot().await?;
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+    pub fn kind(&self) -> &NodeKind {
+        &self.cfg.kind
+    }
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+    pub fn paths(&self) -> &NodePaths {
+        &self.paths
+    }
+    pub fn socket(&self) -> &Path {
+        &self.paths.socket
+    }
+    pub fn cri(&self) -> &Cri {
+        &self.cri
+    }
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.containerd.as_ref().map(Daemon::pid)
+    }
+    pub fn teleportd_pid(&self) -> Option<u32> {
+        self.teleportd.as_ref().map(Daemon::pid)
+    }
+    /// teleportd's `/metrics` URL on a teleporter.
+    pub fn teleportd_metrics_url(&self) -> Option<String> {
+        self.teleportd_metrics
+            .as_ref()
+            .map(|a| format!("http://{a}/metrics"))
+    }
+    /// cgroup parent for this node's pods (cgroupfs path), unique per node directory.
+    pub fn cgroup_parent(&self) -> String {
+        let tag = self
+            .paths
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("/testbed-{}-{}", self.cfg.name, tag.trim_start_matches('.'))
+    }
+
+    /// Allow pulls from another plain-HTTP registry (takes effect on the next pull: containerd
+    /// reads `config_path` per request).
+    pub fn trust_registry(&mut self, host: &str) -> Result<()> {
+        if !self.cfg.registries.iter().any(|h| h == host) {
+            self.cfg.registries.push(host.to_string());
+        }
+        write_hosts(&self.paths.certs, host)
+    }
+
+    fn write_files(&self) -> Result<()> {
+        let p = &self.paths;
+        for d in [
+            &p.dir, &p.root, &p.state, &p.certs, &p.cni, &p.opt, &p.pods, &p.logs,
+        ] {
+            std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
+        }
+        std::fs::write(&p.config, render_config(&self.cfg, p))
+            .map_err(Error::io(format!("write {}", p.config.display())))?;
+        for host in &self.cfg.registries {
+            write_hosts(&p.certs, host)?;
+        }
+        Ok(())
+    }
+
+    async fn boot(&mut self) -> Result<()> {
+        self.write_files()?;
+        if let NodeKind::Teleporter {
+            mount_mode,
+            registry_url,
+            teleportd_bin,
+            extra_args,
+        } = &self.cfg.kind
+        {
+            let p = &self.paths;
+            for d in [&p.teleportd_root, &p.teleportd_cache] {
+                std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
+            }
+            let _ = std::fs::remove_file(&p.teleportd_socket);
+            let metrics = format!("127.0.0.1:{}", process::free_port()?);
+            let mut cmd = Command::new(teleportd_bin);
+            cmd.arg("--root")
+                .arg(&p.teleportd_root)
+                .arg("--address")
+                .arg(&p.teleportd_socket)
+                .arg("--registry")
+                .arg(registry_url)
+                .arg("--mount-mode")
+                .arg(mount_mode.as_str())
+                .arg("--cache-dir")
+                .arg(&p.teleportd_cache)
+                .arg("--metrics-addr")
+                .arg(&metrics)
+                .args(extra_args);
+            let d = Daemon::spawn("teleportd", cmd, &p.logs.join("teleportd.log"))?;
+            self.teleportd = Some(d);
+            self.teleportd_metrics = Some(metrics);
+            self.wait_for_socket_accepting().await?;
+        }
+        let _ = std::fs::remove_file(&self.paths.socket);
+        let mut cmd = Command::new(&self.cfg.containerd_bin);
+        cmd.arg("--config").arg(&self.paths.config);
+        let d = Daemon::spawn("containerd", cmd, &self.paths.logs.join("containerd.log"))?;
+        tracing::info!(node = %self.cfg.name, pid = d.pid(), socket = %self.paths.socket.display(), "containerd started");
+        self.containerd = Some(d);
+        self.wait_for_cri().await
+    }
+
+    async fn wait_for_socket_accepting(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        loop {
+            if let Some(d) = self.teleportd.as_mut() {
+                if let Some(status) = d.exited() {
+                    return Err(Error::DaemonExited {
+                        node: self.cfg.name.clone(),
+                        process: "teleportd".into(),
+                        status,
+                        log: d.log_tail(),
+                    });
+                }
+            }
+            if tokio::net::UnixStream::connect(&self.paths.teleportd_socket)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    node: self.cfg.name.clone(),
+                    what: "teleportd socket".into(),
+                    timeout: self.cfg.start_timeout,
+                    log: self
+                        .teleportd
+                        .as_ref()
+                        .map(Daemon::log_tail)
+                        .unwrap_or_default(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+        }
+    }
+
+    async fn wait_for_cri(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        loop {
+            if let Some(d) = self.containerd.as_mut() {
+                if let Some(status) = d.exited() {
+                    return Err(Error::DaemonExited {
+                        node: self.cfg.name.clone(),
+                        process: "containerd".into(),
+                        status,
+                        log: d.log_tail(),
+                    });
+                }
+            }
+            if self.paths.socket.exists() && self.cri.version().await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    node: self.cfg.name.clone(),
+                    what: "CRI Version".into(),
+                    timeout: self.cfg.start_timeout,
+                    log: self
+                        .containerd
+                        .as_ref()
+                        .map(Daemon::log_tail)
+                        .unwrap_or_default(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+        }
+    }
+
+    /// Remove every pod through CRI (what a drained node does), bounded in time. Best effort:
+    /// the hard stop below cleans up whatever this leaves.
+    async fn drain(&self) {
+        if self.containerd.is_none() {
+            return;
+        }
+        let work = async {
+            if let Ok(ids) = self.cri.list_sandboxes().await {
+                for id in ids {
+                    if let Err(e) = self.cri.teardown_pod(&id).await {
+                        tracing::debug!(node = %self.cfg.name, error = %e, "drain");
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(20), work).await;
+    }
+
+    /// Stop containerd (then its shims and their containers), then teleportd, then unmount
+    /// everything under the node's directory. Files stay.
+    fn halt(&mut self) -> Result<()> {
+        if let Some(mut d) = self.containerd.take() {
+            d.stop(self.cfg.stop_timeout);
+        }
+        process::kill_trees(&process::shims_of(&self.paths.socket));
+        if let Some(mut d) = self.teleportd.take() {
+            d.stop(self.cfg.stop_timeout);
+        }
+        self.teleportd_metrics = None;
+        mounts::unmount_all_under(&self.paths.dir)?;
+        remove_cgroups(&self.cgroup_parent());
+        Ok(())
+    }
+
+    /// Stop the node (pods drained, processes stopped, mounts gone); files stay on disk.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.drain().await;
+        self.halt()
+    }
+
+    /// The seed's "scale to 0 and back to 1": stop, unmount, wipe root/state/cache, start.
+    pub async fn recycle(&mut self) -> Result<()> {
+        self.stop().await?;
+        for d in self.paths.volatile() {
+            mounts::remove_tree(d)?;
+        }
+        self.boot().await
+    }
+
+    /// Stop the node and delete its directory.
+    pub async fn destroy(mut self) -> Result<()> {
+        self.stop().await?;
+        mounts::remove_tree(&self.paths.dir)
+    }
+
+    /// Versions of containerd as CRI reports them.
+    pub async fn runtime_version(&self) -> Result<String> {
+        let v = self.cri.version().await?;
+        Ok(format!("{} {}", v.runtime_name, v.runtime_version))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Err(e) = self.halt() {
+            tracing::warn!(node = %self.cfg.name, error = %e, "cleanup on drop");
+        }
+    }
+}
+
+fn write_hosts(certs: &Path, host: &str) -> Result<()> {
+    let dir = certs.join(host);
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    let file = dir.join("hosts.toml");
+    std::fs::write(&file, render_hosts_toml(host))
+        .map_err(Error::io(format!("write {}", file.display())))
+}
+
+/// Remove the node's pod cgroups in every hierarchy (cgroup v1 controllers and v2), deepest
+/// first. rmdir only succeeds on empty cgroups, so nothing live is touched.
+fn remove_cgroups(parent: &str) {
+    let rel = parent.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let mut roots: Vec<PathBuf> = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    for root in roots {
+        let top = root.join(rel);
+        if top.is_dir() {
+            rmdir_deep(&top);
+        }
+    }
+}
+
+fn rmdir_deep(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_deep(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teleporter_config_has_proxy_plugin_and_annotations() {
+        let dir = Path::new("/tmp/tb/teleporter");
+        let mut cfg = NodeConfig::new(
+            "teleporter",
+            dir,
+            NodeKind::Teleporter {
+                mount_mode: MountMode::Merged,
+                registry_url: "http://127.0.0.1:5000".into(),
+                teleportd_bin: "teleportd".into(),
+                extra_args: Vec::new(),
+            },
+        );
+        cfg.sandbox_image = "127.0.0.1:5000/pause:tb".into();
+        let text = render_config(&cfg, &NodePaths::new(dir));
+        assert!(text.contains("snapshotter = \"teleportd\""));
+        assert!(text.contains("disable_snapshot_annotations = false"));
+        assert!(text.contains("[proxy_plugins.teleportd]"));
+        assert!(text.contains("address = \"/tmp/tb/teleporter/t.sock\""));
+        assert!(text.contains("sandbox_image = \"127.0.0.1:5000/pause:tb\""));
+        assert!(text.contains("config_path = \"/tmp/tb/teleporter/certs.d\""));
+    }
+
+    #[test]
+    fn shuttle_config_uses_overlayfs() {
+        let dir = Path::new("/tmp/tb/shuttle");
+        let cfg = NodeConfig::new("shuttle", dir, NodeKind::Shuttle);
+        let text = render_config(&cfg, &NodePaths::new(dir));
+        assert!(text.contains("snapshotter = \"overlayfs\""));
+        assert!(!text.contains("proxy_plugins"));
+    }
+
+    #[test]
+    fn hosts_toml_is_plain_http() {
+        let t = render_hosts_toml("127.0.0.1:5000");
+        assert!(t.starts_with("server = \"http://127.0.0.1:5000\""));
+        assert!(t.contains("[host.\"http://127.0.0.1:5000\"]"));
+    }
+}

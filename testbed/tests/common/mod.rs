@@ -1,0 +1,114 @@
+//! Shared helpers for the testbed's end-to-end tests (real containerd, root).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+/// `true` = run; `false` = skip (printed reason, only off CI when not root). Panics in CI
+/// when a prerequisite is missing, so CI fails loudly.
+pub fn prerequisites() -> bool {
+    match testbed::provision::ensure_for_tests() {
+        Ok(run) => run,
+        Err(e) => panic!("prerequisites missing (CI=true or root): {e}"),
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Processes whose cmdline mentions `needle` (a node's unique directory).
+pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
+    let needle = needle.to_string_lossy().into_owned();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmd.contains(&needle).then_some((pid, cmd))
+        })
+        .collect()
+}
+
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    testbed::mounts::mounts_under(dir)
+        .unwrap()
+        .into_iter()
+        .map(|m| format!("{} ({})", m.mount_point.display(), m.fs_type))
+        .collect()
+}
+
+/// The teleportd binary: found beside the test binary / $TELEPORTD_BIN / $PATH, or built now
+/// with cargo (same target dir) when `cargo test -p testbed` ran alone.
+pub fn teleportd() -> std::path::PathBuf {
+    if let Some(p) = testbed::bed::find_teleportd(None) {
+        return p;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args(["build", "-p", "fuse-mount", "--bin", "teleportd"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build for teleportd");
+    assert!(st.success(), "building teleportd failed");
+    testbed::bed::find_teleportd(None)
+        .expect("teleportd built but not found beside the test binary")
+}
+
+/// A registry with the pause image and one scaled fixture pushed to `repo:tag`.
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub registry: registry_mock::Registry,
+    pub host: String,
+    pub pause_ref: String,
+    pub image_ref: String,
+    pub info: fixtures::ImageInfo,
+}
+
+pub async fn world(profile: &str, scale: f64, squash: bool, repo: &str, teleport: bool) -> World {
+    use testbed::bed::{self, Variant};
+    let tmp = tempfile::tempdir().unwrap();
+    let variant = if squash {
+        Variant::Squashed
+    } else {
+        Variant::Layered
+    };
+    let cache = tmp.path().join("fixtures");
+    let fx = bed::fixture(&cache, profile, scale, Some(variant), false)
+        .await
+        .unwrap();
+    let pause = bed::fixture(&cache, "pause", 1.0, None, false)
+        .await
+        .unwrap();
+    let repos = if teleport {
+        vec![repo.to_string()]
+    } else {
+        Vec::new()
+    };
+    let registry = bed::start_registry(
+        &tmp.path().join("registry"),
+        None,
+        std::time::Duration::ZERO,
+        repos,
+    )
+    .await
+    .unwrap();
+    let host = registry.addr().to_string();
+    let pause_ref = bed::push(&pause, &host, bed::PAUSE_REPO).await.unwrap();
+    let image_ref = bed::push(&fx, &host, repo).await.unwrap();
+    World {
+        tmp,
+        registry,
+        host,
+        pause_ref,
+        image_ref,
+        info: fx.info,
+    }
+}
