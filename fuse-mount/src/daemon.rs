@@ -39,7 +39,7 @@ pub struct Config {
     pub mount_mode: MountMode,
     pub cache_dir: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
-    /// Mount registry-expanded layers instead of downloading (per-layer mode only so far).
+    /// Mount registry-expanded layers instead of downloading them (needs `registry`).
     pub remote: bool,
     /// How long a Prepare waits for an image the registry is still expanding (409).
     pub expansion_wait: Duration,

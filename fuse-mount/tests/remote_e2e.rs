@@ -1,5 +1,5 @@
 //! The remote path end to end: a teleport-enabled repository in registry-mock, a CRI PullImage
-//! through a containerd whose snapshotter is teleportd with `--experimental-remote`: no layer
+//! through a containerd whose snapshotter is teleportd with `--registry`: no layer
 //! blob is downloaded, layers are FUSE-mounted (per-layer mode), a container runs on them,
 //! teleportd restarts and re-mounts, image removal unmounts. Needs root, FUSE, containerd.
 
@@ -119,7 +119,6 @@ fn remote_pull_run_restart_remove(mode: &str) {
     let socket = dir.join("teleportd.sock");
     let root = dir.join("teleportd");
     let args = [
-        "--experimental-remote",
         "--mount-mode",
         mode,
         "--registry",

@@ -112,7 +112,7 @@ struct CompareArgs {
     /// teleportd binary (default: beside this binary, $TELEPORTD_BIN, or $PATH).
     #[arg(long)]
     teleportd: Option<PathBuf>,
-    /// Extra flag for every teleportd (repeatable), e.g. --teleportd-arg=--experimental-remote
+    /// Extra flag for every teleportd (repeatable), e.g. --teleportd-arg=--no-remote
     #[arg(long = "teleportd-arg", allow_hyphen_values = true)]
     teleportd_args: Vec<String>,
     /// Per-run limit for the app's ready line.

@@ -55,7 +55,7 @@ pub enum NodeKind {
         /// Registry base URL teleportd asks for `/mount` (e.g. `http://127.0.0.1:5000`).
         registry_url: String,
         teleportd_bin: PathBuf,
-        /// Extra teleportd flags (e.g. `--experimental-remote` while issue 3 lands).
+        /// Extra teleportd flags (e.g. `--expansion-wait 60`).
         extra_args: Vec<String>,
     },
 }

@@ -8,7 +8,6 @@ use testbed::compare::{compare, CompareOptions};
 use testbed::node::MountMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs teleportd remote by default (issue 3); today: TELEPORTD_ARGS=--experimental-remote TB_MOUNT_MODES=per-layer cargo test -p testbed --test compare_e2e -- --ignored"]
 async fn scaled_compare_measures_both_nodes() {
     if !common::prerequisites() {
         return;
@@ -22,13 +21,6 @@ async fn scaled_compare_measures_both_nodes() {
     o.variants = vec![Variant::Layered, Variant::Squashed];
     o.work_dir = Some(tmp.path().join("work"));
     o.teleportd_bin = Some(common::teleportd());
-    // While issue 3 lands, teleportd may need a flag for its remote path.
-    o.teleportd_args = std::env::var("TELEPORTD_ARGS")
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
-    if let Ok(modes) = std::env::var("TB_MOUNT_MODES") {
-        o.mount_modes = modes.split(',').map(|m| m.parse().unwrap()).collect();
-    }
     o.interactive = false;
     let report = compare(&o).await.unwrap();
 

@@ -10,7 +10,8 @@ use fuse_mount::remote::http::Credentials;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Teleport node agent: a containerd proxy snapshotter (overlayfs, plus experimental FUSE-mounted expanded layers)"
+    about = "Teleport node agent: a containerd proxy snapshotter that mounts registry-expanded layers over FUSE",
+    long_about = "Teleport node agent: a containerd proxy snapshotter.\n\nWith --registry, images the registry has expanded (its /mount API answers 200) are mounted lazily over FUSE instead of downloaded; every other image falls back to a normal overlayfs pull. Without --registry it is a plain overlayfs snapshotter."
 )]
 struct Cli {
     /// State directory (snapshot metadata and layer directories).
@@ -27,7 +28,8 @@ struct Cli {
     user: Option<String>,
     #[arg(long, env = "TELEPORTD_PASSWORD", hide_env_values = true)]
     password: Option<String>,
-    /// How expanded layers are presented (the snapshotter supports per-layer so far).
+    /// How expanded layers are presented: one FUSE mount per layer stacked by overlayfs
+    /// (Teleport's way), or one merged FUSE mount per image.
     #[arg(long, value_enum, default_value = "per-layer")]
     mount_mode: MountMode,
     /// Node-wide chunk cache for lazily fetched layer bytes (default ROOT/cache).
@@ -36,10 +38,9 @@ struct Cli {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
-    /// Mount registry-expanded layers over FUSE instead of downloading them (experimental;
-    /// per-layer mode only; needs --registry).
+    /// Never mount remote layers: behave as a plain overlayfs snapshotter even with --registry.
     #[arg(long)]
-    experimental_remote: bool,
+    no_remote: bool,
     /// Longest a layer's Prepare waits for an image the registry is still expanding.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     expansion_wait: u64,
@@ -90,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         mount_mode: cli.mount_mode,
         cache_dir: cli.cache_dir,
         metrics_addr: cli.metrics_addr,
-        remote: cli.experimental_remote,
+        remote: !cli.no_remote && cli.registry.is_some(),
         expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
         ..Config::new(cli.root, cli.address)
     };

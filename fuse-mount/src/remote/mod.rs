@@ -1,4 +1,4 @@
-//! Remote-layer decision (off by default: `teleportd --experimental-remote`; per-layer mode).
+//! Remote-layer decision (on whenever teleportd has `--registry`; `--no-remote` turns it off).
 //!
 //! On a layer's Prepare with CRI labels, ask the registry whether the image is expanded
 //! (`/mount/v1/{repo}/_manifests/{digest}`), decide once per image (manifest digest) and, when

@@ -31,7 +31,7 @@ struct Inner {
 
 impl OverlaySnapshotter {
     /// Opens (creating if needed) a snapshotter rooted at `root`. `remote` enables the
-    /// remote-layer path (off by default: `teleportd --experimental-remote`).
+    /// remote-layer path (on whenever teleportd has `--registry`).
     pub fn open(root: &Path, remote: Option<RemoteLayers>) -> Result<Self> {
         fs::create_dir_all(root.join("snapshots"))
             .map_err(SnapshotError::io(format!("creating {root:?}")))?;
