@@ -82,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let remote = !cli.no_remote && cli.registry.is_some();
     let cfg = Config {
+        remote,
         credentials: cli.user.map(|user| Credentials {
             user,
             password: cli.password.unwrap_or_default(),
@@ -91,8 +93,7 @@ async fn main() -> anyhow::Result<()> {
         mount_mode: cli.mount_mode,
         cache_dir: cli.cache_dir,
         metrics_addr: cli.metrics_addr,
-        remote: !cli.no_remote && cli.registry.is_some(),
-        expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
+                expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
         ..Config::new(cli.root, cli.address)
     };
     daemon::run(cfg, shutdown_signal()).await?;

@@ -47,10 +47,9 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// The teleportd binary: found beside the test binary / $TELEPORTD_BIN / $PATH, or built now
 /// with cargo (same target dir) when `cargo test -p testbed` ran alone.
+/// teleportd built from this checkout: always asks cargo (a no-op when fresh) so a stale binary
+/// left by an earlier build is never tested.
 pub fn teleportd() -> std::path::PathBuf {
-    if let Some(p) = testbed::bed::find_teleportd(None) {
-        return p;
-    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = std::process::Command::new(cargo)
         .args(["build", "-p", "fuse-mount", "--bin", "teleportd"])
