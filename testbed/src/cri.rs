@@ -276,7 +276,16 @@ impl Cri {
                 })
                 .await
             {
-                tracing::warn!(node = %self.node, container = %ctr.id, error = %e, "StopContainer");
+                // A container that exited on its own races the stop ("ttrpc: closed"): harmless.
+                let running = matches!(
+                    self.container_status(&ctr.id).await,
+                    Ok(st) if st.state == cri::ContainerState::ContainerRunning as i32
+                );
+                if running {
+                    tracing::warn!(node = %self.node, container = %ctr.id, error = %e, "StopContainer");
+                } else {
+                    tracing::debug!(node = %self.node, container = %ctr.id, error = %e, "StopContainer after exit");
+                }
             }
             // containerd 1.6 can answer StopContainer before it has processed the task's exit;
             // RemoveContainer then refuses. Wait (bounded) for the EXITED state.

@@ -88,11 +88,12 @@ struct CompareArgs {
     /// Cold repetitions per variant and node.
     #[arg(long, default_value_t = 3)]
     reps: u32,
-    /// Registry egress limit, e.g. 1Gbit, 200MiB/s (default: unlimited).
-    #[arg(long)]
-    bandwidth: Option<String>,
-    /// Added per registry request, e.g. 20ms.
-    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    /// Registry egress limit, e.g. 1Gbit, 200MiB/s, or "unlimited". The default with --latency
+    /// is the "cloud-like" link: a node VM's 1 Gbit/s to an in-region registry.
+    #[arg(long, default_value = "1Gbit")]
+    bandwidth: String,
+    /// Added to every registry request (round trip to an in-region registry); 0ms for none.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     latency: Duration,
     /// Teleporter mount modes to measure.
     #[arg(long, value_delimiter = ',', default_value = "per-layer,merged")]
@@ -211,11 +212,13 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.profile = a.profile;
     o.scale = a.scale;
     o.reps = a.reps;
-    o.bandwidth_bytes_per_sec = match &a.bandwidth {
-        Some(b) => Some(registry_mock::parse_bandwidth(b).context("--bandwidth")?),
-        None => None,
+    let unlimited = matches!(a.bandwidth.as_str(), "unlimited" | "off" | "none" | "0");
+    o.bandwidth_bytes_per_sec = if unlimited {
+        None
+    } else {
+        Some(registry_mock::parse_bandwidth(&a.bandwidth).context("--bandwidth")?)
     };
-    o.bandwidth_label = a.bandwidth;
+    o.bandwidth_label = (!unlimited).then_some(a.bandwidth);
     o.latency = a.latency;
     o.mount_modes = mount_modes(&a.mount_modes)?;
     o.variants = a
