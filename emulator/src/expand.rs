@@ -29,9 +29,13 @@ use crate::format::v1::{validate_entry, ChunkInfo, MAX_CHUNK_SIZE};
 use crate::format::Index;
 use crate::tar_reader::{TarError, TarReader};
 
+/// Smallest chunk size `expand` writes. The format allows 4 KiB, but below 16 KiB the chunk table
+/// (32 bytes per chunk) outgrows the entries and a node keeps a cache file per few KB.
+pub const MIN_EXPAND_CHUNK_SIZE: u32 = 16 << 10;
+
 #[derive(Clone, Debug)]
 pub struct ExpandOptions {
-    /// Data chunk size (power of two, 64 KiB ..= 16 MiB). Default 1 MiB.
+    /// Data chunk size (power of two, [`MIN_EXPAND_CHUNK_SIZE`] ..= 16 MiB). Default 1 MiB.
     pub chunk_size: u32,
     /// Hard cap on decompressed bytes. Default 64 GiB.
     pub max_uncompressed: u64,
@@ -125,10 +129,11 @@ pub fn expand<R: Read, W: Write + Seek>(
     data: W,
     opts: &ExpandOptions,
 ) -> Result<Expanded> {
-    if !opts.chunk_size.is_power_of_two() || !(64 << 10..=MAX_CHUNK_SIZE).contains(&opts.chunk_size)
+    if !opts.chunk_size.is_power_of_two()
+        || !(MIN_EXPAND_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size)
     {
         return Err(Error::Format(format!(
-            "chunk size {} not a power of two in 64 KiB..=16 MiB",
+            "chunk size {} not a power of two in 16 KiB..=16 MiB",
             opts.chunk_size
         )));
     }

@@ -25,7 +25,9 @@ pub mod tar_reader;
 pub use digest::Digest;
 pub use entry::{Entry, EntryKind};
 pub use error::{Error, Result};
-pub use expand::{expand, expand_to_file, Compression, ExpandOptions, Expanded};
+pub use expand::{
+    expand, expand_to_file, Compression, ExpandOptions, Expanded, MIN_EXPAND_CHUNK_SIZE,
+};
 pub use format::{ChunkInfo, FormatVersion, Index};
 pub use merge::{merge, overlay_form, MergedEntry, MergedTree};
 pub use reader::RangeSource;

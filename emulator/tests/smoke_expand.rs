@@ -251,3 +251,37 @@ fn streamed_duplicates_roll_back() {
         assert_eq!(c.digest.hex(), hex::encode(Sha256::digest(bytes)));
     }
 }
+
+#[test]
+fn chunk_size_bounds_and_small_chunks_decode() {
+    let raw = sample_tar();
+    let run = |cs: u32| {
+        let mut data = Cursor::new(Vec::new());
+        let o = ExpandOptions {
+            chunk_size: cs,
+            ..Default::default()
+        };
+        expand(
+            &raw[..],
+            Some(emulator::oci::MT_OCI_LAYER_TAR),
+            None,
+            &mut data,
+            &o,
+        )
+        .map(|out| (out, data.into_inner()))
+    };
+    // The smallest chunk size the expander writes: a v1 index any reader decodes, every chunk
+    // digest matching its bytes, the 100 000-byte file starting on a boundary.
+    let (out, data) = run(emulator::MIN_EXPAND_CHUNK_SIZE).unwrap();
+    let idx = Index::decode(&out.index_bytes).unwrap();
+    assert_eq!(idx.chunk_size, 16 << 10);
+    assert_eq!(idx.chunks.len() as u64, idx.data_size.div_ceil(16 << 10));
+    for c in &idx.chunks {
+        let bytes = &data[c.offset as usize..(c.offset + u64::from(c.len)) as usize];
+        assert_eq!(emulator::Digest::sha256_of(bytes), c.digest);
+    }
+    assert_eq!(idx.find("big").unwrap().data_offset % (16 << 10), 0);
+    for bad in [8 << 10, 100_000, 32 << 20] {
+        assert!(matches!(run(bad), Err(Error::Format(_))), "{bad}");
+    }
+}

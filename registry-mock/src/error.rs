@@ -42,6 +42,8 @@ pub enum Error {
         #[source]
         source: emulator::Error,
     },
+    #[error("invalid expansion chunk size {0} (a power of two, 16 KiB ..= 16 MiB)")]
+    ChunkSize(u32),
     #[error("background task failed: {0}")]
     Task(String),
     #[error("http client: {0}")]

@@ -61,6 +61,8 @@ pub struct Config {
     pub teleport_repos: Vec<String>,
     /// Parallel layer expansions (default: available parallelism).
     pub expansion_workers: usize,
+    /// Chunk size of the expanded format (see [`expansion::DEFAULT_EXPANSION_CHUNK_SIZE`]).
+    pub expansion_chunk_size: u32,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             expansion_workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            expansion_chunk_size: expansion::DEFAULT_EXPANSION_CHUNK_SIZE,
         }
     }
 }
@@ -197,7 +200,12 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
             store.write_attrs(&name, &a)?;
         }
     }
-    let expander = Expander::start(store.clone(), metrics.clone(), cfg.expansion_workers)?;
+    let expander = Expander::start(
+        store.clone(),
+        metrics.clone(),
+        cfg.expansion_workers,
+        cfg.expansion_chunk_size,
+    )?;
     Ok(Arc::new(AppState {
         store,
         auth: Auth::new(cfg.users.clone(), cfg.anonymous_pull),

@@ -52,6 +52,10 @@ enum Cmd {
         /// Parallel layer expansions (default: number of CPUs).
         #[arg(long)]
         expansion_workers: Option<usize>,
+        /// Chunk size of expanded layers: bytes or with a KiB / MiB suffix, a power of two in
+        /// 16KiB ..= 16MiB (default 16KiB).
+        #[arg(long, value_parser = parse_chunk_size)]
+        chunk_size: Option<u32>,
     },
     /// Wait for an image's layers to be expanded, like ACR's check-expansion.sh.
     /// Exit codes: 0 ready, 1 error or expansion failed, 2 not teleport-enabled, 3 timeout.
@@ -118,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             latency,
             teleport_repos,
             expansion_workers,
+            chunk_size,
         } => {
             let root = match root {
                 Some(r) => r,
@@ -155,6 +160,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(n) = expansion_workers {
                 cfg.expansion_workers = n.max(1);
             }
+            if let Some(cs) = chunk_size {
+                cfg.expansion_chunk_size = cs;
+            }
             registry_mock::serve(cfg, shutdown_signal())
                 .await
                 .context("serving")?;
@@ -181,4 +189,28 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(u8::try_from(outcome.exit_code()).unwrap_or(1))
         }
     }
+}
+
+/// `16384`, `64KiB`, `1MiB` → bytes, checked against what the expander accepts.
+fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("KiB").or_else(|| t.strip_suffix('K')) {
+        (n, 1u64 << 10)
+    } else if let Some(n) = t.strip_suffix("MiB").or_else(|| t.strip_suffix('M')) {
+        (n, 1u64 << 20)
+    } else {
+        (t, 1)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|e| format!("chunk size {s:?}: {e}"))?;
+    let bytes =
+        u32::try_from(n.saturating_mul(mul)).map_err(|_| format!("chunk size {s:?} too large"))?;
+    if !registry_mock::expansion::valid_chunk_size(bytes) {
+        return Err(format!(
+            "chunk size {s:?}: want a power of two in 16KiB ..= 16MiB"
+        ));
+    }
+    Ok(bytes)
 }
