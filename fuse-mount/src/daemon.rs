@@ -1,6 +1,9 @@
-//! teleportd's lifecycle: open the snapshotter, serve containerd's Snapshots API on a unix
-//! socket (and optional `/metrics`), stop on the shutdown future: gRPC first, then (once the FUSE
-//! layer exists) its mounts, then return.
+//! teleportd's lifecycle: find or start the root's fuse manager (remote path only), open the
+//! snapshotter, serve containerd's Snapshots API on a unix socket (and optional `/metrics`), stop
+//! on the shutdown future: gRPC first, then the manager and its mounts, then return.
+//!
+//! The FUSE sessions live in the manager (`crate::manager`), so a teleportd killed by SIGKILL
+//! leaves running containers reading; the next teleportd connects to the same manager.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +16,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
-use crate::remote::fuse::FuseLayers;
+use crate::manager::client::{ManagerClient, SpawnConfig};
+use crate::manager::server::ManagerConfig;
 use crate::remote::http::{Credentials, HttpResolver, HttpResolverConfig};
 use crate::remote::RemoteLayers;
 use crate::snapshot::overlay::OverlaySnapshotter;
@@ -43,6 +47,11 @@ pub struct Config {
     pub remote: bool,
     /// How long a Prepare waits for an image the registry is still expanding (409).
     pub expansion_wait: Duration,
+    /// On a clean stop, leave the fuse manager and its mounts running for the next teleportd
+    /// (running containers keep reading). Default: unmount everything and stop it.
+    pub keep_fuse_manager: bool,
+    /// Binary that runs the fuse manager (`EXE … fuse-manager`); default: this executable.
+    pub manager_exe: Option<PathBuf>,
 }
 
 impl Config {
@@ -57,6 +66,8 @@ impl Config {
             metrics_addr: None,
             remote: false,
             expansion_wait: Duration::from_secs(30),
+            keep_fuse_manager: false,
+            manager_exe: None,
         }
     }
 }
@@ -81,6 +92,8 @@ pub enum DaemonError {
     Remote(#[from] crate::remote::RemoteError),
     #[error(transparent)]
     Fetch(#[from] crate::fetch::Error),
+    #[error(transparent)]
+    Manager(#[from] crate::manager::Error),
 }
 
 pub type Result<T> = std::result::Result<T, DaemonError>;
@@ -106,11 +119,18 @@ pub fn bind(address: &Path) -> Result<UnixListener> {
 }
 
 /// Runs teleportd until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-    let remote = if cfg.remote {
-        Some(remote_layers(&cfg)?)
+pub async fn run(
+    mut cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    std::fs::create_dir_all(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
+    // Mount points are compared with /proc/self/mountinfo, which shows canonical paths.
+    cfg.root = std::fs::canonicalize(&cfg.root).map_err(io(format!("resolving {:?}", cfg.root)))?;
+    let (remote, manager) = if cfg.remote {
+        let (r, m) = remote_layers(&cfg).await?;
+        (Some(r), Some(m))
     } else {
-        None
+        (None, None)
     };
     let snap = Arc::new(OverlaySnapshotter::open(&cfg.root, remote)?);
     snap.restore_remote().await;
@@ -143,6 +163,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .await;
     info!("gRPC stopped");
     snap.shutdown().await;
+    if manager.is_some() && !cfg.keep_fuse_manager {
+        // The manager unmounted what it served; anything still below root is stale.
+        let root = cfg.root.clone();
+        match tokio::task::spawn_blocking(move || detach_below(&root, |_| false)).await {
+            Ok(n) if n > 0 => warn!(
+                detached = n,
+                "mounts were left after the fuse manager stopped"
+            ),
+            _ => {}
+        }
+    }
+    drop(manager);
     let _ = stop_tx.send(true);
     if let Some(m) = metrics {
         if tokio::time::timeout(Duration::from_secs(5), m)
@@ -159,7 +191,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     Ok(())
 }
 
-fn remote_layers(cfg: &Config) -> Result<RemoteLayers> {
+async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>)> {
     let registry = cfg
         .registry
         .clone()
@@ -168,15 +200,40 @@ fn remote_layers(cfg: &Config) -> Result<RemoteLayers> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| cfg.root.join("cache"));
-    let client = crate::fetch::Client::new(
-        &registry,
-        cfg.credentials.as_ref().map(|c| crate::fetch::Credentials {
-            username: c.user.clone(),
-            password: c.password.clone(),
-        }),
-        cache,
-        crate::fetch::ClientOptions::default(),
-    )?;
+    let exe = match &cfg.manager_exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().map_err(io("locating the teleportd binary"))?,
+    };
+    let spawn = SpawnConfig {
+        manager: ManagerConfig {
+            root: cfg.root.clone(),
+            registry: registry.clone(),
+            credentials: cfg.credentials.as_ref().map(|c| crate::fetch::Credentials {
+                username: c.user.clone(),
+                password: c.password.clone(),
+            }),
+            cache_dir: cache,
+        },
+        exe,
+        start_timeout: Duration::from_secs(30),
+    };
+    let manager = Arc::new(ManagerClient::connect_or_spawn(&spawn, cfg.keep_fuse_manager).await?);
+    // FUSE mounts below root the manager does not serve belong to a dead one: ENOTCONN.
+    let live: std::collections::HashSet<PathBuf> = manager.mounts().await?.into_iter().collect();
+    let root = cfg.root.clone();
+    let stale = tokio::task::spawn_blocking(move || {
+        detach_below(&root, |m| {
+            !m.fstype.starts_with("fuse") || live.contains(&m.mountpoint)
+        })
+    })
+    .await
+    .unwrap_or(0);
+    if stale > 0 {
+        info!(
+            detached = stale,
+            "stale FUSE mounts detached; they are mounted again from metadata"
+        );
+    }
     let resolver = HttpResolver::new(HttpResolverConfig {
         registry,
         credentials: cfg.credentials.clone(),
@@ -184,11 +241,43 @@ fn remote_layers(cfg: &Config) -> Result<RemoteLayers> {
         poll_interval: Duration::from_millis(500),
         request_timeout: Duration::from_secs(10),
     })?;
-    Ok(RemoteLayers::new(
-        Arc::new(resolver),
-        Arc::new(FuseLayers::new(client, crate::fs::MountOptions::default())),
-        cfg.mount_mode == MountMode::Merged,
+    Ok((
+        RemoteLayers::new(
+            Arc::new(resolver),
+            manager.clone(),
+            cfg.mount_mode == MountMode::Merged,
+        ),
+        manager,
     ))
+}
+
+/// Lazily detaches every mount below `root` that `keep` does not keep; returns how many.
+fn detach_below(root: &Path, keep: impl Fn(&crate::manager::MountEntry) -> bool) -> usize {
+    let mut n = 0;
+    for m in crate::manager::mounts_below(root) {
+        if keep(&m) {
+            continue;
+        }
+        match crate::fs::detach(&m.mountpoint) {
+            Ok(()) => {
+                info!(mountpoint = %m.mountpoint.display(), fstype = %m.fstype, "detached stale mount");
+                n += 1;
+            }
+            Err(e) => {
+                warn!(mountpoint = %m.mountpoint.display(), error = %e, "detaching stale mount")
+            }
+        }
+    }
+    n
+}
+
+/// Cleans a node whose teleportd was killed: stops the fuse manager named by
+/// `ROOT/fuse-manager.pid` — only if `/proc/PID/cmdline` is a teleportd fuse manager for this
+/// `root` — (SIGTERM, so it unmounts; SIGKILL after 20 s), then lazily detaches every mount
+/// left below `root` and removes the manager's pid and socket files. Blocking (up to ~30 s);
+/// a no-op when nothing runs or is mounted. Does not stop teleportd itself.
+pub fn kill_manager(root: &Path) -> Result<crate::manager::Cleanup> {
+    Ok(crate::manager::kill_manager(root, Duration::from_secs(20))?)
 }
 
 /// Counts of snapshots by kind, for `/metrics`.

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod fetch;
 pub mod fs;
 pub mod grpc;
+pub mod manager;
 pub mod metrics;
 pub mod remote;
 pub mod snapshot;

@@ -52,7 +52,7 @@ async fn render(snap: &OverlaySnapshotter) -> String {
             format!("{kind:?}").to_lowercase()
         ));
     }
-    let stats = snap.mount_stats();
+    let stats = snap.mount_stats().await;
     out.push_str(&format!(
         "# TYPE teleportd_fuse_mounts gauge\nteleportd_fuse_mounts {}\n",
         stats.len()

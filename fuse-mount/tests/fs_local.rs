@@ -240,12 +240,14 @@ fn fs_reads_fetch_only_what_is_read_and_the_cache_serves_later_mounts() {
     assert!(s.cache_hits >= len.div_ceil(u64::from(CHUNK)), "{s:?}");
     h.unmount().unwrap();
 
-    // With prefetch on open, opening and reading one byte pulls the whole file in.
+    // With prefetch on open, opening and reading one byte pulls the whole file in: the first
+    // read's read-ahead (one chunk here) plus a background fetch of the rest.
     let h = mount_merged(
         &m,
         env.layers.clone(),
         &MountOptions {
             prefetch_on_open: true,
+            read_ahead: u64::from(CHUNK),
             ..Default::default()
         },
     )
@@ -500,4 +502,98 @@ fn fs_background_layer_prefetch_fills_the_cache() {
     assert_eq!(after.bytes_fetched, before.bytes_fetched);
     assert!(after.cache_hits > 0);
     h.unmount().unwrap();
+}
+
+#[test]
+fn fs_first_read_fetches_the_rest_of_the_file_in_one_request() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/m"));
+    let h = mount_merged(&m, env.layers.clone(), &opts()).unwrap();
+    // One byte of a 13-chunk file (below the default read-ahead): the whole file, one request.
+    let mut f = File::open(m.join("data/big.bin")).unwrap();
+    let mut one = [0u8; 1];
+    f.read_exact(&mut one).unwrap();
+    let want = (big_file().len() as u64).div_ceil(u64::from(CHUNK));
+    let s = h.counters().snapshot();
+    assert_eq!(s.chunks_fetched, want, "{s:?}");
+    assert_eq!(s.fetches, 1, "{s:?}");
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    assert_eq!(one[0], big_file()[0]);
+    assert_eq!(rest, big_file()[1..]);
+    assert_eq!(
+        h.counters().snapshot().fetches,
+        1,
+        "the rest came from the cache"
+    );
+    drop(f);
+    h.unmount().unwrap();
+
+    // Without read-ahead the same one-byte read fetches only what the kernel asked for.
+    let h = mount_merged(
+        &m,
+        env.layers.clone(),
+        &MountOptions {
+            read_ahead: 0,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let mut f = File::open(m.join("data/new.bin")).unwrap();
+    f.read_exact(&mut one).unwrap();
+    let s = h.counters().snapshot();
+    assert!(s.chunks_fetched >= 1, "{s:?}");
+    assert!(
+        s.chunks_fetched < 200_000u64.div_ceil(u64::from(CHUNK)),
+        "{s:?}"
+    );
+    drop(f);
+    h.unmount().unwrap();
+}
+
+#[test]
+fn fs_read_ahead_around_cached_chunks_fetches_only_the_missing_runs() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let env = env_with(false);
+    let layer = env.layers[0].clone();
+    let big = layer.index().find("data/big.bin").unwrap().clone();
+    let cs = u64::from(CHUNK);
+    assert_eq!(
+        big.data_offset % cs,
+        0,
+        "a multi-chunk file starts on a boundary"
+    );
+    let c = Counters::default();
+    // Chunk 2 of the file is cached first.
+    let mut b = [0u8; 1];
+    layer
+        .read_data(big.data_offset + 2 * cs, &mut b, &c)
+        .unwrap();
+    assert_eq!(c.snapshot().chunks_fetched, 1);
+    // Read 1 byte with read-ahead over chunks 0..=3: runs [0,1] and [3], chunk 2 a hit.
+    let c = Counters::default();
+    layer
+        .read_data_ahead(big.data_offset, &mut b, big.data_offset + 4 * cs, &c)
+        .unwrap();
+    let s = c.snapshot();
+    assert_eq!((s.chunks_fetched, s.fetches), (3, 2), "{s:?}");
+    assert_eq!(s.bytes_fetched, 3 * cs);
+    assert_eq!(s.cache_hits, 1, "{s:?}");
+    assert_eq!(b[0], big_file()[0]);
+    // Everything read-ahead brought is served from the cache, right.
+    let mut buf = vec![0u8; 4 * cs as usize];
+    layer.read_data(big.data_offset, &mut buf, &c).unwrap();
+    assert_eq!(buf, big_file()[..buf.len()]);
+    assert_eq!(c.snapshot().fetches, 2);
+    // Read-ahead past the data blob is clamped, not an error.
+    let end = layer.index().data_size;
+    layer
+        .read_data_ahead(end - 1, &mut b, u64::MAX, &c)
+        .unwrap();
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use fuse_mount::daemon::{self, Config, MountMode};
+use fuse_mount::manager::server::ManagerConfig;
 use fuse_mount::remote::http::Credentials;
 
 #[derive(Parser)]
@@ -44,6 +45,10 @@ struct Cli {
     /// Longest a layer's Prepare waits for an image the registry is still expanding.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     expansion_wait: u64,
+    /// On SIGTERM/SIGINT leave the fuse manager and its mounts running for the next teleportd
+    /// (running containers keep reading). By default a clean stop unmounts everything.
+    #[arg(long)]
+    keep_fuse_manager: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,6 +57,11 @@ struct Cli {
 enum Command {
     /// Print the containerd config teleportd needs.
     ConfigSnippet,
+    /// Run the fuse manager that owns this root's FUSE mounts (teleportd starts it itself,
+    /// detached, so the mounts outlive a killed teleportd). Uses --root, --registry,
+    /// --cache-dir, --user and TELEPORTD_PASSWORD.
+    #[command(name = "fuse-manager")]
+    FuseManager,
 }
 
 async fn shutdown_signal() {
@@ -82,6 +92,22 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if let Some(Command::FuseManager) = cli.command {
+        let registry = cli
+            .registry
+            .ok_or_else(|| anyhow::anyhow!("fuse-manager needs --registry"))?;
+        let cfg = ManagerConfig {
+            cache_dir: cli.cache_dir.unwrap_or_else(|| cli.root.join("cache")),
+            root: cli.root,
+            registry,
+            credentials: cli.user.map(|username| fuse_mount::fetch::Credentials {
+                username,
+                password: cli.password.unwrap_or_default(),
+            }),
+        };
+        fuse_mount::manager::server::run(cfg, shutdown_signal()).await?;
+        return Ok(());
+    }
     let remote = !cli.no_remote && cli.registry.is_some();
     let cfg = Config {
         remote,
@@ -93,7 +119,8 @@ async fn main() -> anyhow::Result<()> {
         mount_mode: cli.mount_mode,
         cache_dir: cli.cache_dir,
         metrics_addr: cli.metrics_addr,
-                expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
+        expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
+        keep_fuse_manager: cli.keep_fuse_manager,
         ..Config::new(cli.root, cli.address)
     };
     daemon::run(cfg, shutdown_signal()).await?;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Counters {
     bytes_fetched: AtomicU64,
     chunks_fetched: AtomicU64,
+    fetches: AtomicU64,
     cache_hits: AtomicU64,
     fetch_errors: AtomicU64,
     bytes_read: AtomicU64,
@@ -19,6 +20,8 @@ pub struct CountersSnapshot {
     pub bytes_fetched: u64,
     /// Chunks fetched from the registry.
     pub chunks_fetched: u64,
+    /// Range requests that brought those chunks (one per run of adjacent missing chunks).
+    pub fetches: u64,
     /// Chunk lookups served by the node's chunk cache.
     pub cache_hits: u64,
     /// Fetches that failed after retries (each surfaced as EIO to a reader, or a failed prefetch).
@@ -32,12 +35,15 @@ impl Counters {
         CountersSnapshot {
             bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
             chunks_fetched: self.chunks_fetched.load(Ordering::Relaxed),
+            fetches: self.fetches.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             fetch_errors: self.fetch_errors.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
         }
     }
+    /// One range request that brought `chunks` chunks, `bytes` bytes.
     pub(crate) fn fetched(&self, chunks: u64, bytes: u64) {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
         self.chunks_fetched.fetch_add(chunks, Ordering::Relaxed);
         self.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
     }

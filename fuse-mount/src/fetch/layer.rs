@@ -125,13 +125,37 @@ impl LayerHandle {
     /// Read data-blob bytes `offset..offset+buf.len()` (fetching missing chunks, verified, into
     /// the cache). Fails within the client's read deadline when the registry cannot serve.
     pub fn read_data(&self, offset: u64, buf: &mut [u8], counters: &Counters) -> Result<()> {
+        self.read_data_ahead(offset, buf, 0, counters)
+    }
+
+    /// [`LayerHandle::read_data`] that also makes the data up to `fetch_end` present, missing
+    /// chunks in the same requests as the read's own: the rest of a file a reader is likely to
+    /// read next costs no extra round trip. `fetch_end` at or below the read's end changes
+    /// nothing; past the data size it is clamped.
+    pub fn read_data_ahead(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        fetch_end: u64,
+        counters: &Counters,
+    ) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
+        let end = offset.checked_add(buf.len() as u64).ok_or(Error::Range {
+            offset,
+            len: buf.len() as u64,
+            size: self.inner.index.data_size,
+        })?;
         let (first, last) = self.chunk_span(offset, buf.len() as u64)?;
-        self.ensure_chunks(first, last, counters, true)?;
+        let ahead_end = fetch_end.min(self.inner.index.data_size);
+        let fetch_last = if ahead_end > end {
+            self.chunk_span(offset, ahead_end - offset)?.1
+        } else {
+            last
+        };
+        self.ensure_chunks(first, fetch_last, counters, true)?;
         let cache = &self.inner.client.inner.cache;
-        let end = offset + buf.len() as u64;
         for c in &self.inner.index.chunks[first..=last] {
             let c_end = c.offset + u64::from(c.len);
             let a = offset.max(c.offset);
@@ -242,10 +266,10 @@ impl LayerHandle {
         }
         // One budget for the whole call: a reader gets its answer (or EIO) within it.
         let deadline = Instant::now() + client.inner.opts.read_deadline;
-        let mut first_err: Option<Error> = None;
+        // Runs: consecutive chunk indices, up to `coalesce_max` bytes each.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
         let mut start = 0;
         while start < lead.len() {
-            // A run: consecutive chunk indices, up to `coalesce_max` bytes.
             let mut end = start + 1;
             let mut bytes = u64::from(chunks[lead[start].0].len);
             while end < lead.len()
@@ -255,9 +279,19 @@ impl LayerHandle {
                 bytes += u64::from(chunks[lead[end].0].len);
                 end += 1;
             }
-            let run = &mut lead[start..end];
-            let idxs: Vec<usize> = run.iter().map(|(i, _)| *i).collect();
-            match self.fetch_run(&idxs, deadline) {
+            runs.push(start..end);
+            start = end;
+        }
+        let run_idxs: Vec<Vec<usize>> = runs
+            .iter()
+            .map(|r| lead[r.clone()].iter().map(|(i, _)| *i).collect())
+            .collect();
+        // Runs go out concurrently: a range split by cached chunks still costs one round trip.
+        let results = self.fetch_runs(&run_idxs, deadline);
+        let mut first_err: Option<Error> = None;
+        for ((r, idxs), res) in runs.into_iter().zip(&run_idxs).zip(results) {
+            let run = &mut lead[r];
+            match res {
                 Ok(n) => {
                     counters.fetched(idxs.len() as u64, n);
                     for (_, g) in run.iter_mut() {
@@ -273,7 +307,6 @@ impl LayerHandle {
                     first_err.get_or_insert(e);
                 }
             }
-            start = end;
         }
         if let Some(e) = first_err {
             return Err(e);
@@ -287,40 +320,71 @@ impl LayerHandle {
         Ok(())
     }
 
-    /// Fetch chunks (consecutive indices) with one request, verify each, store each. Returns
-    /// the bytes fetched.
-    fn fetch_run(&self, idxs: &[usize], deadline: Instant) -> Result<u64> {
+    /// Fetch each run of chunks (consecutive indices) with one request, all runs at once;
+    /// verify and store each chunk. Returns, per run, the bytes fetched.
+    fn fetch_runs(&self, runs: &[Vec<usize>], deadline: Instant) -> Vec<Result<u64>> {
         let chunks = &self.inner.index.chunks;
-        let (Some(&a), Some(&b)) = (idxs.first(), idxs.last()) else {
-            return Ok(0);
+        let span = |idxs: &[usize]| -> Option<(u64, u64)> {
+            let (&a, &b) = (idxs.first()?, idxs.last()?);
+            Some((
+                chunks[a].offset,
+                chunks[b].offset + u64::from(chunks[b].len),
+            ))
         };
-        let start = chunks[a].offset;
-        let end = chunks[b].offset + u64::from(chunks[b].len);
-        let bytes = match &self.inner.source {
+        let t0 = Instant::now();
+        let bodies: Vec<Result<Vec<u8>>> = match &self.inner.source {
             Source::Remote { repo, url } => {
                 let client = &self.inner.client;
-                client.block_on(client.get_range(repo, url, Some((start, end - 1)), deadline))?
-            }
-            Source::Local(src) => {
-                let mut buf = vec![0u8; (end - start) as usize];
-                let mut done = 0;
-                while done < buf.len() {
-                    let n = src
-                        .read_at(start + done as u64, &mut buf[done..])
-                        .map_err(Error::Local)?;
-                    if n == 0 {
-                        return Err(Error::Local(std::io::ErrorKind::UnexpectedEof.into()));
+                let futs = runs.iter().map(|idxs| async move {
+                    match span(idxs) {
+                        Some((start, end)) => {
+                            client
+                                .get_range(repo, url, Some((start, end - 1)), deadline)
+                                .await
+                        }
+                        None => Ok(Vec::new()),
                     }
-                    done += n;
-                }
-                buf
+                });
+                client.block_on(futures::future::join_all(futs))
             }
+            Source::Local(src) => runs
+                .iter()
+                .map(|idxs| match span(idxs) {
+                    Some((start, end)) => read_local(src.as_ref(), start, end),
+                    None => Ok(Vec::new()),
+                })
+                .collect(),
         };
+        tracing::trace!(
+            runs = runs.len(),
+            chunks = runs.iter().map(Vec::len).sum::<usize>(),
+            took = ?t0.elapsed(),
+            "fetched"
+        );
+        runs.iter()
+            .zip(bodies)
+            .map(|(idxs, body)| {
+                let Some((start, end)) = span(idxs) else {
+                    return Ok(0);
+                };
+                self.store_run(idxs, start, &body?)?;
+                Ok(end - start)
+            })
+            .collect()
+    }
+
+    /// Verify each chunk of a fetched run against the index and store it.
+    fn store_run(&self, idxs: &[usize], start: u64, bytes: &[u8]) -> Result<()> {
+        let chunks = &self.inner.index.chunks;
         let cache = &self.inner.client.inner.cache;
         for &i in idxs {
             let c: &ChunkInfo = &chunks[i];
             let from = (c.offset - start) as usize;
-            let part = &bytes[from..from + c.len as usize];
+            let part = bytes.get(from..from + c.len as usize).ok_or(Error::Range {
+                offset: c.offset,
+                len: u64::from(c.len),
+                size: start + bytes.len() as u64,
+            })?;
             let got = Digest::sha256_of(part);
             if got != c.digest {
                 return Err(Error::DigestMismatch {
@@ -330,8 +394,23 @@ impl LayerHandle {
             }
             cache.put_chunk(&c.digest, part)?;
         }
-        Ok(end - start)
+        Ok(())
     }
+}
+
+fn read_local(src: &dyn LocalSource, start: u64, end: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; (end - start) as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = src
+            .read_at(start + done as u64, &mut buf[done..])
+            .map_err(Error::Local)?;
+        if n == 0 {
+            return Err(Error::Local(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        done += n;
+    }
+    Ok(buf)
 }
 
 fn wait_flight(f: &Flight, digest: &Digest, deadline: Instant) -> Result<()> {

@@ -26,6 +26,8 @@ pub(crate) struct TeleportFs {
     pub counters: Arc<Counters>,
     pub ttl: Duration,
     pub prefetch_on_open: bool,
+    pub prefetch_on_open_max: u64,
+    pub read_ahead: u64,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -94,8 +96,14 @@ impl TeleportFs {
         let layer = self.layers.get(slot).ok_or(Errno::EIO)?;
         let start = base.checked_add(offset).ok_or(Errno::EIO)?;
         let mut buf = vec![0u8; len as usize];
+        // Read-ahead stays inside this file: past its end lie other files' bytes.
+        let file_end = base.saturating_add(n.size);
+        let fetch_end = start
+            .saturating_add(len)
+            .saturating_add(self.read_ahead)
+            .min(file_end);
         layer
-            .read_data(start, &mut buf, &self.counters)
+            .read_data_ahead(start, &mut buf, fetch_end, &self.counters)
             .map_err(|e| {
                 tracing::warn!(error = %e, offset = start, len, "read failed");
                 Errno::EIO
@@ -166,11 +174,18 @@ impl Filesystem for TeleportFs {
         if n.kind == NodeKind::Dir {
             return reply.error(Errno::EISDIR);
         }
-        // "Fetch ahead what a start needs": an opened file is usually read whole.
-        if self.prefetch_on_open {
-            if let (Some((slot, base)), true) = (n.data, n.size > 0) {
+        // An opened file is usually read whole. The first read fetches up to `read_ahead` of
+        // it itself (one round trip, no queueing behind other prefetches); only a larger file's
+        // remainder is worth a background fetch that overlaps the reader's progress.
+        if self.prefetch_on_open && n.size > self.read_ahead && n.size <= self.prefetch_on_open_max
+        {
+            if let Some((slot, base)) = n.data {
                 if let Some(l) = self.layers.get(slot) {
-                    l.prefetch(base, n.size, &self.counters);
+                    l.prefetch(
+                        base + self.read_ahead,
+                        n.size - self.read_ahead,
+                        &self.counters,
+                    );
                 }
             }
         }

@@ -55,8 +55,15 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Attribute / entry cache TTL handed to the kernel: contents are immutable.
     pub ttl: Duration,
-    /// On open, queue a background fetch of the rest of the file.
+    /// On open of a file larger than `read_ahead`, queue a background fetch of the part the
+    /// first read's read-ahead does not cover (up to `prefetch_on_open_max` file size).
     pub prefetch_on_open: bool,
+    /// Files above this size are not prefetched on open (a large file is often only probed).
+    pub prefetch_on_open_max: u64,
+    /// A read that misses also fetches up to this many more bytes of the file, in the same
+    /// request: files are mostly read whole and sequentially, and one more round trip costs
+    /// more than these bytes on an in-region link (5 ms at 1 Gbit/s ≈ 600 KB).
+    pub read_ahead: u64,
     /// At mount, queue a background fetch of every layer's whole data (low priority).
     pub prefetch_layers: bool,
     /// How long `unmount` waits for the FUSE threads after a clean unmount.
@@ -67,10 +74,14 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             fs_name: "teleport".into(),
-            threads: 4,
+            // Each thread blocks for a whole fetch on a miss: enough of them that a start's
+            // parallel readers (plus the kernel's async readahead) all have requests in flight.
+            threads: 16,
             allow_other: true,
             ttl: Duration::from_secs(3600),
             prefetch_on_open: true,
+            prefetch_on_open_max: 64 << 20,
+            read_ahead: 2 << 20,
             prefetch_layers: false,
             join_timeout: Duration::from_secs(5),
         }
@@ -204,12 +215,33 @@ pub fn mount_merged(
     mount_tree(path.as_ref(), tree, layers, opts)
 }
 
+/// fuser gives every FUSE thread a 16 MiB request buffer from `calloc`. Under glibc's dynamic
+/// mmap threshold these can come from malloc arenas, where calloc zeroes (touches) all 16 MiB:
+/// measured 2.6 GB RSS, 1.5 s of CPU and +0.7 s of pull for 29 per-layer mounts × 16 threads.
+/// A fixed threshold keeps large blocks as lazily-zeroed mmaps, so a thread's buffer costs only
+/// the pages its small read-only requests touch (same mounts: 24 MB RSS). Process-wide and
+/// idempotent; large blocks are what mmap is for anyway.
+fn keep_large_allocations_mmapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator tuning; no pointers involved.
+            let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+            if ok != 1 {
+                tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused");
+            }
+        });
+    }
+}
+
 fn mount_tree(
     path: &Path,
     tree: tree::Tree,
     layers: Vec<LayerHandle>,
     opts: &MountOptions,
 ) -> Result<MountHandle> {
+    keep_large_allocations_mmapped();
     let counters = Arc::new(Counters::default());
     if opts.prefetch_layers {
         for l in &layers {
@@ -222,6 +254,8 @@ fn mount_tree(
         counters: Arc::clone(&counters),
         ttl: opts.ttl,
         prefetch_on_open: opts.prefetch_on_open,
+        prefetch_on_open_max: opts.prefetch_on_open_max,
+        read_ahead: opts.read_ahead,
     };
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![

@@ -28,6 +28,12 @@ impl FuseLayers {
         }
     }
 
+    /// Every mount point this instance serves.
+    pub fn mountpoints(&self) -> Vec<PathBuf> {
+        let m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
+        m.keys().cloned().collect()
+    }
+
     fn take(&self, target: &Path) -> Option<MountHandle> {
         let mut m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
         m.remove(target)
@@ -141,16 +147,19 @@ impl LayerMounter for FuseLayers {
         })
     }
 
-    fn is_mounted(&self, target: &Path) -> bool {
+    fn is_mounted<'a>(&'a self, target: &'a Path) -> BoxFuture<'a, bool> {
         let m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
-        m.contains_key(target)
+        let mounted = m.contains_key(target);
+        Box::pin(async move { mounted })
     }
 
-    fn stats(&self) -> Vec<(PathBuf, crate::fetch::CountersSnapshot)> {
+    fn stats(&self) -> BoxFuture<'_, Vec<(PathBuf, crate::fetch::CountersSnapshot)>> {
         let m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter()
+        let stats = m
+            .iter()
             .map(|(p, h)| (p.clone(), h.counters().snapshot()))
-            .collect()
+            .collect();
+        Box::pin(async move { stats })
     }
 
     fn unmount_all(&self) -> BoxFuture<'_, ()> {

@@ -43,6 +43,8 @@ pub enum RemoteError {
         manifest: String,
         reason: String,
     },
+    #[error(transparent)]
+    Manager(Box<crate::manager::Error>),
 }
 
 pub type Result<T> = std::result::Result<T, RemoteError>;
@@ -138,10 +140,10 @@ pub trait LayerMounter: Send + Sync + 'static {
     fn unmount_layer<'a>(&'a self, target: &'a Path) -> BoxFuture<'a, Result<()>>;
     /// Everything this mounter mounted (clean shutdown).
     fn unmount_all(&self) -> BoxFuture<'_, ()>;
-    fn is_mounted(&self, target: &Path) -> bool;
+    fn is_mounted<'a>(&'a self, target: &'a Path) -> BoxFuture<'a, bool>;
     /// Fetch counters of each live mount, for `/metrics`.
-    fn stats(&self) -> Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)> {
-        Vec::new()
+    fn stats(&self) -> BoxFuture<'_, Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)>> {
+        Box::pin(async { Vec::new() })
     }
 }
 
@@ -197,7 +199,7 @@ impl RemoteLayers {
         target: &Path,
     ) -> std::result::Result<(), SnapshotError> {
         let _one_at_a_time = self.merging.lock().await;
-        if self.mounter.is_mounted(target) {
+        if self.mounter.is_mounted(target).await {
             return Ok(());
         }
         self.restore(labels, target).await
@@ -319,8 +321,8 @@ impl RemoteLayers {
         Ok(self.mounter.unmount_layer(target).await?)
     }
 
-    pub fn stats(&self) -> Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)> {
-        self.mounter.stats()
+    pub async fn stats(&self) -> Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)> {
+        self.mounter.stats().await
     }
 
     pub async fn unmount_all(&self) {

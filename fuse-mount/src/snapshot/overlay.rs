@@ -64,8 +64,9 @@ impl OverlaySnapshotter {
             .collect();
         for (key, id, labels) in todo {
             let target = self.snapshot_dir(id).join("fs");
-            match remote.restore(&labels, &target).await {
-                Ok(()) => info!(%key, "remote snapshot re-mounted"),
+            // A fuse manager that outlived teleportd still serves it: leave that mount alone.
+            match remote.ensure_layer(&labels, &target).await {
+                Ok(()) => info!(%key, "remote snapshot mounted"),
                 Err(e) => warn!(%key, error = %e, "remote snapshot could not be re-mounted"),
             }
         }
@@ -79,12 +80,11 @@ impl OverlaySnapshotter {
     }
 
     /// Fetch counters per live remote mount (empty without the remote path).
-    pub fn mount_stats(&self) -> Vec<(PathBuf, crate::fetch::CountersSnapshot)> {
-        self.inner
-            .remote
-            .as_ref()
-            .map(|r| r.stats())
-            .unwrap_or_default()
+    pub async fn mount_stats(&self) -> Vec<(PathBuf, crate::fetch::CountersSnapshot)> {
+        match &self.inner.remote {
+            Some(r) => r.stats().await,
+            None => Vec::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -834,8 +834,9 @@ mod tests {
             fn unmount_all(&self) -> BoxFuture<'_, ()> {
                 Box::pin(async {})
             }
-            fn is_mounted(&self, target: &Path) -> bool {
-                target.join("layer").exists() || target.join("merged").exists()
+            fn is_mounted<'a>(&'a self, target: &'a Path) -> BoxFuture<'a, bool> {
+                let m = target.join("layer").exists() || target.join("merged").exists();
+                Box::pin(async move { m })
             }
         }
 

@@ -131,6 +131,17 @@ impl Teleportd {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL and reap: the crash path (nothing of teleportd's own shutdown runs).
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap()
+    }
+
     /// SIGTERM and wait: the graceful path.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
