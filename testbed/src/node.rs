@@ -479,6 +479,19 @@ impl Node {
             d.stop(self.cfg.stop_timeout);
         }
         self.teleportd_metrics = None;
+        // teleportd runs its FUSE mounts in a detached fuse manager so they survive a killed
+        // teleportd; a clean stop takes it down too, but after a SIGKILL (or a stop timeout) it
+        // would be orphaned. Stop it here, before the mounts below are unmounted and wiped.
+        if self.paths.teleportd_root.join("fuse-manager.pid").exists() {
+            match fuse_mount::daemon::kill_manager(&self.paths.teleportd_root) {
+                Ok(c) if c.stopped.is_some() || !c.detached.is_empty() => tracing::info!(
+                    node = %self.cfg.name, pid = ?c.stopped, detached = c.detached.len(),
+                    "stopped an orphaned fuse manager"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = %self.cfg.name, error = %e, "fuse manager cleanup"),
+            }
+        }
         mounts::unmount_all_under(&self.paths.dir)?;
         remove_cgroups(&self.cgroup_parent());
         Ok(())

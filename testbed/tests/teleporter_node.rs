@@ -4,6 +4,7 @@
 
 mod common;
 
+use fuse_mount::manager::pid_alive;
 use std::time::Duration;
 use testbed::cri::PodSpec;
 use testbed::events::Events;
@@ -70,5 +71,61 @@ async fn teleporter_node_runs_pod_through_teleportd() {
     node.destroy().await.unwrap();
     assert!(common::mounts_under(&dir).is_empty());
     assert!(common::processes_mentioning(&dir).is_empty());
+    w.registry.shutdown().await.unwrap();
+}
+
+/// teleportd killed with SIGKILL while its FUSE mounts are in use: the mounts live on in the
+/// detached fuse manager, and stopping the node must still leave no mount and no process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_teleportd_leaves_nothing_after_node_stop() {
+    if !common::prerequisites() {
+        return;
+    }
+    common::init_tracing();
+    let bin = common::teleportd();
+    let w = common::world("redis", 0.05, false, "fast", true).await;
+
+    let dir = w.tmp.path().join("teleporter");
+    let kind = NodeKind::Teleporter {
+        mount_mode: MountMode::PerLayer,
+        registry_url: w.registry.url(),
+        teleportd_bin: bin,
+        extra_args: Vec::new(),
+    };
+    let mut cfg = NodeConfig::new("teleporter", &dir, kind);
+    cfg.sandbox_image = w.pause_ref.clone();
+    cfg.registries = vec![w.host.clone()];
+    let node = Node::start(cfg).await.unwrap();
+    let tpid = node.teleportd_pid().unwrap();
+    node.cri().pull_image(&w.pause_ref).await.unwrap();
+    node.cri().pull_image(&w.image_ref).await.unwrap();
+
+    let fuse_mounts = || {
+        common::mounts_under(&dir)
+            .into_iter()
+            .filter(|m| m.contains("fuse"))
+            .count()
+    };
+    assert!(fuse_mounts() > 0, "teleport pull made no FUSE mount");
+
+    // SIGKILL: teleportd gets no chance to clean up.
+    let rc = unsafe { libc::kill(tpid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill teleportd");
+    let manager_pid: u32 = std::fs::read_to_string(dir.join("teleportd/root/fuse-manager.pid"))
+        .expect("fuse manager pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid_alive(manager_pid), "fuse manager died with teleportd");
+    assert!(fuse_mounts() > 0, "mounts died with teleportd");
+
+    node.destroy().await.unwrap();
+    // A zombie counts as gone: the orphan's new parent (PID 1 here) may never reap it.
+    assert!(
+        !pid_alive(manager_pid),
+        "orphaned fuse manager survived node stop"
+    );
+    assert_eq!(common::mounts_under(&dir), Vec::<String>::new());
+    assert_eq!(common::processes_mentioning(&dir), Vec::new());
     w.registry.shutdown().await.unwrap();
 }
