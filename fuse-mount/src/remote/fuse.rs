@@ -106,21 +106,20 @@ impl LayerMounter for FuseLayers {
             {
                 return Ok(());
             }
-            let mut handles = Vec::with_capacity(layers.len());
-            for layer in layers {
+            // Every layer's index at once: one round trip for the stack, not one per layer.
+            let opens = layers.iter().map(|layer| async move {
                 let info = layer
                     .mount_info
                     .layers
                     .iter()
                     .find(|l| l.digest.as_str() == layer.digest)
                     .ok_or_else(|| layer_err(layer, "not in the registry's /mount answer"))?;
-                handles.push(
-                    self.client
-                        .open_layer(&layer.image.repo, info)
-                        .await
-                        .map_err(|e| layer_err(layer, e))?,
-                );
-            }
+                self.client
+                    .open_layer(&layer.image.repo, info)
+                    .await
+                    .map_err(|e| layer_err(layer, e))
+            });
+            let handles = futures::future::try_join_all(opens).await?;
             let Some(top) = layers.last() else {
                 return Ok(());
             };
