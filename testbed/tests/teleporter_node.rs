@@ -99,6 +99,24 @@ async fn killed_teleportd_leaves_nothing_after_node_stop() {
     let tpid = node.teleportd_pid().unwrap();
     node.cri().pull_image(&w.pause_ref).await.unwrap();
     node.cri().pull_image(&w.image_ref).await.unwrap();
+    // Layers are attached on first use: run a pod (left running) so they are mounted.
+    let ws = w.info.working_set.clone().unwrap();
+    let spec = PodSpec {
+        name: "app".into(),
+        image: w.image_ref.clone(),
+        env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
+        log_dir: node.paths().pods.join("app"),
+        cgroup_parent: node.cgroup_parent(),
+    };
+    let opts = RunOptions {
+        expected_hash: Some(ws.hash.clone()),
+        ready_timeout: Duration::from_secs(120),
+        teardown: false,
+    };
+    let t = run_pod(&node, &spec, &opts, &Events::new("teleporter", "app", None))
+        .await
+        .unwrap();
+    assert_eq!(t.ready.hash, ws.hash);
 
     let fuse_mounts = || {
         common::mounts_under(&dir)

@@ -124,6 +124,24 @@ pub trait RemoteResolver: Send + Sync + 'static {
 /// Makes a remote layer's tree appear at `target` (the committed snapshot's `fs` dir), and
 /// takes it away again. [`fuse::FuseLayers`] does it with a per-layer FUSE mount.
 pub trait LayerMounter: Send + Sync + 'static {
+    /// Checked at pull time, without I/O, for a layer that will only be mounted on first use:
+    /// by default the layer must be in the registry's `/mount` answer.
+    fn validate(&self, layer: &LayerRef) -> Result<()> {
+        if layer
+            .mount_info
+            .layers
+            .iter()
+            .any(|l| l.digest.as_str() == layer.digest)
+        {
+            Ok(())
+        } else {
+            Err(RemoteError::Layer {
+                digest: layer.digest.clone(),
+                manifest: layer.image.manifest.clone(),
+                reason: "not in the registry's /mount answer".into(),
+            })
+        }
+    }
     fn mount_layer<'a>(
         &'a self,
         layer: &'a LayerRef,
@@ -203,6 +221,27 @@ impl RemoteLayers {
             return Ok(());
         }
         self.restore(labels, target).await
+    }
+
+    /// Mounts every `(target, labels)` layer not mounted yet, all at once (per-layer mode's
+    /// attach on first use: one index round trip and one mount time for a whole image).
+    pub async fn ensure_layers(
+        &self,
+        layers: &[(std::path::PathBuf, Labels)],
+    ) -> std::result::Result<(), SnapshotError> {
+        if layers.is_empty() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.merging.lock().await;
+        let checks = layers.iter().map(|(dir, _)| self.mounter.is_mounted(dir));
+        let mounted = futures::future::join_all(checks).await;
+        let todo = layers
+            .iter()
+            .zip(mounted)
+            .filter(|(_, m)| !m)
+            .map(|((dir, labels), _)| self.restore(labels, dir));
+        futures::future::try_join_all(todo).await?;
+        Ok(())
     }
 
     /// Mounts the merged tree of the remote layers recorded with `labels` (bottom → top) at
@@ -293,6 +332,11 @@ impl RemoteLayers {
                 mount_info: info,
             },
         }
+    }
+
+    /// Pull-time check of a layer that is recorded now and mounted on first use.
+    pub fn validate(&self, layer: &LayerRef) -> std::result::Result<(), SnapshotError> {
+        Ok(self.mounter.validate(layer)?)
     }
 
     pub async fn mount_layer(

@@ -46,29 +46,23 @@ impl OverlaySnapshotter {
         })
     }
 
-    /// After a restart: mount every remote snapshot again from its recorded labels. Failures
-    /// are logged; such a snapshot stays in metadata (containers on it fail to start).
+    /// After a restart: remote snapshots are not mounted eagerly; each is attached again when a
+    /// container next needs it (a fuse manager that outlived teleportd still serves the ones in
+    /// use). Logs what is recorded.
     pub async fn restore_remote(&self) {
-        let Some(remote) = &self.inner.remote else {
-            return;
-        };
-        if remote.merged() {
-            // Merged lowers are mounted on demand by the next Prepare/Mounts.
+        if self.inner.remote.is_none() {
             return;
         }
-        let todo: Vec<(String, u64, Labels)> = self
+        let n = self
             .store()
             .iter()
             .filter(|(_, r)| r.labels.contains_key(super::LABEL_REMOTE))
-            .map(|(k, r)| (k.clone(), r.id, r.labels.clone()))
-            .collect();
-        for (key, id, labels) in todo {
-            let target = self.snapshot_dir(id).join("fs");
-            // A fuse manager that outlived teleportd still serves it: leave that mount alone.
-            match remote.ensure_layer(&labels, &target).await {
-                Ok(()) => info!(%key, "remote snapshot mounted"),
-                Err(e) => warn!(%key, error = %e, "remote snapshot could not be re-mounted"),
-            }
+            .count();
+        if n > 0 {
+            info!(
+                snapshots = n,
+                "remote snapshots recorded; attached on first use"
+            );
         }
     }
 
@@ -111,9 +105,21 @@ impl OverlaySnapshotter {
         let merged_mode = self.inner.remote.as_ref().is_some_and(|r| r.merged());
         if !merged_mode {
             let lowers: Vec<String> = parents.iter().map(|&p| fs_of(p)).collect();
+            // Per-layer mode attaches remote layers on first use: every remote lower of this
+            // snapshot is mounted (all at once) before its mounts are handed out.
+            let mut needs = Needs::default();
+            if self.inner.remote.is_some() {
+                for (_, r) in store.parent_chain(key)? {
+                    if r.labels.contains_key(super::LABEL_REMOTE) {
+                        needs
+                            .layers
+                            .push((self.snapshot_dir(r.id).join("fs"), r.labels.clone()));
+                    }
+                }
+            }
             return Ok((
                 mounts_for(&self.inner.root, rec.kind, rec.id, &lowers),
-                Needs::default(),
+                needs,
             ));
         }
         // Merged mode: the bottom run of remote layers is one FUSE mount of their merged tree.
@@ -163,9 +169,7 @@ impl OverlaySnapshotter {
         let Some(remote) = &self.inner.remote else {
             return Ok(mounts);
         };
-        for (dir, labels) in &needs.layers {
-            remote.ensure_layer(labels, dir).await?;
-        }
+        remote.ensure_layers(&needs.layers).await?;
         if let Some((dir, layers)) = &needs.merged {
             fs::create_dir_all(dir).map_err(SnapshotError::io(format!("creating {dir:?}")))?;
             remote.ensure_merged(layers, dir).await?;
@@ -253,20 +257,16 @@ impl OverlaySnapshotter {
             match remote.decide(&labels).await {
                 RemoteOutcome::Local => {}
                 RemoteOutcome::Remote { target, layer } => {
+                    // A layer the registry cannot serve fails the pull, never a later start.
+                    remote.validate(&layer)?;
                     let mut l = labels.clone();
                     l.insert(super::LABEL_REMOTE.into(), "true".into());
+                    // Nothing is mounted at pull time: the layer is attached when a container
+                    // first needs it (`mounts_ready`), all of an image's layers at once, so a
+                    // pull costs one metadata write per layer whatever the layer count.
                     match self.create_committed(&target, &parent, l) {
-                        Ok(_) if remote.merged() => {
-                            info!(%target, layer = %layer.digest, "remote layer recorded (merged mode)");
-                        }
-                        Ok(id) => {
-                            let dir = self.snapshot_dir(id).join("fs");
-                            if let Err(e) = remote.mount_layer(&layer, &dir).await {
-                                // Undo: the layer is not available after all.
-                                let _ = self.remove_impl(target.clone()).await;
-                                return Err(e);
-                            }
-                            info!(%target, layer = %layer.digest, "layer made available remotely");
+                        Ok(_) => {
+                            info!(%target, layer = %layer.digest, "remote layer recorded");
                         }
                         // Someone already has it: that is what AlreadyExists tells containerd.
                         Err(SnapshotError::AlreadyExists(_)) => {}
@@ -793,6 +793,17 @@ mod tests {
         }
         struct Mounter;
         impl LayerMounter for Mounter {
+            // The doubles' /mount answer lists no layers: every layer but "broken" is served.
+            fn validate(&self, layer: &LayerRef) -> crate::remote::Result<()> {
+                if layer.digest == "sha256:broken" {
+                    return Err(RemoteError::Layer {
+                        digest: layer.digest.clone(),
+                        manifest: layer.image.manifest.clone(),
+                        reason: "no such layer".into(),
+                    });
+                }
+                Ok(())
+            }
             fn mount_layer<'a>(
                 &'a self,
                 layer: &'a LayerRef,
@@ -917,8 +928,15 @@ mod tests {
                 1,
                 "decided once per image"
             );
+            // Attached on first use: nothing mounted by the pull, both layers by a container.
             let fs_dir = s.root().join("snapshots/2/fs/layer");
+            assert!(!fs_dir.exists(), "mounted at pull time");
+            s.prepare("ctr".into(), "c2".into(), labels(&[]))
+                .await
+                .unwrap();
             assert_eq!(fs::read_to_string(fs_dir).unwrap(), "sha256:l2");
+            let fs_dir = s.root().join("snapshots/1/fs/layer");
+            assert_eq!(fs::read_to_string(fs_dir).unwrap(), "sha256:l1");
             // A second pull of the same layer (another namespace) also gets AlreadyExists.
             let e = s
                 .prepare(
