@@ -199,12 +199,16 @@ fn remote_pull_run_restart_remove(mode: &str) {
         "file bytes fetched lazily"
     );
 
-    // Restart: a clean stop unmounts; after a start the next container re-attaches the layers
-    // from metadata alone.
+    // Restart: a clean stop unmounts, a start re-mounts from metadata (per-layer; the merged
+    // tree is mounted by the next container).
     assert!(td.stop().success());
     assert_eq!(fuse_mounts(dir), 0, "clean stop unmounts");
     drop(td);
     let td = Teleportd::start_with(&root, &socket, &log, &targs);
+    let after_restart = if mode == "merged" { 0 } else { 2 };
+    common::wait_for("re-mounted layers", Duration::from_secs(30), || {
+        (fuse_mounts(dir) == after_restart).then_some(())
+    });
     // containerd's proxy client reconnects with backoff.
     common::wait_for("containerd to reconnect", Duration::from_secs(30), || {
         let o = ctrd.ctr_raw(&["snapshots", "--snapshotter", "teleportd", "ls"]);

@@ -46,23 +46,29 @@ impl OverlaySnapshotter {
         })
     }
 
-    /// After a restart: remote snapshots are not mounted eagerly; each is attached again when a
-    /// container next needs it (a fuse manager that outlived teleportd still serves the ones in
-    /// use). Logs what is recorded.
+    /// After a restart (per-layer mode): mount every remote snapshot again from its recorded
+    /// labels, all at once; mounts a fuse manager that outlived teleportd still serves are left
+    /// alone. Failures are logged; such a snapshot stays in metadata (containers on it fail to
+    /// start). Merged lowers are mounted on demand by the next Prepare/View/Mounts.
     pub async fn restore_remote(&self) {
-        if self.inner.remote.is_none() {
+        let Some(remote) = &self.inner.remote else {
+            return;
+        };
+        if remote.merged() {
             return;
         }
-        let n = self
+        let todo: Vec<(PathBuf, Labels)> = self
             .store()
             .iter()
             .filter(|(_, r)| r.labels.contains_key(super::LABEL_REMOTE))
-            .count();
-        if n > 0 {
-            info!(
-                snapshots = n,
-                "remote snapshots recorded; attached on first use"
-            );
+            .map(|(_, r)| (self.snapshot_dir(r.id).join("fs"), r.labels.clone()))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        match remote.ensure_layers(&todo).await {
+            Ok(()) => info!(snapshots = todo.len(), "remote snapshots mounted"),
+            Err(e) => warn!(error = %e, "remote snapshots could not all be re-mounted"),
         }
     }
 
