@@ -52,6 +52,11 @@ pub struct Config {
     pub keep_fuse_manager: bool,
     /// Binary that runs the fuse manager (`EXE … fuse-manager`); default: this executable.
     pub manager_exe: Option<PathBuf>,
+    /// Learned start profiles: replay a layer's stored profile at mount, record and upload one
+    /// when it has none.
+    pub start_profile: bool,
+    /// How long after a layer's first read its start profile keeps recording.
+    pub profile_window: Duration,
 }
 
 impl Config {
@@ -68,6 +73,8 @@ impl Config {
             expansion_wait: Duration::from_secs(30),
             keep_fuse_manager: false,
             manager_exe: None,
+            start_profile: true,
+            profile_window: Duration::from_secs(10),
         }
     }
 }
@@ -213,6 +220,8 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
                 password: c.password.clone(),
             }),
             cache_dir: cache,
+            start_profile: cfg.start_profile,
+            profile_window: cfg.profile_window,
         },
         exe,
         start_timeout: Duration::from_secs(30),

@@ -58,12 +58,17 @@ async fn render(snap: &OverlaySnapshotter) -> String {
         stats.len()
     ));
     type Field = fn(&crate::fetch::CountersSnapshot) -> u64;
-    let fields: [(&str, Field); 5] = [
+    let fields: [(&str, Field); 9] = [
         ("bytes_fetched", |c| c.bytes_fetched),
         ("chunks_fetched", |c| c.chunks_fetched),
         ("cache_hits", |c| c.cache_hits),
         ("fetch_errors", |c| c.fetch_errors),
         ("bytes_read", |c| c.bytes_read),
+        ("demand_fetches", |c| c.demand_fetches),
+        // "Profile hits": layers mounted with a learned start profile to replay.
+        ("profile_layers", |c| c.profile_layers),
+        ("profile_bytes_prefetched", |c| c.profile_bytes_prefetched),
+        ("profile_jobs_done", |c| c.profile_jobs_done),
     ];
     for (name, get) in fields {
         out.push_str(&format!("# TYPE teleportd_fuse_{name}_total counter\n"));

@@ -82,6 +82,10 @@ pub enum Code {
     ExpansionPending,
     /// Ours: the image or repository is not enabled / queued for expansion.
     ExpansionUnknown,
+    /// Ours: a start profile body that does not decode or does not fit its layer.
+    ProfileInvalid,
+    /// Ours: no start profile stored for this layer yet.
+    ProfileUnknown,
 }
 
 impl Code {
@@ -106,6 +110,8 @@ impl Code {
             Code::ExpansionFailed => "EXPANSION_FAILED",
             Code::ExpansionPending => "EXPANSION_PENDING",
             Code::ExpansionUnknown => "EXPANSION_UNKNOWN",
+            Code::ProfileInvalid => "PROFILE_INVALID",
+            Code::ProfileUnknown => "PROFILE_UNKNOWN",
         }
     }
 }

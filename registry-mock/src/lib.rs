@@ -16,6 +16,7 @@ pub mod link;
 pub mod manifest;
 pub mod metrics;
 pub mod names;
+pub mod profile;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -49,6 +49,13 @@ struct Cli {
     /// (running containers keep reading). By default a clean stop unmounts everything.
     #[arg(long)]
     keep_fuse_manager: bool,
+    /// Do not use learned start profiles: neither replay a layer's stored profile at mount nor
+    /// record and upload one.
+    #[arg(long)]
+    no_start_profile: bool,
+    /// How long after a layer's first read its start profile keeps recording.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    profile_window: f64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -83,6 +90,8 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let profile_window = std::time::Duration::try_from_secs_f64(cli.profile_window)
+        .map_err(|e| anyhow::anyhow!("--profile-window {}: {e}", cli.profile_window))?;
     if let Some(Command::ConfigSnippet) = cli.command {
         print!("{}", daemon::config_snippet(&cli.address));
         return Ok(());
@@ -104,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
                 username,
                 password: cli.password.unwrap_or_default(),
             }),
+            start_profile: !cli.no_start_profile,
+            profile_window,
         };
         fuse_mount::manager::server::run(cfg, shutdown_signal()).await?;
         return Ok(());
@@ -121,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr: cli.metrics_addr,
         expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
         keep_fuse_manager: cli.keep_fuse_manager,
+        start_profile: !cli.no_start_profile,
+        profile_window,
         ..Config::new(cli.root, cli.address)
     };
     daemon::run(cfg, shutdown_signal()).await?;

@@ -11,6 +11,11 @@ pub struct Counters {
     cache_hits: AtomicU64,
     fetch_errors: AtomicU64,
     bytes_read: AtomicU64,
+    demand_fetches: AtomicU64,
+    profile_layers: AtomicU64,
+    profile_bytes_prefetched: AtomicU64,
+    profile_jobs_queued: AtomicU64,
+    profile_jobs_done: AtomicU64,
 }
 
 /// A point-in-time copy, e.g. for `/metrics`.
@@ -28,6 +33,15 @@ pub struct CountersSnapshot {
     pub fetch_errors: u64,
     /// File bytes returned to readers.
     pub bytes_read: u64,
+    /// Range requests a reader waited on (cache misses not covered by any prefetch).
+    pub demand_fetches: u64,
+    /// Layers of this mount that had a learned start profile to replay ("profile hits").
+    pub profile_layers: u64,
+    /// Data bytes fetched by start-profile replay.
+    pub profile_bytes_prefetched: u64,
+    /// Start-profile prefetch jobs queued / finished (equal: the replay is over).
+    pub profile_jobs_queued: u64,
+    pub profile_jobs_done: u64,
 }
 
 impl Counters {
@@ -39,7 +53,26 @@ impl Counters {
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             fetch_errors: self.fetch_errors.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            demand_fetches: self.demand_fetches.load(Ordering::Relaxed),
+            profile_layers: self.profile_layers.load(Ordering::Relaxed),
+            profile_bytes_prefetched: self.profile_bytes_prefetched.load(Ordering::Relaxed),
+            profile_jobs_queued: self.profile_jobs_queued.load(Ordering::Relaxed),
+            profile_jobs_done: self.profile_jobs_done.load(Ordering::Relaxed),
         }
+    }
+    pub(crate) fn demand_fetch(&self) {
+        self.demand_fetches.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn profile_layer(&self, jobs: u64) {
+        self.profile_layers.fetch_add(1, Ordering::Relaxed);
+        self.profile_jobs_queued.fetch_add(jobs, Ordering::Relaxed);
+    }
+    pub(crate) fn profile_prefetched(&self, bytes: u64) {
+        self.profile_bytes_prefetched
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn profile_job_done(&self) {
+        self.profile_jobs_done.fetch_add(1, Ordering::Relaxed);
     }
     /// One range request that brought `chunks` chunks, `bytes` bytes.
     pub(crate) fn fetched(&self, chunks: u64, bytes: u64) {

@@ -64,7 +64,7 @@ impl Client {
         })
     }
 
-    async fn fetch_token(&self, repo: &str, ch: &Challenge) -> Result<String> {
+    async fn fetch_token(&self, repo: &str, actions: &str, ch: &Challenge) -> Result<String> {
         let auth_err = |reason: String| Error::Auth {
             repo: repo.to_string(),
             reason,
@@ -78,7 +78,7 @@ impl Client {
             .clone()
             .or_else(|| self.inner.base.host_str().map(str::to_string))
             .unwrap_or_default();
-        let scope = format!("repository:{repo}:pull");
+        let scope = format!("repository:{repo}:{actions}");
         let mut req = self
             .inner
             .http
@@ -106,12 +106,30 @@ impl Client {
         timeout: Duration,
         build: impl Fn() -> RequestBuilder,
     ) -> std::result::Result<Response, reqwest::Error> {
+        self.send_scoped(repo, "pull", timeout, build).await
+    }
+
+    /// [`Client::send_authed`] with a token for `actions` (`pull`, or `pull,push` for writes).
+    async fn send_scoped(
+        &self,
+        repo: &str,
+        actions: &str,
+        timeout: Duration,
+        build: impl Fn() -> RequestBuilder,
+    ) -> std::result::Result<Response, reqwest::Error> {
+        // Pull tokens keep the plain repository key; other scopes get their own entry so a
+        // push token never replaces (or is replaced by) the pull token reads use.
+        let key = if actions == "pull" {
+            repo.to_string()
+        } else {
+            format!("{repo}#{actions}")
+        };
         let cached = self
             .inner
             .tokens
             .lock()
             .ok()
-            .and_then(|t| t.get(repo).cloned());
+            .and_then(|t| t.get(&key).cloned());
         let with = |tok: Option<&String>| {
             let r = build().timeout(timeout);
             match tok {
@@ -124,10 +142,10 @@ impl Client {
             return Ok(resp);
         }
         let ch = parse_challenge(resp.headers().get(WWW_AUTHENTICATE));
-        match self.fetch_token(repo, &ch).await {
+        match self.fetch_token(repo, actions, &ch).await {
             Ok(tok) => {
                 if let Ok(mut t) = self.inner.tokens.lock() {
-                    t.insert(repo.to_string(), tok.clone());
+                    t.insert(key, tok.clone());
                 }
                 with(Some(&tok)).send().await
             }
@@ -224,8 +242,94 @@ impl Client {
             Source::Remote {
                 repo: repo.to_string(),
                 url: layer.data.url.clone(),
+                layer: layer.digest.clone(),
             },
         ))
+    }
+
+    fn profile_url(&self, repo: &str, layer: &Digest) -> Result<reqwest::Url> {
+        self.url(&format!("/mount/v1/{repo}/_profiles/{layer}"))
+    }
+
+    /// The learned start profile of `layer` (`None`: the registry has none).
+    pub(crate) async fn get_profile(
+        &self,
+        repo: &str,
+        layer: &Digest,
+    ) -> Result<Option<Vec<(u64, u64)>>> {
+        let url = self.profile_url(repo, layer)?;
+        let http_err = |source| Error::Http {
+            url: url.to_string(),
+            source,
+        };
+        let resp = self
+            .send_authed(repo, self.inner.opts.request_timeout, || {
+                self.inner.http.get(url.clone())
+            })
+            .await
+            .map_err(http_err)?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            s => {
+                return Err(Error::Status {
+                    url: url.to_string(),
+                    status: s.as_u16(),
+                })
+            }
+        }
+        let bytes = resp.bytes().await.map_err(http_err)?;
+        let doc: super::profile::Document =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Profile {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        if doc.schema_version != super::profile::SCHEMA_VERSION {
+            return Err(Error::Profile {
+                url: url.to_string(),
+                reason: format!("schemaVersion {}", doc.schema_version),
+            });
+        }
+        Ok(Some(doc.ranges))
+    }
+
+    /// Upload a recorded start profile of `layer` (needs push rights on `repo`).
+    pub(crate) async fn put_profile(
+        &self,
+        repo: &str,
+        layer: &Digest,
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let url = self.profile_url(repo, layer)?;
+        let body = serde_json::to_vec(&super::profile::Document {
+            schema_version: super::profile::SCHEMA_VERSION,
+            ranges,
+        })
+        .map_err(|e| Error::Profile {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let resp = self
+            .send_scoped(repo, "pull,push", self.inner.opts.request_timeout, || {
+                self.inner
+                    .http
+                    .put(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await
+            .map_err(|source| Error::Http {
+                url: url.to_string(),
+                source,
+            })?;
+        // 201: stored; 200: the registry already had one and kept it (first writer wins).
+        match resp.status() {
+            StatusCode::OK | StatusCode::CREATED => Ok(()),
+            s => Err(Error::Status {
+                url: url.to_string(),
+                status: s.as_u16(),
+            }),
+        }
     }
 
     /// GET `path` (whole, or `range` = inclusive byte range), retrying network errors, 5xx and

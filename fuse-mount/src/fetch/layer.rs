@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use emulator::format::ChunkInfo;
 use emulator::{Digest, Index};
 
-use super::{Client, Counters, Error, Flight, Result};
+use super::profile::{self, Recorded, Recorder, Remote};
+use super::{Client, Counters, Error, Flight, Purpose, Result};
 
 /// A local data blob (file or bytes) standing in for the registry.
 pub trait LocalSource: Send + Sync + 'static {
@@ -21,7 +22,12 @@ impl<T: emulator::reader::RangeSource + Send + Sync + 'static> LocalSource for T
 }
 
 pub(crate) enum Source {
-    Remote { repo: String, url: String },
+    Remote {
+        repo: String,
+        url: String,
+        /// The layer's (compressed) digest: the key of its start profile.
+        layer: Digest,
+    },
     Local(Arc<dyn LocalSource>),
 }
 
@@ -35,6 +41,42 @@ struct LayerInner {
     client: Client,
     index: Index,
     source: Source,
+    /// Start-profile recording (remote layers with profiles on).
+    recorder: Option<Recorder>,
+    /// The profile lookup/replay runs once per handle, however many mounts share it.
+    profile_started: std::sync::atomic::AtomicBool,
+}
+
+impl LayerInner {
+    /// Close the recording and, if it is to be uploaded, PUT it in the background (once; errors
+    /// are logged, never surfaced to a reader).
+    fn finish_recording(&self) {
+        if let Some(ranges) = self.recorder.as_ref().and_then(Recorder::close) {
+            self.upload(ranges);
+        }
+    }
+
+    fn upload(&self, ranges: Vec<(u64, u64)>) {
+        let Source::Remote { repo, layer, .. } = &self.source else {
+            return;
+        };
+        let (client, repo, layer) = (self.client.clone(), repo.clone(), layer.clone());
+        let n = ranges.len();
+        let task = async move {
+            match client.put_profile(&repo, &layer, ranges).await {
+                Ok(()) => tracing::info!(%repo, %layer, ranges = n, "start profile uploaded"),
+                Err(e) => tracing::warn!(%repo, %layer, error = %e, "start profile upload failed"),
+            }
+        };
+        self.client.spawn_upload(task);
+    }
+}
+
+impl Drop for LayerInner {
+    fn drop(&mut self) {
+        // Unmounted (or the last reader gone) before the window closed: upload what we have.
+        self.finish_recording();
+    }
 }
 
 impl std::fmt::Debug for LayerHandle {
@@ -78,12 +120,108 @@ impl Drop for FlightGuard<'_> {
 
 impl LayerHandle {
     pub(crate) fn new(client: Client, index: Index, source: Source) -> LayerHandle {
+        let opts = &client.inner.opts;
+        let recorder = (opts.start_profile && matches!(source, Source::Remote { .. }))
+            .then(|| Recorder::new(opts.profile_window));
         LayerHandle {
             inner: Arc::new(LayerInner {
                 client,
                 index,
                 source,
+                recorder,
+                profile_started: std::sync::atomic::AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Start-profile work for a freshly mounted layer, in the background so the mount pays no
+    /// round trip: ask the registry for the layer's profile; replay it on the prefetch queue if
+    /// there is one (counted in `counters`), else let this mount's recording be uploaded.
+    /// A no-op for local layers or with profiles off.
+    pub fn start_profile(&self, counters: &Arc<Counters>) {
+        if self.inner.recorder.is_none()
+            || self
+                .inner
+                .profile_started
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let Source::Remote { repo, layer, .. } = &self.inner.source else {
+            return;
+        };
+        let (this, counters) = (self.clone(), Arc::clone(counters));
+        let (repo, layer) = (repo.clone(), layer.clone());
+        let task = async move {
+            let res = this.inner.client.get_profile(&repo, &layer).await;
+            let Some(rec) = this.inner.recorder.as_ref() else {
+                return;
+            };
+            match res {
+                Ok(Some(ranges)) => {
+                    rec.set_remote(Remote::Present);
+                    this.replay(&ranges, &counters);
+                }
+                Ok(None) => rec.set_remote(Remote::Absent),
+                Err(e) => {
+                    tracing::warn!(%repo, %layer, error = %e, "start profile lookup failed");
+                }
+            }
+        };
+        if let Some(rt) = &self.inner.client.inner.rt {
+            rt.spawn(task);
+        }
+    }
+
+    /// Queue a stored profile's ranges as prefetch jobs (see [`profile::plan`]).
+    fn replay(&self, ranges: &[(u64, u64)], counters: &Arc<Counters>) {
+        // Ranges the index does not cover come from a profile for other content: skip them.
+        let spans: Vec<(usize, usize)> = ranges
+            .iter()
+            .filter_map(|&(o, l)| self.chunk_span(o, l).ok())
+            .collect();
+        let chunks = &self.inner.index.chunks;
+        let opts = &self.inner.client.inner.opts;
+        let max = opts.profile_request_max.min(opts.coalesce_max).max(1);
+        let gap = profile::JOIN_GAP_BYTES / u64::from(self.inner.index.chunk_size.max(1));
+        let gap = usize::try_from(gap).unwrap_or(0);
+        let jobs = profile::plan(&spans, |i| u64::from(chunks[i].len), max, gap);
+        tracing::debug!(
+            diff_id = %self.inner.index.diff_id,
+            ranges = ranges.len(),
+            jobs = jobs.len(),
+            "replaying start profile"
+        );
+        // Counted before queueing so "done == queued" never holds early.
+        counters.profile_layer(jobs.len() as u64);
+        for (first, last) in jobs {
+            self.inner
+                .client
+                .queue_prefetch(self, first, last, counters, Purpose::Profile);
+        }
+    }
+
+    /// Record a reader's range in the start profile; starts the window timer on the first one.
+    fn record(&self, offset: u64, len: u64) {
+        let Some(rec) = &self.inner.recorder else {
+            return;
+        };
+        match rec.record(offset, len) {
+            Recorded::Nothing => {}
+            // A read after the window closed it: the timer found nothing left to do.
+            Recorded::Upload(ranges) => self.inner.upload(ranges),
+            Recorded::Started => {
+                let weak = Arc::downgrade(&self.inner);
+                let window = rec.window();
+                if let Some(rt) = &self.inner.client.inner.rt {
+                    rt.spawn(async move {
+                        tokio::time::sleep(window).await;
+                        if let Some(inner) = weak.upgrade() {
+                            inner.finish_recording();
+                        }
+                    });
+                }
+            }
         }
     }
 
@@ -154,7 +292,7 @@ impl LayerHandle {
         } else {
             last
         };
-        self.ensure_chunks(first, fetch_last, counters, true)?;
+        self.ensure_chunks(first, fetch_last, counters, Purpose::Read)?;
         let cache = &self.inner.client.inner.cache;
         for c in &self.inner.index.chunks[first..=last] {
             let c_end = c.offset + u64::from(c.len);
@@ -167,6 +305,7 @@ impl LayerHandle {
             cache.read_chunk(&c.digest, a - c.offset, dst)?;
         }
         counters.read(buf.len() as u64);
+        self.record(offset, buf.len() as u64);
         Ok(())
     }
 
@@ -175,7 +314,7 @@ impl LayerHandle {
         if let Ok((first, last)) = self.chunk_span(offset, len) {
             self.inner
                 .client
-                .queue_prefetch(self, first, last, counters);
+                .queue_prefetch(self, first, last, counters, Purpose::Prefetch);
         }
     }
 
@@ -183,7 +322,9 @@ impl LayerHandle {
     pub fn prefetch_all(&self, counters: &Arc<Counters>) {
         let n = self.inner.index.chunks.len();
         if n > 0 {
-            self.inner.client.queue_prefetch(self, 0, n - 1, counters);
+            self.inner
+                .client
+                .queue_prefetch(self, 0, n - 1, counters, Purpose::Prefetch);
         }
     }
 
@@ -194,15 +335,22 @@ impl LayerHandle {
         first: usize,
         last: usize,
         counters: &Counters,
+        purpose: Purpose,
     ) -> Result<()> {
         let opts = &self.inner.client.inner.opts;
-        let per = (opts.coalesce_max / u64::from(self.inner.index.chunk_size.max(1))).max(1);
+        // Profile replay keeps its requests short: a reader that needs a chunk of one waits
+        // for the whole request (single-flight).
+        let max = match purpose {
+            Purpose::Profile => opts.profile_request_max.min(opts.coalesce_max),
+            Purpose::Read | Purpose::Prefetch => opts.coalesce_max,
+        };
+        let per = (max / u64::from(self.inner.index.chunk_size.max(1))).max(1);
         let per = usize::try_from(per).unwrap_or(usize::MAX);
         let last = last.min(self.inner.index.chunks.len().saturating_sub(1));
         let mut i = first;
         while i <= last && i < self.inner.index.chunks.len() {
             let j = last.min(i.saturating_add(per - 1));
-            self.ensure_chunks(i, j, counters, false)?;
+            self.ensure_chunks(i, j, counters, purpose)?;
             i = j + 1;
         }
         Ok(())
@@ -211,14 +359,16 @@ impl LayerHandle {
     /// Make chunks `first..=last` present in the cache: cached ones count as hits; missing ones
     /// this call leads are fetched in coalesced runs; ones another thread is fetching are waited
     /// for (single-flight).
-    /// `reading`: a reader waits for these (cache hits are counted only then).
+    /// `purpose`: a reader waits for these (cache hits are counted only then), or a background
+    /// prefetch / profile replay (its bytes counted as such).
     pub(crate) fn ensure_chunks(
         &self,
         first: usize,
         last: usize,
         counters: &Counters,
-        reading: bool,
+        purpose: Purpose,
     ) -> Result<()> {
+        let reading = purpose == Purpose::Read;
         let hit = || {
             if reading {
                 counters.hit();
@@ -294,6 +444,11 @@ impl LayerHandle {
             match res {
                 Ok(n) => {
                     counters.fetched(idxs.len() as u64, n);
+                    match purpose {
+                        Purpose::Read => counters.demand_fetch(),
+                        Purpose::Profile => counters.profile_prefetched(n),
+                        Purpose::Prefetch => {}
+                    }
                     for (_, g) in run.iter_mut() {
                         g.finish(Ok(()));
                     }
@@ -333,7 +488,7 @@ impl LayerHandle {
         };
         let t0 = Instant::now();
         let bodies: Vec<Result<Vec<u8>>> = match &self.inner.source {
-            Source::Remote { repo, url } => {
+            Source::Remote { repo, url, .. } => {
                 let client = &self.inner.client;
                 let futs = runs.iter().map(|idxs| async move {
                     match span(idxs) {

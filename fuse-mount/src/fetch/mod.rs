@@ -10,6 +10,7 @@ mod counters;
 mod http;
 mod layer;
 mod mount_info;
+mod profile;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,6 +83,8 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
     #[error("client task failed: {0}")]
     Join(String),
+    #[error("{url}: invalid start profile: {reason}")]
+    Profile { url: String, reason: String },
 }
 
 /// Registry credentials for the token endpoint (basic auth). `None` means anonymous.
@@ -114,8 +117,19 @@ pub struct ClientOptions {
     pub retry_backoff: Duration,
     /// Adjacent missing chunks are fetched with one Range request up to this many bytes.
     pub coalesce_max: u64,
-    /// Background prefetch threads (low priority: they only take queued work).
+    /// Background prefetch threads (low priority: they only take queued work). Also the number
+    /// of start-profile range requests in flight at once: replay is latency-bound (a start's
+    /// ranges are small and scattered), so it takes many concurrent requests to fill the link;
+    /// the threads mostly wait on the network.
     pub prefetch_workers: usize,
+    /// Learned start profiles: replay a layer's stored profile when it is mounted, and record
+    /// and upload one when it has none.
+    pub start_profile: bool,
+    /// How long after a layer's first read its start profile keeps recording.
+    pub profile_window: Duration,
+    /// Largest range request a profile replay makes: small enough that a reader waiting for a
+    /// chunk in such a flight waits ~10 ms at 1 Gbit/s, large enough to amortise a round trip.
+    pub profile_request_max: u64,
     /// Runtime worker threads for HTTP.
     pub http_threads: usize,
 }
@@ -129,7 +143,10 @@ impl Default for ClientOptions {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
             coalesce_max: 8 << 20,
-            prefetch_workers: 2,
+            prefetch_workers: 16,
+            start_profile: true,
+            profile_window: Duration::from_secs(10),
+            profile_request_max: 1 << 20,
             http_threads: 2,
         }
     }
@@ -141,6 +158,18 @@ pub(crate) struct PrefetchJob {
     first: usize,
     last: usize,
     counters: Arc<Counters>,
+    purpose: Purpose,
+}
+
+/// Why chunks are being made present: decides what is counted, and that only reads record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A reader is waiting.
+    Read,
+    /// Background prefetch (open, whole-layer).
+    Prefetch,
+    /// Replay of a learned start profile.
+    Profile,
 }
 
 /// One in-flight chunk fetch others can wait for (single-flight).
@@ -169,6 +198,8 @@ pub(crate) struct Inner {
     pub(crate) flights: Mutex<HashMap<String, Arc<Flight>>>,
     pub(crate) opts: ClientOptions,
     prefetch_tx: Mutex<Option<mpsc::Sender<PrefetchJob>>>,
+    /// Start-profile uploads still running (awaited, with a deadline, at shutdown).
+    uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -237,6 +268,7 @@ impl Client {
                 flights: Mutex::new(HashMap::new()),
                 opts: opts.clone(),
                 prefetch_tx: Mutex::new(Some(tx)),
+                uploads: Mutex::new(Vec::new()),
             }),
         };
         let rx = Arc::new(Mutex::new(rx));
@@ -309,18 +341,57 @@ impl Client {
         handle.await.map_err(|e| Error::Join(e.to_string()))?
     }
 
+    /// Run a start-profile upload in the background, tracked for [`Client::flush_uploads`].
+    pub(crate) fn spawn_upload(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let Some(rt) = &self.inner.rt else {
+            return;
+        };
+        let h = rt.spawn(task);
+        if let Ok(mut u) = self.inner.uploads.lock() {
+            u.retain(|h| !h.is_finished());
+            u.push(h);
+        }
+    }
+
+    /// Wait (at most `timeout`) for start-profile uploads still running, e.g. those that
+    /// unmounting just started, so that a stopping process does not cut them off.
+    pub async fn flush_uploads(&self, timeout: Duration) {
+        let pending: Vec<_> = match self.inner.uploads.lock() {
+            Ok(mut u) => u.drain(..).collect(),
+            Err(_) => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let n = pending.len();
+        if tokio::time::timeout(timeout, futures::future::join_all(pending))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                uploads = n,
+                "start profile uploads still running at shutdown"
+            );
+        }
+    }
+
     pub(crate) fn queue_prefetch(
         &self,
         layer: &LayerHandle,
         first: usize,
         last: usize,
         counters: &Arc<Counters>,
+        purpose: Purpose,
     ) {
         let job = PrefetchJob {
             layer: layer.clone(),
             first,
             last,
             counters: Arc::clone(counters),
+            purpose,
         };
         if let Ok(tx) = self.inner.prefetch_tx.lock() {
             if let Some(tx) = tx.as_ref() {
@@ -341,8 +412,14 @@ fn prefetch_worker(rx: &Mutex<mpsc::Receiver<PrefetchJob>>) {
             },
             Err(_) => return,
         };
-        if let Err(e) = job.layer.prefetch_now(job.first, job.last, &job.counters) {
+        let res = job
+            .layer
+            .prefetch_now(job.first, job.last, &job.counters, job.purpose);
+        if let Err(e) = res {
             tracing::debug!(error = %e, "prefetch failed");
+        }
+        if job.purpose == Purpose::Profile {
+            job.counters.profile_job_done();
         }
     }
 }

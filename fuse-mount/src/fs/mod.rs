@@ -248,6 +248,10 @@ fn mount_tree(
             l.prefetch_all(&counters);
         }
     }
+    for l in &layers {
+        // Background: the mount itself never waits for the profile lookup.
+        l.start_profile(&counters);
+    }
     let fs = fuse::TeleportFs {
         tree,
         layers,

@@ -118,6 +118,11 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     } else {
         cmd.env_remove("TELEPORTD_PASSWORD");
     }
+    if !m.start_profile {
+        cmd.arg("--no-start-profile");
+    }
+    cmd.arg("--profile-window")
+        .arg(m.profile_window.as_secs_f64().to_string());
     cmd.arg(super::SUBCOMMAND)
         .stdin(Stdio::null())
         .stdout(log)

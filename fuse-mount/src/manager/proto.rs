@@ -112,6 +112,17 @@ pub struct Counters {
     pub cache_hits: u64,
     pub fetch_errors: u64,
     pub bytes_read: u64,
+    // Newer fields default to 0 so an older manager's answers still parse.
+    #[serde(default)]
+    pub demand_fetches: u64,
+    #[serde(default)]
+    pub profile_layers: u64,
+    #[serde(default)]
+    pub profile_bytes_prefetched: u64,
+    #[serde(default)]
+    pub profile_jobs_queued: u64,
+    #[serde(default)]
+    pub profile_jobs_done: u64,
 }
 
 impl From<CountersSnapshot> for Counters {
@@ -123,6 +134,11 @@ impl From<CountersSnapshot> for Counters {
             cache_hits: c.cache_hits,
             fetch_errors: c.fetch_errors,
             bytes_read: c.bytes_read,
+            demand_fetches: c.demand_fetches,
+            profile_layers: c.profile_layers,
+            profile_bytes_prefetched: c.profile_bytes_prefetched,
+            profile_jobs_queued: c.profile_jobs_queued,
+            profile_jobs_done: c.profile_jobs_done,
         }
     }
 }
@@ -138,6 +154,11 @@ impl From<Counters> for CountersSnapshot {
             cache_hits: c.cache_hits,
             fetch_errors: c.fetch_errors,
             bytes_read: c.bytes_read,
+            demand_fetches: c.demand_fetches,
+            profile_layers: c.profile_layers,
+            profile_bytes_prefetched: c.profile_bytes_prefetched,
+            profile_jobs_queued: c.profile_jobs_queued,
+            profile_jobs_done: c.profile_jobs_done,
             ..CountersSnapshot::default()
         }
     }

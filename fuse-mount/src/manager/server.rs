@@ -30,6 +30,10 @@ pub struct ManagerConfig {
     pub registry: String,
     pub credentials: Option<Credentials>,
     pub cache_dir: PathBuf,
+    /// Learned start profiles (replay and record); see [`ClientOptions::start_profile`].
+    pub start_profile: bool,
+    /// See [`ClientOptions::profile_window`].
+    pub profile_window: std::time::Duration,
 }
 
 impl ManagerConfig {
@@ -87,7 +91,11 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         &cfg.registry,
         cfg.credentials.clone(),
         cfg.cache_dir.clone(),
-        ClientOptions::default(),
+        ClientOptions {
+            start_profile: cfg.start_profile,
+            profile_window: cfg.profile_window,
+            ..ClientOptions::default()
+        },
     )?;
     write_pid(&cfg.root)?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -124,6 +132,12 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
     }
     drop(listener);
     state.layers.unmount_all().await;
+    // Unmounting closed the start-profile recordings: let their uploads finish.
+    state
+        .layers
+        .client()
+        .flush_uploads(std::time::Duration::from_secs(5))
+        .await;
     // Only our own files: a successor may already have replaced them.
     if super::read_pid(&cfg.root) == Some(std::process::id()) {
         let _ = std::fs::remove_file(super::pid_path(&cfg.root));
@@ -207,6 +221,11 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         Request::Shutdown => {
             info!("fuse manager: asked to unmount everything and exit");
             layers.unmount_all().await;
+            // Before answering: whoever asked may stop this process right after the answer.
+            layers
+                .client()
+                .flush_uploads(std::time::Duration::from_secs(5))
+                .await;
             return (Response::Ok, true);
         }
     };

@@ -28,6 +28,11 @@ impl FuseLayers {
         }
     }
 
+    /// The registry client the mounts read through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Every mount point this instance serves.
     pub fn mountpoints(&self) -> Vec<PathBuf> {
         let m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());

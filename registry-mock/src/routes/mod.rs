@@ -4,6 +4,7 @@
 pub mod acr;
 pub mod blobs;
 pub mod manifests;
+pub mod profiles;
 pub mod token;
 pub mod uploads;
 
@@ -68,6 +69,11 @@ pub enum Route {
         digest: String,
         part: Part,
     },
+    /// A layer's learned start profile (`routes::profiles`).
+    MountProfile {
+        name: RepoName,
+        digest: String,
+    },
 }
 
 impl Route {
@@ -93,6 +99,7 @@ impl Route {
             Route::MountLayer {
                 part: Part::Data, ..
             } => "/mount/v1/{name}/_layers/{digest}/data",
+            Route::MountProfile { .. } => "/mount/v1/{name}/_profiles/{digest}",
         }
     }
 }
@@ -203,6 +210,12 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
                 digest: rest[r - 1].clone(),
             });
         }
+        if r >= 3 && rest[r - 2] == "_profiles" {
+            return Ok(Route::MountProfile {
+                name: name_of(&rest[..r - 2])?,
+                digest: rest[r - 1].clone(),
+            });
+        }
         if r >= 4 && rest[r - 3] == "_layers" {
             let part = match rest[r - 1].as_str() {
                 "index" => Part::Index,
@@ -232,7 +245,8 @@ fn need_for(route: &Route, method: &Method) -> Need {
         Route::Manifest { name, .. }
         | Route::Blob { name, .. }
         | Route::AcrRepo { name }
-        | Route::AcrExpand { name } => {
+        | Route::AcrExpand { name }
+        | Route::MountProfile { name, .. } => {
             if write {
                 Need::Push(name.clone())
             } else {
@@ -331,6 +345,12 @@ async fn dispatch(st: &Arc<AppState>, route: Route, req: Request<Incoming>) -> A
         (Route::MountLayer { name, digest, part }, m @ (M::GET | M::HEAD)) => {
             acr::mount_layer(st, &name, &digest, part, &req, m == M::HEAD).await
         }
+        (Route::MountProfile { name, digest }, m @ (M::GET | M::HEAD)) => {
+            profiles::get(st, &name, &digest, m == M::HEAD)
+        }
+        (Route::MountProfile { name, digest }, M::PUT) => {
+            profiles::put(st, &name, &digest, req).await
+        }
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
@@ -403,6 +423,10 @@ mod tests {
                 part: Part::Data,
                 ..
             })
+        ));
+        assert!(matches!(
+            parse_route(&format!("/mount/v1/x/y/_profiles/{d}")),
+            Ok(Route::MountProfile { name, .. }) if name.as_str() == "x/y"
         ));
         assert!(matches!(parse_route("/nope"), Err(ApiError::NotFound)));
         assert!(
