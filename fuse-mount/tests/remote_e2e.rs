@@ -165,12 +165,25 @@ fn remote_pull_run_restart_remove(mode: &str) {
     let (after_pull, after_run) = if mode == "merged" { (0, 1) } else { (0, 2) };
     assert_eq!(fuse_mounts(dir), after_pull, "FUSE mounts after the pull");
 
+    // The pull warms the image ahead of its first start: both layer indexes are fetched in the
+    // background (nothing mounted yet), and the container's mounts then fetch no index again.
+    common::wait_for("indexes fetched ahead", Duration::from_secs(30), || {
+        let n = std::fs::read_dir(cache.join("index")).ok()?.count();
+        (n == 2).then_some(())
+    });
+    let index_bytes = reg.metrics().served(ServedKind::ExpandedIndex);
+    assert!(index_bytes > 0);
     let out = run(&ctrd, &image, &format!("{mode}-c1"));
     assert_eq!(out, common::expected_tree());
     assert_eq!(
         fuse_mounts(dir),
         after_run,
         "FUSE mounts after a container ran"
+    );
+    assert_eq!(
+        reg.metrics().served(ServedKind::ExpandedIndex),
+        index_bytes,
+        "the mounts used the indexes opened ahead"
     );
     let metrics = rt.block_on(async {
         reqwest::get(format!("http://{metrics_addr}/metrics"))

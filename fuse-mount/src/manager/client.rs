@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::proto::{LayerSpec, ManagerInfo, Request, Response};
 use super::server::{ManagerConfig, MAX_LINE};
@@ -274,6 +274,22 @@ impl From<Error> for RemoteError {
 }
 
 impl LayerMounter for ManagerClient {
+    fn warm(&self, layers: Vec<LayerRef>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let socket = self.socket.clone();
+        let req = Request::Warm {
+            layers: layers.iter().map(LayerSpec::from).collect(),
+        };
+        rt.spawn(async move {
+            // Only a head start: an older manager that does not know the request is fine.
+            if let Err(e) = call_at(&socket, &req, QUICK).await.and_then(expect_ok) {
+                debug!(error = %e, "warm-up request");
+            }
+        });
+    }
+
     fn mount_layer<'a>(
         &'a self,
         layer: &'a LayerRef,

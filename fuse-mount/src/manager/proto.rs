@@ -81,6 +81,11 @@ pub enum Request {
         target: PathBuf,
         layers: Vec<LayerSpec>,
     },
+    /// Open these layers ahead (index, start-profile replay) in the background; answered at
+    /// once. See [`crate::remote::LayerMounter::warm`].
+    Warm {
+        layers: Vec<LayerSpec>,
+    },
     /// No-op when nothing is mounted at `target`.
     Unmount {
         target: PathBuf,

@@ -200,6 +200,10 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
                 Err(e) => error(e),
             }
         }
+        Request::Warm { layers: l } => {
+            layers.warm(l.into_iter().map(Into::into).collect());
+            Response::Ok
+        }
         Request::Unmount { target } => match layers.unmount_layer(&target).await {
             Ok(()) => Response::Ok,
             Err(e) => error(e),

@@ -4,20 +4,28 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{LayerMounter, LayerRef, RemoteError, Result};
-use crate::fetch::Client;
+use crate::fetch::{Client, Counters, LayerHandle};
 use crate::fs::{self, MountHandle, MountOptions};
 
 pub struct FuseLayers {
     client: Client,
     opts: MountOptions,
     mounts: Mutex<HashMap<PathBuf, MountHandle>>,
+    /// Layers opened ahead by [`LayerMounter::warm`] (index read, profile replay started),
+    /// taken by the mount that needs them.
+    warmed: Arc<Mutex<HashMap<String, LayerHandle>>>,
+    /// Fetch counters of warm-up work done before any mount exists.
+    warm_counters: Arc<Counters>,
 }
+
+/// Warmed handles kept at most (an image pulled but never run must not pin memory forever).
+const WARMED_MAX: usize = 1024;
 
 impl FuseLayers {
     pub fn new(client: Client, opts: MountOptions) -> Self {
@@ -25,7 +33,31 @@ impl FuseLayers {
             client,
             opts,
             mounts: Mutex::new(HashMap::new()),
+            warmed: Arc::new(Mutex::new(HashMap::new())),
+            warm_counters: Arc::new(Counters::default()),
         }
+    }
+
+    fn warmed_handle(&self, layer: &LayerRef) -> Option<LayerHandle> {
+        let mut w = self.warmed.lock().unwrap_or_else(|p| p.into_inner());
+        w.remove(&warm_key(layer))
+    }
+
+    /// The layer's handle: warmed ahead at pull, or opened now (index from cache or registry).
+    async fn open(&self, layer: &LayerRef) -> Result<LayerHandle> {
+        if let Some(h) = self.warmed_handle(layer) {
+            return Ok(h);
+        }
+        let info = layer
+            .mount_info
+            .layers
+            .iter()
+            .find(|l| l.digest.as_str() == layer.digest)
+            .ok_or_else(|| layer_err(layer, "not in the registry's /mount answer"))?;
+        self.client
+            .open_layer(&layer.image.repo, info)
+            .await
+            .map_err(|e| layer_err(layer, e))
     }
 
     /// The registry client the mounts read through.
@@ -62,24 +94,52 @@ async fn unmount(h: MountHandle) {
     }
 }
 
+/// Same repository and layer: the handle (index, data URL) is the same.
+fn warm_key(layer: &LayerRef) -> String {
+    format!("{}/{}@{}", layer.image.host, layer.image.repo, layer.digest)
+}
+
 impl LayerMounter for FuseLayers {
+    fn warm(&self, layers: Vec<LayerRef>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for layer in layers {
+            let (client, warmed) = (self.client.clone(), Arc::clone(&self.warmed));
+            let counters = Arc::clone(&self.warm_counters);
+            rt.spawn(async move {
+                let key = warm_key(&layer);
+                let Some(info) = layer
+                    .mount_info
+                    .layers
+                    .iter()
+                    .find(|l| l.digest.as_str() == layer.digest)
+                else {
+                    return;
+                };
+                match client.open_layer(&layer.image.repo, info).await {
+                    Ok(h) => {
+                        h.start_profile(&counters);
+                        let mut w = warmed.lock().unwrap_or_else(|p| p.into_inner());
+                        if w.len() >= WARMED_MAX {
+                            w.clear();
+                        }
+                        w.insert(key, h);
+                    }
+                    // The mount will try again and report it.
+                    Err(e) => debug!(layer = %layer.digest, error = %e, "warm-up"),
+                }
+            });
+        }
+    }
+
     fn mount_layer<'a>(
         &'a self,
         layer: &'a LayerRef,
         target: &'a Path,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let info = layer
-                .mount_info
-                .layers
-                .iter()
-                .find(|l| l.digest.as_str() == layer.digest)
-                .ok_or_else(|| layer_err(layer, "not in the registry's /mount answer"))?;
-            let handle = self
-                .client
-                .open_layer(&layer.image.repo, info)
-                .await
-                .map_err(|e| layer_err(layer, e))?;
+            let handle = self.open(layer).await?;
             let (t, opts) = (target.to_owned(), self.opts.clone());
             let mounted = tokio::task::spawn_blocking(move || fs::mount_layer(&t, handle, &opts))
                 .await
@@ -112,18 +172,7 @@ impl LayerMounter for FuseLayers {
                 return Ok(());
             }
             // Every layer's index at once: one round trip for the stack, not one per layer.
-            let opens = layers.iter().map(|layer| async move {
-                let info = layer
-                    .mount_info
-                    .layers
-                    .iter()
-                    .find(|l| l.digest.as_str() == layer.digest)
-                    .ok_or_else(|| layer_err(layer, "not in the registry's /mount answer"))?;
-                self.client
-                    .open_layer(&layer.image.repo, info)
-                    .await
-                    .map_err(|e| layer_err(layer, e))
-            });
+            let opens = layers.iter().map(|layer| self.open(layer));
             let handles = futures::future::try_join_all(opens).await?;
             let Some(top) = layers.last() else {
                 return Ok(());

@@ -124,6 +124,11 @@ pub trait RemoteResolver: Send + Sync + 'static {
 /// Makes a remote layer's tree appear at `target` (the committed snapshot's `fs` dir), and
 /// takes it away again. [`fuse::FuseLayers`] does it with a per-layer FUSE mount.
 pub trait LayerMounter: Send + Sync + 'static {
+    /// Called once when an image is first found remote (at pull): start, in the background,
+    /// what its first start will need — every layer's index and the replay of its learned start
+    /// profile — so the work overlaps the rest of the pull and the sandbox start. Returns at
+    /// once; failures only cost the head start.
+    fn warm(&self, _layers: Vec<LayerRef>) {}
     /// Checked at pull time, without I/O, for a layer that will only be mounted on first use:
     /// by default the layer must be in the registry's `/mount` answer.
     fn validate(&self, layer: &LayerRef) -> Result<()> {
@@ -310,6 +315,16 @@ impl RemoteLayers {
                 Ok(Decision::Remote(info)) => {
                     info!(repo = %image.repo, %manifest, "image is expanded: mounting its layers");
                     self.remember(&cache_key, Cached::Remote(info.clone()));
+                    let all = info
+                        .layers
+                        .iter()
+                        .map(|l| LayerRef {
+                            image: image.clone(),
+                            digest: l.digest.to_string(),
+                            mount_info: info.clone(),
+                        })
+                        .collect();
+                    self.mounter.warm(all);
                     info
                 }
                 Ok(d) => {
