@@ -53,9 +53,13 @@ async fn render(snap: &OverlaySnapshotter) -> String {
         ));
     }
     let stats = snap.mount_stats().await;
+    // The empty path is the pull-time warm-up, not a mount.
+    let mounts = stats
+        .iter()
+        .filter(|(p, _)| !p.as_os_str().is_empty())
+        .count();
     out.push_str(&format!(
-        "# TYPE teleportd_fuse_mounts gauge\nteleportd_fuse_mounts {}\n",
-        stats.len()
+        "# TYPE teleportd_fuse_mounts gauge\nteleportd_fuse_mounts {mounts}\n"
     ));
     type Field = fn(&crate::fetch::CountersSnapshot) -> u64;
     let fields: [(&str, Field); 9] = [
@@ -73,12 +77,16 @@ async fn render(snap: &OverlaySnapshotter) -> String {
     for (name, get) in fields {
         out.push_str(&format!("# TYPE teleportd_fuse_{name}_total counter\n"));
         for (mp, c) in &stats {
-            out.push_str(&format!(
-                "teleportd_fuse_{name}_total{{mount=\"{}\"}} {}\n",
+            let label = if mp.as_os_str().is_empty() {
+                "(pull warm-up)".to_string()
+            } else {
                 mp.display()
                     .to_string()
                     .replace('\\', "\\\\")
-                    .replace('"', "\\\""),
+                    .replace('"', "\\\"")
+            };
+            out.push_str(&format!(
+                "teleportd_fuse_{name}_total{{mount=\"{label}\"}} {}\n",
                 get(c)
             ));
         }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::machine::{MachineInfo, Versions};
 use crate::metrics::{self, Served};
-use crate::node::{MountMode, Node};
+use crate::node::{MountMode, Node, NodeKind};
 use crate::pod::{run_pod, RunOptions};
 use crate::report::{LinkSettings, Report};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -74,6 +74,10 @@ pub struct Sample {
     /// `None` for the warm run.
     pub rep: Option<u32>,
     pub warm: bool,
+    /// The image's first start on any node of a fresh registry: no learned start profile exists
+    /// yet (teleportd records one). Reported on its own, not in the cold medians.
+    #[serde(default)]
+    pub first_start: bool,
     pub pull_seconds: Option<f64>,
     pub sandbox_seconds: f64,
     pub create_seconds: f64,
@@ -192,13 +196,39 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     let versions = Versions::detect();
 
     let runs_per_node = u64::from(opts.reps) + 1;
-    let total = runs_per_node * (facts.len() as u64) * (nodes.len() as u64);
+    let has_teleporter = nodes
+        .iter()
+        .any(|n| matches!(n.kind(), NodeKind::Teleporter { .. }));
+    let firsts = if has_teleporter {
+        facts.len() as u64
+    } else {
+        0
+    };
+    let total = runs_per_node * (facts.len() as u64) * (nodes.len() as u64) + firsts;
     let pb = bar(total, opts.interactive);
     let http = reqwest::Client::new();
     let metrics_url = format!("{}/metrics", registry.url());
     let mut samples = Vec::new();
 
     for img in &facts {
+        // The image's first start on a teleporter, while the registry holds no start profile
+        // for its layers: measured and reported apart, so every cold rep below (either mount
+        // mode) starts in the same state — a profile learned by an earlier start exists.
+        if let Some(node) = nodes
+            .iter_mut()
+            .find(|n| matches!(n.kind(), NodeKind::Teleporter { .. }))
+        {
+            pb.set_message(format!(
+                "{} {} first start",
+                img.variant.as_str(),
+                node.name()
+            ));
+            node.recycle().await?;
+            node.cri().pull_image(&pause_ref).await?;
+            let s = measure(node, img, Run::First, opts, &http, &metrics_url, &pb).await?;
+            samples.push(s);
+            pb.inc(1);
+        }
         for rep in 0..opts.reps {
             for node in nodes.iter_mut() {
                 pb.set_message(format!(
@@ -210,12 +240,12 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                 node.recycle().await?;
                 // The pause image is pre-loaded, not counted (and its bytes are outside the delta).
                 node.cri().pull_image(&pause_ref).await?;
-                let s = measure(node, img, Some(rep), opts, &http, &metrics_url, &pb).await?;
+                let s = measure(node, img, Run::Cold(rep), opts, &http, &metrics_url, &pb).await?;
                 samples.push(s);
                 pb.inc(1);
                 if rep + 1 == opts.reps {
                     pb.set_message(format!("{} {} warm", img.variant.as_str(), node.name()));
-                    let s = measure(node, img, None, opts, &http, &metrics_url, &pb).await?;
+                    let s = measure(node, img, Run::Warm, opts, &http, &metrics_url, &pb).await?;
                     samples.push(s);
                     pb.inc(1);
                 }
@@ -250,10 +280,18 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// Which kind of start a measurement is.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    First,
+    Cold(u32),
+    Warm,
+}
+
 async fn measure(
     node: &Node,
     img: &ImageFacts,
-    rep: Option<u32>,
+    run_kind: Run,
     opts: &CompareOptions,
     http: &reqwest::Client,
     metrics_url: &str,
@@ -263,8 +301,16 @@ async fn measure(
         "{}-{}-{}",
         img.variant.as_str(),
         node.name(),
-        rep.map_or("warm".to_string(), |r| format!("r{}", r + 1))
+        match run_kind {
+            Run::First => "first".to_string(),
+            Run::Cold(r) => format!("r{}", r + 1),
+            Run::Warm => "warm".to_string(),
+        }
     );
+    let rep = match run_kind {
+        Run::Cold(r) => Some(r),
+        _ => None,
+    };
     let spec = PodSpec {
         name: pod.clone(),
         image: img.reference.clone(),
@@ -301,7 +347,8 @@ async fn measure(
         role: node.kind().role().to_string(),
         mount_mode: node.kind().mount_mode_label().to_string(),
         rep,
-        warm: rep.is_none(),
+        warm: matches!(run_kind, Run::Warm),
+        first_start: matches!(run_kind, Run::First),
         pull_seconds: t.pull_seconds,
         sandbox_seconds: t.sandbox_seconds,
         create_seconds: t.create_seconds,

@@ -65,6 +65,10 @@ pub struct Row {
     pub pull_seconds: Option<Stat>,
     pub ready_seconds: Option<Stat>,
     pub warm_ready_seconds: Option<f64>,
+    /// The image's first start on a fresh registry (no learned start profile yet), on the
+    /// teleporter that ran it; not part of the cold medians.
+    #[serde(default)]
+    pub first_start_ready_seconds: Option<f64>,
     /// Median over the cold repetitions.
     pub layer_blob_bytes_downloaded: u64,
     pub expanded_bytes_fetched: u64,
@@ -146,16 +150,21 @@ impl Report {
         for img in &images {
             // Node order as first seen in the samples (shuttle first).
             let mut nodes: Vec<(&str, &str)> = Vec::new();
-            for s in samples.iter().filter(|s| s.variant == img.variant) {
+            for s in samples
+                .iter()
+                .filter(|s| s.variant == img.variant && !s.first_start)
+            {
                 if !nodes.iter().any(|(n, _)| *n == s.node) {
                     nodes.push((&s.node, &s.mount_mode));
                 }
             }
             for (node, mode) in nodes {
+                let mine = move |s: &&Sample| s.variant == img.variant && s.node == node;
                 let of = |warm: bool| {
-                    samples.iter().filter(move |s| {
-                        s.variant == img.variant && s.node == node && s.warm == warm
-                    })
+                    samples
+                        .iter()
+                        .filter(mine)
+                        .filter(move |s| s.warm == warm && !s.first_start)
                 };
                 let cold: Vec<&Sample> = of(false).collect();
                 let role = cold.first().map_or("", |s| s.role.as_str());
@@ -179,6 +188,11 @@ impl Report {
                         &cold.iter().map(|s| s.ready_seconds).collect::<Vec<_>>(),
                     ),
                     warm_ready_seconds: of(true).map(|s| s.ready_seconds).next(),
+                    first_start_ready_seconds: samples
+                        .iter()
+                        .filter(mine)
+                        .find(|s| s.first_start)
+                        .map(|s| s.ready_seconds),
                     layer_blob_bytes_downloaded: median_u64(
                         cold.iter().map(|s| s.served.layer_blob).collect(),
                     ),
@@ -331,6 +345,27 @@ impl Report {
             "\n\"ready\" = Scheduled → the app's `TB-READY` line (pull + sandbox + create + start + reading the working set, hash checked). \
              Bytes are registry `/metrics` deltas.\n"
         );
+        let firsts: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                r.first_start_ready_seconds.map(|x| {
+                    format!(
+                        "{} {:.2} s (teleporter {})",
+                        r.variant.as_str(),
+                        x,
+                        r.mount_mode
+                    )
+                })
+            })
+            .collect();
+        if !firsts.is_empty() {
+            let _ = writeln!(
+                s,
+                "First start of each image on a fresh registry, before any start profile was learned                  (teleportd records what this start reads; every cold run above replays it): {}.\n",
+                firsts.join(", ")
+            );
+        }
         let _ = writeln!(s, "**published (Azure, 2021) — for comparison only**\n");
         let _ = writeln!(
             s,
@@ -500,6 +535,7 @@ mod tests {
             mount_mode: mode.into(),
             rep,
             warm: rep.is_none(),
+            first_start: false,
             pull_seconds: rep.map(|_| pull),
             sandbox_seconds: 0.1,
             create_seconds: 0.1,
@@ -530,7 +566,19 @@ mod tests {
         assert_eq!(Stat::of(&[4.0, 1.0]).unwrap().median, 2.5);
         assert!(Stat::of(&[]).is_none());
 
+        // The image's first start (before a start profile existed): reported apart.
+        let mut first = sample(
+            "teleporter-merged",
+            "merged",
+            "teleporter",
+            Some(0),
+            9.0,
+            9.5,
+            0,
+        );
+        (first.rep, first.first_start) = (None, true);
         let samples = vec![
+            first,
             sample("shuttle", "overlayfs", "shuttle", Some(0), 10.0, 11.0, 900),
             sample("shuttle", "overlayfs", "shuttle", Some(1), 12.0, 13.0, 900),
             sample("shuttle", "overlayfs", "shuttle", None, 0.0, 0.5, 0),
@@ -595,6 +643,10 @@ mod tests {
         assert_eq!(r.rows[0].layer_blob_bytes_downloaded, 900);
         assert_eq!(r.rows[1].node, "teleporter");
         assert_eq!(r.rows[1].mount_mode, "merged");
+        assert_eq!(r.rows[1].samples, 2, "first start not in the cold runs");
+        assert_eq!(r.rows[1].warm_ready_seconds, Some(0.6));
+        assert_eq!(r.rows[1].first_start_ready_seconds, Some(9.5));
+        assert_eq!(r.rows[0].first_start_ready_seconds, None);
         let md = r.markdown();
         assert!(
             md.contains(
@@ -603,6 +655,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("published (Azure, 2021) — for comparison only"));
+        assert!(md.contains("layered 9.50 s (teleporter merged)"), "{md}");
         assert!(md.contains("34.7 s | 8.0 s"));
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -33,10 +33,28 @@ async fn scaled_compare_measures_both_nodes() {
             .unwrap();
         assert_eq!(s.ready_hash, img.working_set_hash, "{s:?}");
     }
-    // 2 variants × (shuttle + one teleporter per mount mode) × (1 cold + 1 warm).
+    // 2 variants × (shuttle + one teleporter per mount mode) × (1 cold + 1 warm), plus each
+    // variant's first start.
     let rows = 2 * (1 + o.mount_modes.len());
     assert_eq!(report.rows.len(), rows);
-    assert_eq!(report.samples.len(), rows * 2);
+    assert_eq!(report.samples.len(), rows * 2 + 2);
+    // The first start found no start profile; every later cold teleporter start replayed the
+    // one it recorded (teleportd's counters, scraped around each run).
+    let profile_layers = |s: &testbed::compare::Sample| -> f64 {
+        s.teleportd_metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("teleportd_fuse_profile_layers_total"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    for s in report.samples.iter().filter(|s| s.role == "teleporter") {
+        if s.first_start {
+            assert_eq!(profile_layers(s), 0.0, "{s:?}");
+        } else if !s.warm {
+            assert!(profile_layers(s) > 0.0, "no profile replayed: {s:?}");
+        }
+    }
+    assert_eq!(report.samples.iter().filter(|s| s.first_start).count(), 2);
     for row in &report.rows {
         let img = report
             .images

@@ -208,10 +208,12 @@ impl LayerMounter for FuseLayers {
 
     fn stats(&self) -> BoxFuture<'_, Vec<(PathBuf, crate::fetch::CountersSnapshot)>> {
         let m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
-        let stats = m
+        let mut stats: Vec<_> = m
             .iter()
             .map(|(p, h)| (p.clone(), h.counters().snapshot()))
             .collect();
+        // Work done ahead of any mount (pull-time warm-up), under an empty path.
+        stats.push((PathBuf::new(), self.warm_counters.snapshot()));
         Box::pin(async move { stats })
     }
 

@@ -164,7 +164,8 @@ pub trait LayerMounter: Send + Sync + 'static {
     /// Everything this mounter mounted (clean shutdown).
     fn unmount_all(&self) -> BoxFuture<'_, ()>;
     fn is_mounted<'a>(&'a self, target: &'a Path) -> BoxFuture<'a, bool>;
-    /// Fetch counters of each live mount, for `/metrics`.
+    /// Fetch counters of each live mount, for `/metrics`; an empty path carries work done
+    /// ahead of any mount (see [`LayerMounter::warm`]).
     fn stats(&self) -> BoxFuture<'_, Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)>> {
         Box::pin(async { Vec::new() })
     }
