@@ -362,7 +362,8 @@ impl Report {
         if !firsts.is_empty() {
             let _ = writeln!(
                 s,
-                "First start of each image on a fresh registry, before any start profile was learned                  (teleportd records what this start reads; every cold run above replays it): {}.\n",
+                "**First start** of each image on a fresh registry, before any start profile was learned \
+                 (teleportd records what this start reads; every cold run above replays it): {}.\n",
                 firsts.join(", ")
             );
         }
