@@ -657,6 +657,7 @@ mod tests {
         );
         assert!(md.contains("published (Azure, 2021) — for comparison only"));
         assert!(md.contains("layered 9.50 s (teleporter merged)"), "{md}");
+        assert!(md.contains("was learned (teleportd records"), "{md}");
         assert!(md.contains("34.7 s | 8.0 s"));
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
