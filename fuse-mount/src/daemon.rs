@@ -57,6 +57,8 @@ pub struct Config {
     pub start_profile: bool,
     /// How long after a layer's first read its start profile keeps recording.
     pub profile_window: Duration,
+    /// Fetch every mounted layer's whole data in the background, at low priority.
+    pub prefetch_layers: bool,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             manager_exe: None,
             start_profile: true,
             profile_window: Duration::from_secs(10),
+            prefetch_layers: false,
         }
     }
 }
@@ -222,6 +225,7 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
             cache_dir: cache,
             start_profile: cfg.start_profile,
             profile_window: cfg.profile_window,
+            prefetch_layers: cfg.prefetch_layers,
         },
         exe,
         start_timeout: Duration::from_secs(30),

@@ -56,6 +56,10 @@ struct Cli {
     /// How long after a layer's first read its start profile keeps recording.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     profile_window: f64,
+    /// Also fetch every mounted layer's whole data in the background, at low priority, so the
+    /// node ends up with the full image (off by default: a start needs a few percent of it).
+    #[arg(long)]
+    prefetch_layers: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -115,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             start_profile: !cli.no_start_profile,
             profile_window,
+            prefetch_layers: cli.prefetch_layers,
         };
         fuse_mount::manager::server::run(cfg, shutdown_signal()).await?;
         return Ok(());
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         keep_fuse_manager: cli.keep_fuse_manager,
         start_profile: !cli.no_start_profile,
         profile_window,
+        prefetch_layers: cli.prefetch_layers,
         ..Config::new(cli.root, cli.address)
     };
     daemon::run(cfg, shutdown_signal()).await?;

@@ -123,6 +123,9 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     }
     cmd.arg("--profile-window")
         .arg(m.profile_window.as_secs_f64().to_string());
+    if m.prefetch_layers {
+        cmd.arg("--prefetch-layers");
+    }
     cmd.arg(super::SUBCOMMAND)
         .stdin(Stdio::null())
         .stdout(log)

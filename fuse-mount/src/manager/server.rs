@@ -34,6 +34,8 @@ pub struct ManagerConfig {
     pub start_profile: bool,
     /// See [`ClientOptions::profile_window`].
     pub profile_window: std::time::Duration,
+    /// See [`MountOptions::prefetch_layers`].
+    pub prefetch_layers: bool,
 }
 
 impl ManagerConfig {
@@ -100,7 +102,13 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
     write_pid(&cfg.root)?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let state = Arc::new(State {
-        layers: FuseLayers::new(client, MountOptions::default()),
+        layers: FuseLayers::new(
+            client,
+            MountOptions {
+                prefetch_layers: cfg.prefetch_layers,
+                ..MountOptions::default()
+            },
+        ),
         info: ManagerInfo {
             pid: std::process::id(),
             root: cfg.root.clone(),
