@@ -128,6 +128,10 @@ pub struct NodePaths {
 
 impl NodePaths {
     fn new(dir: &Path) -> NodePaths {
+        // containerd, runc and teleportd need absolute paths (a relative `--out` such as
+        // `out/bench-quick` made containerd exit at start).
+        let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let dir = abs.as_path();
         NodePaths {
             dir: dir.to_path_buf(),
             config: dir.join("config.toml"),
@@ -594,6 +598,13 @@ mod tests {
         assert!(text.contains("disable_snapshot_annotations = false"));
         assert!(text.contains("[proxy_plugins.teleportd]"));
         assert!(text.contains("address = \"/tmp/tb/teleporter/t.sock\""));
+        // A relative node dir (e.g. `--out out/bench-quick`) still gives absolute paths.
+        let rel = NodePaths::new(Path::new("out/n"));
+        assert!(
+            rel.socket.is_absolute() && rel.root.is_absolute(),
+            "{rel:?}"
+        );
+        assert!(rel.teleportd_root.ends_with("out/n/teleportd/root"));
         assert!(text.contains("sandbox_image = \"127.0.0.1:5000/pause:tb\""));
         assert!(text.contains("config_path = \"/tmp/tb/teleporter/certs.d\""));
     }
