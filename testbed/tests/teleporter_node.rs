@@ -5,6 +5,7 @@
 mod common;
 
 use fuse_mount::manager::pid_alive;
+use std::path::PathBuf;
 use std::time::Duration;
 use testbed::cri::PodSpec;
 use testbed::events::Events;
@@ -21,40 +22,14 @@ async fn teleporter_node_runs_pod_through_teleportd() {
     let bin = common::teleportd();
     let w = common::world("redis", 0.05, false, "plain", false).await;
 
-    let dir = w.tmp.path().join("teleporter");
-    let kind = NodeKind::Teleporter {
-        mount_mode: MountMode::PerLayer,
-        registry_url: w.registry.url(),
-        teleportd_bin: bin,
-        extra_args: Vec::new(),
-    };
-    let mut cfg = NodeConfig::new("teleporter", &dir, kind);
-    cfg.sandbox_image = w.pause_ref.clone();
-    cfg.registries = vec![w.host.clone()];
-    let mut node = Node::start(cfg).await.unwrap();
+    let (dir, mut node) = teleporter(&w, bin).await;
     let tpid = node.teleportd_pid().unwrap();
     node.cri().pull_image(&w.pause_ref).await.unwrap();
 
     let http = reqwest::Client::new();
     let murl = format!("{}/metrics", w.registry.url());
     let before = metrics::scrape(&http, &murl).await.unwrap();
-    let ws = w.info.working_set.clone().unwrap();
-    let spec = PodSpec {
-        name: "app".into(),
-        image: w.image_ref.clone(),
-        env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
-        log_dir: node.paths().pods.join("app"),
-        cgroup_parent: node.cgroup_parent(),
-    };
-    let opts = RunOptions {
-        expected_hash: Some(ws.hash.clone()),
-        ready_timeout: Duration::from_secs(120),
-        teardown: true,
-    };
-    let t = run_pod(&node, &spec, &opts, &Events::new("teleporter", "app", None))
-        .await
-        .unwrap();
-    assert_eq!(t.ready.hash, ws.hash);
+    run_app(&node, &w, true).await;
     let served = metrics::Served::between(&before, &metrics::scrape(&http, &murl).await.unwrap());
     // Not teleport-enabled: the standard download happened.
     assert_eq!(served.layer_blob, w.info.total_compressed, "{served:?}");
@@ -85,38 +60,12 @@ async fn killed_teleportd_leaves_nothing_after_node_stop() {
     let bin = common::teleportd();
     let w = common::world("redis", 0.05, false, "fast", true).await;
 
-    let dir = w.tmp.path().join("teleporter");
-    let kind = NodeKind::Teleporter {
-        mount_mode: MountMode::PerLayer,
-        registry_url: w.registry.url(),
-        teleportd_bin: bin,
-        extra_args: Vec::new(),
-    };
-    let mut cfg = NodeConfig::new("teleporter", &dir, kind);
-    cfg.sandbox_image = w.pause_ref.clone();
-    cfg.registries = vec![w.host.clone()];
-    let node = Node::start(cfg).await.unwrap();
+    let (dir, node) = teleporter(&w, bin).await;
     let tpid = node.teleportd_pid().unwrap();
     node.cri().pull_image(&w.pause_ref).await.unwrap();
     node.cri().pull_image(&w.image_ref).await.unwrap();
     // Layers are attached on first use: run a pod (left running) so they are mounted.
-    let ws = w.info.working_set.clone().unwrap();
-    let spec = PodSpec {
-        name: "app".into(),
-        image: w.image_ref.clone(),
-        env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
-        log_dir: node.paths().pods.join("app"),
-        cgroup_parent: node.cgroup_parent(),
-    };
-    let opts = RunOptions {
-        expected_hash: Some(ws.hash.clone()),
-        ready_timeout: Duration::from_secs(120),
-        teardown: false,
-    };
-    let t = run_pod(&node, &spec, &opts, &Events::new("teleporter", "app", None))
-        .await
-        .unwrap();
-    assert_eq!(t.ready.hash, ws.hash);
+    run_app(&node, &w, false).await;
 
     let fuse_mounts = || {
         common::mounts_under(&dir)
@@ -146,4 +95,42 @@ async fn killed_teleportd_leaves_nothing_after_node_stop() {
     assert_eq!(common::mounts_under(&dir), Vec::<String>::new());
     assert_eq!(common::processes_mentioning(&dir), Vec::new());
     w.registry.shutdown().await.unwrap();
+}
+
+/// A teleporter node (per-layer mode) for `w`'s registry, with its directory.
+#[allow(clippy::unwrap_used)] // test helper: a failure is the test's failure
+async fn teleporter(w: &common::World, bin: PathBuf) -> (PathBuf, Node) {
+    let dir = w.tmp.path().join("teleporter");
+    let kind = NodeKind::Teleporter {
+        mount_mode: MountMode::PerLayer,
+        registry_url: w.registry.url(),
+        teleportd_bin: bin,
+        extra_args: Vec::new(),
+    };
+    let mut cfg = NodeConfig::new("teleporter", &dir, kind);
+    cfg.sandbox_image = w.pause_ref.clone();
+    cfg.registries = vec![w.host.clone()];
+    (dir, Node::start(cfg).await.unwrap())
+}
+
+/// Runs the fixture's app to ready and checks the hash of what it read.
+#[allow(clippy::unwrap_used)] // test helper: a failure is the test's failure
+async fn run_app(node: &Node, w: &common::World, teardown: bool) {
+    let ws = w.info.working_set.clone().unwrap();
+    let spec = PodSpec {
+        name: "app".into(),
+        image: w.image_ref.clone(),
+        env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
+        log_dir: node.paths().pods.join("app"),
+        cgroup_parent: node.cgroup_parent(),
+    };
+    let opts = RunOptions {
+        expected_hash: Some(ws.hash.clone()),
+        ready_timeout: Duration::from_secs(120),
+        teardown,
+    };
+    let t = run_pod(node, &spec, &opts, &Events::new("teleporter", "app", None))
+        .await
+        .unwrap();
+    assert_eq!(t.ready.hash, ws.hash);
 }
