@@ -201,12 +201,10 @@ impl ChunkCache {
         })?;
         // Reserve the space under the lock; copy the bytes outside it.
         let (pack, offset, data, log) = {
-            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            if w.as_ref().is_none_or(|w| w.len + u64::from(len) > PACK_MAX) {
-                *w = Some(self.new_pack()?);
-            }
-            let Some(w) = w.as_mut() else {
-                unreachable!("a pack was just opened");
+            let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let w = match slot.as_mut() {
+                Some(w) if w.len + u64::from(len) <= PACK_MAX => w,
+                _ => slot.insert(self.new_pack()?),
             };
             let offset = w.len;
             w.len += u64::from(len);
