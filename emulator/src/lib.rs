@@ -19,6 +19,7 @@ pub mod expand;
 pub mod format;
 pub mod merge;
 pub mod oci;
+pub mod profile;
 pub mod reader;
 pub mod tar_reader;
 

@@ -18,8 +18,10 @@ pub struct Counters {
     profile_jobs_done: AtomicU64,
 }
 
-/// A point-in-time copy, e.g. for `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A point-in-time copy, e.g. for `/metrics`; also the fuse manager's wire format (fields
+/// missing from an older manager's answer read as 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CountersSnapshot {
     /// Data bytes fetched from the registry (chunk payloads).
     pub bytes_fetched: u64,

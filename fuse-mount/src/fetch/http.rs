@@ -279,17 +279,12 @@ impl Client {
             }
         }
         let bytes = resp.bytes().await.map_err(http_err)?;
-        let doc: super::profile::Document =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Profile {
+        // The node knows the data size only later (replay skips ranges outside the index).
+        let doc =
+            emulator::profile::Profile::decode(&bytes, u64::MAX).map_err(|e| Error::Profile {
                 url: url.to_string(),
                 reason: e.to_string(),
             })?;
-        if doc.schema_version != super::profile::SCHEMA_VERSION {
-            return Err(Error::Profile {
-                url: url.to_string(),
-                reason: format!("schemaVersion {}", doc.schema_version),
-            });
-        }
         Ok(Some(doc.ranges))
     }
 
@@ -301,14 +296,11 @@ impl Client {
         ranges: Vec<(u64, u64)>,
     ) -> Result<()> {
         let url = self.profile_url(repo, layer)?;
-        let body = serde_json::to_vec(&super::profile::Document {
-            schema_version: super::profile::SCHEMA_VERSION,
+        let body = emulator::profile::Profile {
+            schema_version: emulator::profile::PROFILE_SCHEMA_VERSION,
             ranges,
-        })
-        .map_err(|e| Error::Profile {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        }
+        .encode();
         let resp = self
             .send_scoped(repo, "pull,push", self.inner.opts.request_timeout, || {
                 self.inner

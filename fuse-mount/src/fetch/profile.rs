@@ -13,23 +13,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-/// Version of the profile document (the registry's `registry_mock::profile`).
-pub(crate) const SCHEMA_VERSION: u32 = 1;
-/// Most ranges one profile holds: keeps the JSON body well under the registry's 1 MiB cap.
+/// Most ranges one recording holds: keeps the JSON body well under the registry's 1 MiB cap
+/// (and below the document's own limit, [`emulator::profile::MAX_RANGES`]).
 pub(crate) const MAX_RANGES: usize = 32 * 1024;
 /// How many of the latest ranges a new read may extend: reads of one file by several threads
 /// interleave with other files, so "the previous range" alone would rarely be adjacent.
 const MERGE_LOOKBACK: usize = 16;
-
-/// `{"schemaVersion":1,"ranges":[[offset,len],…]}`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Document {
-    pub schema_version: u32,
-    pub ranges: Vec<(u64, u64)>,
-}
 
 /// What the registry said about this layer's profile when the mount asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -367,9 +367,7 @@ impl LayerMounter for ManagerClient {
     fn stats(&self) -> BoxFuture<'_, Vec<(PathBuf, crate::fetch::CountersSnapshot)>> {
         Box::pin(async move {
             match self.call(&Request::Stats, QUICK).await {
-                Ok(Response::Stats { mounts }) => {
-                    mounts.into_iter().map(|(p, c)| (p, c.into())).collect()
-                }
+                Ok(Response::Stats { mounts }) => mounts,
                 Ok(other) => {
                     warn!(answer = ?other, "stats: unexpected answer");
                     Vec::new()

@@ -108,74 +108,21 @@ pub struct ManagerInfo {
     pub fingerprint: Fingerprint,
 }
 
-/// [`CountersSnapshot`] on the wire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub bytes_fetched: u64,
-    pub chunks_fetched: u64,
-    pub fetches: u64,
-    pub cache_hits: u64,
-    pub fetch_errors: u64,
-    pub bytes_read: u64,
-    // Newer fields default to 0 so an older manager's answers still parse.
-    #[serde(default)]
-    pub demand_fetches: u64,
-    #[serde(default)]
-    pub profile_layers: u64,
-    #[serde(default)]
-    pub profile_bytes_prefetched: u64,
-    #[serde(default)]
-    pub profile_jobs_queued: u64,
-    #[serde(default)]
-    pub profile_jobs_done: u64,
-}
-
-impl From<CountersSnapshot> for Counters {
-    fn from(c: CountersSnapshot) -> Self {
-        Counters {
-            bytes_fetched: c.bytes_fetched,
-            chunks_fetched: c.chunks_fetched,
-            fetches: c.fetches,
-            cache_hits: c.cache_hits,
-            fetch_errors: c.fetch_errors,
-            bytes_read: c.bytes_read,
-            demand_fetches: c.demand_fetches,
-            profile_layers: c.profile_layers,
-            profile_bytes_prefetched: c.profile_bytes_prefetched,
-            profile_jobs_queued: c.profile_jobs_queued,
-            profile_jobs_done: c.profile_jobs_done,
-        }
-    }
-}
-
-impl From<Counters> for CountersSnapshot {
-    // The fetch counters may grow fields this wire format does not carry yet.
-    #[allow(clippy::needless_update)]
-    fn from(c: Counters) -> Self {
-        CountersSnapshot {
-            bytes_fetched: c.bytes_fetched,
-            chunks_fetched: c.chunks_fetched,
-            fetches: c.fetches,
-            cache_hits: c.cache_hits,
-            fetch_errors: c.fetch_errors,
-            bytes_read: c.bytes_read,
-            demand_fetches: c.demand_fetches,
-            profile_layers: c.profile_layers,
-            profile_bytes_prefetched: c.profile_bytes_prefetched,
-            profile_jobs_queued: c.profile_jobs_queued,
-            profile_jobs_done: c.profile_jobs_done,
-            ..CountersSnapshot::default()
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok,
     Info(ManagerInfo),
-    Mounted { mounted: bool },
-    Mounts { mounts: Vec<PathBuf> },
-    Stats { mounts: Vec<(PathBuf, Counters)> },
-    Error { message: String },
+    Mounted {
+        mounted: bool,
+    },
+    Mounts {
+        mounts: Vec<PathBuf>,
+    },
+    Stats {
+        mounts: Vec<(PathBuf, CountersSnapshot)>,
+    },
+    Error {
+        message: String,
+    },
 }

@@ -223,12 +223,7 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
             mounts: layers.mountpoints(),
         },
         Request::Stats => Response::Stats {
-            mounts: layers
-                .stats()
-                .await
-                .into_iter()
-                .map(|(p, c)| (p, c.into()))
-                .collect(),
+            mounts: layers.stats().await,
         },
         Request::Shutdown => {
             info!("fuse manager: asked to unmount everything and exit");

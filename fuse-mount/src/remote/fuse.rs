@@ -48,14 +48,8 @@ impl FuseLayers {
         if let Some(h) = self.warmed_handle(layer) {
             return Ok(h);
         }
-        let info = layer
-            .mount_info
-            .layers
-            .iter()
-            .find(|l| l.digest.as_str() == layer.digest)
-            .ok_or_else(|| layer_err(layer, "not in the registry's /mount answer"))?;
         self.client
-            .open_layer(&layer.image.repo, info)
+            .open_layer(&layer.image.repo, layer.info()?)
             .await
             .map_err(|e| layer_err(layer, e))
     }
@@ -109,12 +103,7 @@ impl LayerMounter for FuseLayers {
             let counters = Arc::clone(&self.warm_counters);
             rt.spawn(async move {
                 let key = warm_key(&layer);
-                let Some(info) = layer
-                    .mount_info
-                    .layers
-                    .iter()
-                    .find(|l| l.digest.as_str() == layer.digest)
-                else {
+                let Ok(info) = layer.info() else {
                     return;
                 };
                 match client.open_layer(&layer.image.repo, info).await {

@@ -107,6 +107,21 @@ pub struct LayerRef {
     pub mount_info: Arc<MountInfo>,
 }
 
+impl LayerRef {
+    /// This layer's entry in the registry's `/mount` answer.
+    pub fn info(&self) -> Result<&crate::fetch::LayerInfo> {
+        self.mount_info
+            .layers
+            .iter()
+            .find(|l| l.digest.as_str() == self.digest)
+            .ok_or_else(|| RemoteError::Layer {
+                digest: self.digest.clone(),
+                manifest: self.image.manifest.clone(),
+                reason: "not in the registry's /mount answer".into(),
+            })
+    }
+}
+
 /// The registry's answer for one image.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -132,20 +147,7 @@ pub trait LayerMounter: Send + Sync + 'static {
     /// Checked at pull time, without I/O, for a layer that will only be mounted on first use:
     /// by default the layer must be in the registry's `/mount` answer.
     fn validate(&self, layer: &LayerRef) -> Result<()> {
-        if layer
-            .mount_info
-            .layers
-            .iter()
-            .any(|l| l.digest.as_str() == layer.digest)
-        {
-            Ok(())
-        } else {
-            Err(RemoteError::Layer {
-                digest: layer.digest.clone(),
-                manifest: layer.image.manifest.clone(),
-                reason: "not in the registry's /mount answer".into(),
-            })
-        }
+        layer.info().map(|_| ())
     }
     fn mount_layer<'a>(
         &'a self,
