@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use containerd_client::services::v1::snapshots as pb;
-use containerd_client::types as pbt;
+use node_api::snapshots as pb;
+use node_api::types as pbt;
 use prost_types::Timestamp;
 use tonic::Status;
 

@@ -4,13 +4,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use containerd_client::services::v1::snapshots as pb;
 use futures::Stream;
+use node_api::snapshots as pb;
 use tonic::{Request, Response, Status};
 
-use crate::api::snapshots_server::{Snapshots, SnapshotsServer};
 use crate::convert;
 use crate::snapshot::Snapshotter;
+use node_api::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
 
 pub struct Wrap<S>(Arc<S>);
 

@@ -3,11 +3,6 @@
 //! registry-expanded layers lazily over FUSE instead of downloading them ([`remote`], [`fs`],
 //! [`fetch`]). Talks to the registry over HTTP only; must not depend on registry-mock or testbed.
 
-pub mod api {
-    //! Generated Snapshots gRPC server; messages are `containerd_client`'s.
-    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
-    tonic::include_proto!("containerd.services.snapshots.v1");
-}
 pub mod convert;
 pub mod daemon;
 pub mod fetch;
@@ -18,4 +13,4 @@ pub mod metrics;
 pub mod remote;
 pub mod snapshot;
 
-pub use containerd_client;
+pub use node_api;

@@ -10,9 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{mounts_under, Containerd, Teleportd, TestDir};
-use containerd_client::services::v1::snapshots::{
-    snapshots_client::SnapshotsClient, ListSnapshotsRequest,
-};
+use node_api::snapshots::{snapshots_client::SnapshotsClient, ListSnapshotsRequest};
 
 const IMAGE: &str = "teleport.test/e2e/app:1";
 
@@ -23,7 +21,7 @@ fn backend_snapshots(socket: &std::path::Path) -> BTreeSet<(String, String, i32)
         .build()
         .unwrap();
     rt.block_on(async {
-        let ch = containerd_client::connect(socket).await.unwrap();
+        let ch = node_api::connect(socket).await.unwrap();
         let mut c = SnapshotsClient::new(ch);
         let mut s = c
             .list(ListSnapshotsRequest {

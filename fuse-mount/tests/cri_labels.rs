@@ -12,19 +12,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{mounts_under, Containerd, Teleportd, TestDir};
-use containerd_client::services::v1::snapshots::{
-    snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest,
-};
 use fuse_mount::remote::ImageRef;
 use fuse_mount::snapshot::{
     LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_TARGET_REF,
 };
-use k8s_cri::v1::{
+use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
 };
+use node_api::snapshots::{snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest};
 
 async fn committed(socket: &std::path::Path) -> Vec<(String, String, BTreeMap<String, String>)> {
-    let ch = containerd_client::connect(socket).await.unwrap();
+    let ch = node_api::connect(socket).await.unwrap();
     let mut s = SnapshotsClient::new(ch)
         .list(ListSnapshotsRequest {
             snapshotter: String::new(),
@@ -108,7 +106,7 @@ fn cri_pull_delivers_the_layer_labels_to_teleportd() {
     let ctrd = Containerd::start_with(&dir.join("ctrd"), &socket, Some(&host));
 
     rt.block_on(async {
-        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        let ch = node_api::connect(&ctrd.address).await.unwrap();
         let mut cri = ImageServiceClient::new(ch);
         let r = cri
             .pull_image(PullImageRequest {

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use containerd_client::services::v1::snapshots::{
+use fuse_mount::daemon::{self, Config, DaemonError};
+use node_api::snapshots::{
     snapshots_client::SnapshotsClient, CleanupRequest, CommitSnapshotRequest, Kind,
     ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
     StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest, ViewSnapshotRequest,
 };
-use containerd_client::tonic::{transport::Channel, Code};
-use fuse_mount::daemon::{self, Config, DaemonError};
+use tonic::{transport::Channel, Code};
 
 type Client = SnapshotsClient<Channel>;
 
@@ -27,7 +27,7 @@ async fn prepare(
     key: &str,
     parent: &str,
     l: &[(&str, &str)],
-) -> Result<Vec<containerd_client::types::Mount>, Code> {
+) -> Result<Vec<node_api::types::Mount>, Code> {
     c.prepare(PrepareSnapshotRequest {
         snapshotter: "teleportd".into(),
         key: key.into(),
@@ -81,7 +81,7 @@ async fn start(root: &Path, socket: &Path) -> (Running, Client) {
     }));
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let ch = loop {
-        if let Ok(ch) = containerd_client::connect(socket).await {
+        if let Ok(ch) = node_api::connect(socket).await {
             break ch;
         }
         assert!(

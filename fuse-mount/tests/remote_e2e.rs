@@ -11,17 +11,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{mounts_under, Containerd, Teleportd, TestDir};
-use containerd_client::services::v1::snapshots::{
-    snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest,
-};
 use fuse_mount::snapshot::LABEL_REMOTE;
-use k8s_cri::v1::{
+use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
 };
+use node_api::snapshots::{snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest};
 use registry_mock::metrics::ServedKind;
 
 async fn remote_committed(socket: &std::path::Path) -> usize {
-    let ch = containerd_client::connect(socket).await.unwrap();
+    let ch = node_api::connect(socket).await.unwrap();
     let mut s = SnapshotsClient::new(ch)
         .list(ListSnapshotsRequest {
             snapshotter: String::new(),
@@ -142,7 +140,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
 
     let blobs_before = reg.metrics().served(ServedKind::LayerBlob);
     rt.block_on(async {
-        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        let ch = node_api::connect(&ctrd.address).await.unwrap();
         ImageServiceClient::new(ch)
             .pull_image(PullImageRequest {
                 image: Some(ImageSpec {
@@ -236,7 +234,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
     );
 
     rt.block_on(async {
-        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        let ch = node_api::connect(&ctrd.address).await.unwrap();
         ImageServiceClient::new(ch)
             .remove_image(RemoveImageRequest {
                 image: Some(ImageSpec {
@@ -268,7 +266,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
     );
     let before = reg.metrics().served(ServedKind::LayerBlob);
     rt.block_on(async {
-        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        let ch = node_api::connect(&ctrd.address).await.unwrap();
         ImageServiceClient::new(ch)
             .pull_image(PullImageRequest {
                 image: Some(ImageSpec {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{mounts_under, wait_for, Containerd, Teleportd, TestDir};
 use fuse_mount::manager::pid_alive;
-use k8s_cri::v1::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
+use node_api::cri::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
 use sha2::{Digest, Sha256};
 
 #[test]
@@ -193,7 +193,7 @@ fn survive_kill(mode: &str) {
         Containerd::start_with(&dir.join("ctrd"), &socket, Some(&reg.addr().to_string()));
     ctrd.namespace = "k8s.io".into();
     rt.block_on(async {
-        let ch = containerd_client::connect(&ctrd.address).await.unwrap();
+        let ch = node_api::connect(&ctrd.address).await.unwrap();
         ImageServiceClient::new(ch)
             .pull_image(PullImageRequest {
                 image: Some(ImageSpec {

@@ -3,9 +3,9 @@
 
 use crate::error::{Error, Result};
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use node_api::cri;
+use node_api::cri::image_service_client::ImageServiceClient;
+use node_api::cri::runtime_service_client::RuntimeServiceClient;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
