@@ -52,6 +52,16 @@ debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.debootstrap.log
 rm -f "$root.debootstrap.log"
 echo "deb $mirror bookworm main" >"$root/etc/apt/sources.list"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The site's trust store, as any machine here has it (it may hold an egress proxy's CA): minbase
+# has no ca-certificates, and a machine that installed Rust with rustup does.
+if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
+  mkdir -p "$root/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+fi
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then # kept if a package runs update-ca-certificates
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+fi
 # No service starts inside a chroot (containerd's package would try).
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"

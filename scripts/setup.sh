@@ -14,6 +14,7 @@ need=(
   "curl:curl"
   "/bin/busybox:busybox-static"
   "gcc:gcc"
+  "/usr/include/stdio.h:libc6-dev"
 )
 
 missing=()
