@@ -3,13 +3,22 @@
 //!
 //! Policy: with no users configured, auth is off (everything allowed, tokens granted as asked).
 //! With users: a valid basic credential grants everything; a bearer token grants its scopes;
-//! without credentials only pulls pass, and only when `anonymous_pull` is set.
+//! without credentials only pulls pass, and only when `anonymous_pull` is set (the catalog,
+//! which lists every repository, always needs credentials). Passwords are compared in constant
+//! time, and failed logins are rate-limited per client address and per user name
+//! ([`FailLimiter`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::names::RepoName;
@@ -81,6 +90,7 @@ pub struct Auth {
     key: [u8; 32],
     users: Vec<(String, String)>,
     anonymous_pull: bool,
+    fails: FailLimiter,
 }
 
 /// The outcome of authenticating the caller of a token request.
@@ -95,7 +105,19 @@ impl Auth {
             key: rand::random(),
             users,
             anonymous_pull,
+            fails: FailLimiter::new(10, Duration::from_secs(6)),
         }
+    }
+
+    /// Allow `burst` failed logins per client address and per user name, forgiving one every
+    /// `refill`.
+    pub fn with_fail_limit(mut self, burst: u32, refill: Duration) -> Auth {
+        self.fails = FailLimiter::new(burst, refill);
+        self
+    }
+
+    pub fn fails(&self) -> &FailLimiter {
+        &self.fails
     }
 
     pub fn anonymous_pull(&self) -> bool {
@@ -106,8 +128,16 @@ impl Auth {
         !self.users.is_empty()
     }
 
+    /// Constant time in the contents of the strings: every user is compared, and hashes
+    /// are compared rather than the strings so their lengths do not show either.
     pub fn check_password(&self, user: &str, pass: &str) -> bool {
-        self.users.iter().any(|(u, p)| u == user && p == pass)
+        let h = |s: &str| Sha256::digest(s.as_bytes());
+        let (hu, hp) = (h(user), h(pass));
+        let mut ok = subtle::Choice::from(0);
+        for (u, p) in &self.users {
+            ok |= h(u).ct_eq(&hu) & h(p).ct_eq(&hp);
+        }
+        ok.into()
     }
 
     /// `Authorization: Basic …` → (user, password) if well-formed.
@@ -211,7 +241,8 @@ impl Auth {
         let Some(h) = authorization else {
             // `/v2/` still challenges anonymous callers: clients (skopeo) decide from that ping
             // whether to authenticate at all, and a push after a 200 ping would go out bare.
-            let anonymous_ok = self.anonymous_pull && matches!(need, Need::Pull(_) | Need::Catalog);
+            // The catalog lists every repository: never anonymous when auth is on.
+            let anonymous_ok = self.anonymous_pull && matches!(need, Need::Pull(_));
             return if anonymous_ok {
                 Ok(())
             } else {
@@ -239,6 +270,86 @@ impl Auth {
         match Auth::basic(h) {
             Some((u, p)) if self.check_password(&u, &p) => Ok(()),
             _ => Err(unauthorized("invalid username or password", None)),
+        }
+    }
+}
+
+/// Failed-login rate limit: a token bucket per key (client address, user name). Each failed
+/// login takes a token; a key whose bucket is empty is refused with 429 until one refills.
+/// Buckets that have refilled completely are forgotten, so the table stays small.
+pub struct FailLimiter {
+    burst: u32,
+    refill: Duration,
+    buckets: Mutex<HashMap<FailKey, Bucket>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum FailKey {
+    Addr(IpAddr),
+    /// A user name's hash: the name is the client's to choose, so its length is not ours to keep.
+    User([u8; 32]),
+}
+
+impl FailKey {
+    pub fn user(name: &str) -> FailKey {
+        FailKey::User(Sha256::digest(name.as_bytes()).into())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Buckets kept before full ones are swept.
+const FAIL_TABLE_SWEEP: usize = 4096;
+
+impl FailLimiter {
+    pub fn new(burst: u32, refill: Duration) -> FailLimiter {
+        FailLimiter {
+            burst: burst.max(1),
+            refill: refill.max(Duration::from_millis(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn level(&self, b: &Bucket, now: Instant) -> f64 {
+        let gained = now.duration_since(b.at).as_secs_f64() / self.refill.as_secs_f64();
+        (b.tokens + gained).min(f64::from(self.burst))
+    }
+
+    /// Whether any of `keys` has used up its failed logins; if so, how long until one is back.
+    pub fn blocked(&self, keys: &[FailKey]) -> Option<Duration> {
+        let now = Instant::now();
+        let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|k| map.get(k))
+            .map(|b| self.level(b, now))
+            .filter(|l| *l < 1.0)
+            .map(|l| self.refill.mul_f64(1.0 - l))
+            .max()
+    }
+
+    /// Record a failed login for every key.
+    pub fn failed(&self, keys: &[FailKey]) {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= FAIL_TABLE_SWEEP {
+            let full = f64::from(self.burst);
+            map.retain(|_, b| self.level(b, now) < full);
+        }
+        for k in keys {
+            let level = map
+                .get(k)
+                .map_or(f64::from(self.burst), |b| self.level(b, now));
+            map.insert(
+                k.clone(),
+                Bucket {
+                    tokens: (level - 1.0).max(0.0),
+                    at: now,
+                },
+            );
         }
     }
 }
