@@ -76,7 +76,7 @@ async fn append_inner(
     st: &AppState,
     up: &mut Upload,
     path: &Path,
-    mut body: Incoming,
+    body: Incoming,
     expect: &Expect,
 ) -> ApiResult<u64> {
     // Opened per request: an idle session holds no file descriptor. No `create`: a session
@@ -89,6 +89,24 @@ async fn append_inner(
             std::io::ErrorKind::NotFound => ApiError::upload_unknown(),
             _ => ApiError::from(e),
         })?;
+    let res = copy_body(st, up.size, &mut up.hasher, &mut f, body, expect).await;
+    // tokio's File finishes a write in the background: wait for it, on failure too, so that
+    // nothing lands in the file after the caller's rollback truncated it.
+    let flushed = f.flush().await;
+    let n = res?;
+    flushed?;
+    up.size += n;
+    Ok(n)
+}
+
+async fn copy_body(
+    st: &AppState,
+    size: u64,
+    hasher: &mut Sha256,
+    f: &mut tokio::fs::File,
+    mut body: Incoming,
+    expect: &Expect,
+) -> ApiResult<u64> {
     let limit = st.limits.max_upload_size;
     let mut n = 0u64;
     loop {
@@ -117,10 +135,10 @@ async fn append_inner(
                 )));
             }
         }
-        if up.size.checked_add(n).is_none_or(|t| t > limit) {
+        if size.checked_add(n).is_none_or(|t| t > limit) {
             return Err(too_large(limit));
         }
-        up.hasher.update(&data);
+        hasher.update(&data);
         f.write_all(&data).await?;
         st.metrics.add_received(len);
     }
@@ -131,9 +149,6 @@ async fn append_inner(
             )));
         }
     }
-    // tokio's File finishes a write in the background: wait for it before the next request.
-    f.flush().await?;
-    up.size += n;
     Ok(n)
 }
 
@@ -211,7 +226,17 @@ async fn commit(
         return Err(ApiError::digest_invalid("provided digest did not match uploaded content")
             .with_detail(serde_json::json!({ "expected": want.as_str(), "actual": got.as_str(), "size": up.size })));
     }
-    tokio::fs::File::open(path).await?.sync_all().await?;
+    let f = tokio::fs::File::open(path).await?;
+    let on_disk = f.metadata().await?.len();
+    if on_disk != up.size {
+        // The hash covers `up.size` bytes; anything else in the file would go unverified.
+        let _ = tokio::fs::remove_file(path).await;
+        return Err(ApiError::Internal(crate::error::Error::Task(format!(
+            "upload file has {on_disk} bytes, session counted {}",
+            up.size
+        ))));
+    }
+    f.sync_all().await?;
     let (store, path, d, name) = (
         st.store.clone(),
         path.to_path_buf(),
