@@ -416,6 +416,40 @@ mod tests {
     }
 
     #[test]
+    fn passwords_match_exactly_for_every_user() {
+        let a = Auth::new(
+            vec![("u".into(), "p".into()), ("admin".into(), "s3cret".into())],
+            false,
+        );
+        assert!(a.check_password("u", "p"));
+        assert!(a.check_password("admin", "s3cret"));
+        for (u, p) in [
+            ("u", "s3cret"),
+            ("admin", "p"),
+            ("admin", "s3cre"),
+            ("admin", "s3cret "),
+            ("", ""),
+            ("u", ""),
+        ] {
+            assert!(!a.check_password(u, p), "{u}:{p}");
+        }
+    }
+
+    #[test]
+    fn fail_limiter_blocks_after_the_burst_per_key() {
+        let f = FailLimiter::new(2, Duration::from_secs(3600));
+        let (k1, k2) = (vec![FailKey::user("a")], vec![FailKey::user("b")]);
+        assert!(f.blocked(&k1).is_none());
+        f.failed(&k1);
+        assert!(f.blocked(&k1).is_none());
+        f.failed(&k1);
+        assert!(f.blocked(&k1).is_some());
+        assert!(f.blocked(&k2).is_none());
+        let both = [k2[0].clone(), k1[0].clone()];
+        assert!(f.blocked(&both).is_some(), "any blocked key blocks");
+    }
+
+    #[test]
     fn anonymous_gets_pull_only() {
         let a = Auth::new(vec![("u".into(), "p".into())], true);
         let (_, granted) = a.issue(
@@ -429,6 +463,10 @@ mod tests {
         assert!(
             a.authorize(None, &Need::Base, "h", 1).is_err(),
             "/v2/ challenges anonymous callers"
+        );
+        assert!(
+            a.authorize(None, &Need::Catalog, "h", 1).is_err(),
+            "the catalog is never anonymous"
         );
         let basic = format!("Basic {}", STANDARD.encode("u:p"));
         assert!(a
