@@ -275,8 +275,9 @@ impl Auth {
 }
 
 /// Failed-login rate limit: a token bucket per key (client address, user name). Each failed
-/// login takes a token; a key whose bucket is empty is refused with 429 until one refills.
-/// Buckets that have refilled completely are forgotten, so the table stays small.
+/// *guess* takes a token — a client repeating the same wrong password (skopeo does, once per
+/// layer, in parallel) guesses once — and a key whose bucket is empty is refused with 429 until
+/// one refills. Buckets that have refilled completely are forgotten, so the table stays small.
 pub struct FailLimiter {
     burst: u32,
     refill: Duration,
@@ -296,10 +297,28 @@ impl FailKey {
     }
 }
 
+/// Wrong guesses remembered per key, so a repeated one is not counted again.
+const RECENT_GUESSES: usize = 8;
+
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+    recent: [u64; RECENT_GUESSES],
+    next: usize,
+}
+
+/// A fingerprint of one (user, password) guess: a truncated hash, never the password.
+pub fn guess_fingerprint(user: &str, pass: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0u8]);
+    h.update(pass.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    // Never 0: 0 marks an empty slot.
+    u64::from_le_bytes(b).max(1)
 }
 
 /// Buckets kept before full ones are swept.
@@ -331,8 +350,9 @@ impl FailLimiter {
             .max()
     }
 
-    /// Record a failed login for every key.
-    pub fn failed(&self, keys: &[FailKey]) {
+    /// Record a failed login for every key; `guess` (see [`guess_fingerprint`]) when the
+    /// password is known, so that repeating one wrong guess costs one token.
+    pub fn failed(&self, keys: &[FailKey], guess: Option<u64>) {
         let now = Instant::now();
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= FAIL_TABLE_SWEEP {
@@ -340,16 +360,30 @@ impl FailLimiter {
             map.retain(|_, b| self.level(b, now) < full);
         }
         for k in keys {
-            let level = map
-                .get(k)
-                .map_or(f64::from(self.burst), |b| self.level(b, now));
-            map.insert(
-                k.clone(),
-                Bucket {
-                    tokens: (level - 1.0).max(0.0),
+            let mut b = match map.get(k) {
+                Some(b) => Bucket {
+                    tokens: self.level(b, now),
                     at: now,
+                    ..*b
                 },
-            );
+                None => Bucket {
+                    tokens: f64::from(self.burst),
+                    at: now,
+                    recent: [0; RECENT_GUESSES],
+                    next: 0,
+                },
+            };
+            match guess {
+                Some(g) if b.recent.contains(&g) => {}
+                _ => {
+                    b.tokens = (b.tokens - 1.0).max(0.0);
+                    if let Some(g) = guess {
+                        b.recent[b.next % RECENT_GUESSES] = g;
+                        b.next = (b.next + 1) % RECENT_GUESSES;
+                    }
+                }
+            }
+            map.insert(k.clone(), b);
         }
     }
 }
@@ -440,9 +474,10 @@ mod tests {
         let f = FailLimiter::new(2, Duration::from_secs(3600));
         let (k1, k2) = (vec![FailKey::user("a")], vec![FailKey::user("b")]);
         assert!(f.blocked(&k1).is_none());
-        f.failed(&k1);
-        assert!(f.blocked(&k1).is_none());
-        f.failed(&k1);
+        f.failed(&k1, Some(1));
+        f.failed(&k1, Some(1));
+        assert!(f.blocked(&k1).is_none(), "a repeated guess counts once");
+        f.failed(&k1, Some(2));
         assert!(f.blocked(&k1).is_some());
         assert!(f.blocked(&k2).is_none());
         let both = [k2[0].clone(), k1[0].clone()];

@@ -313,7 +313,8 @@ async fn run(
     // Idle upload sessions expire on a timer, not only when the next upload starts.
     let sweeper = {
         let st = state.clone();
-        let every = (limits.upload_idle_timeout / 2).max(Duration::from_millis(10));
+        let every = (limits.upload_idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(60));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::{Auth, FailKey, Need};
+use crate::auth::{guess_fingerprint, Auth, FailKey, Need};
 use crate::error::{ApiError, ApiResult};
 use crate::http_util::{header_str, now_secs, Resp};
 use crate::names::RepoName;
@@ -290,12 +290,13 @@ pub fn method_label(m: &Method) -> &'static str {
 }
 
 /// If this request is a login attempt (basic credentials, or the password grant), the keys
-/// its failure counts against: the client's address and the user name when it shows.
-fn login_keys(req: &Request<Incoming>, route: Option<&Route>) -> Vec<FailKey> {
+/// its failure counts against — the client's address and the user name when it shows — and
+/// the fingerprint of the guess when the password shows.
+fn login_keys(req: &Request<Incoming>, route: Option<&Route>) -> (Vec<FailKey>, Option<u64>) {
     let basic = header_str(req.headers(), http::header::AUTHORIZATION).and_then(Auth::basic);
     let grant = matches!(route, Some(Route::Token)) && req.method() == Method::POST;
     if basic.is_none() && !grant {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut keys: Vec<FailKey> = req
         .extensions()
@@ -303,10 +304,12 @@ fn login_keys(req: &Request<Incoming>, route: Option<&Route>) -> Vec<FailKey> {
         .map(|p| FailKey::Addr(p.0.ip()))
         .into_iter()
         .collect();
-    if let Some((user, _)) = basic {
+    let mut guess = None;
+    if let Some((user, pass)) = basic {
         keys.push(FailKey::user(&user));
+        guess = Some(guess_fingerprint(&user, &pass));
     }
-    keys
+    (keys, guess)
 }
 
 /// Entry point for every request.
@@ -317,7 +320,7 @@ pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let method = method_label(req.method());
     let path = req.uri().path().to_string();
     let route = parse_route(&path);
-    let login = login_keys(&req, route.as_ref().ok());
+    let (login, guess) = login_keys(&req, route.as_ref().ok());
     let blocked = st.auth.fails().blocked(&login);
     let (label, resp) = match route {
         Ok(route) => {
@@ -334,7 +337,7 @@ pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
         Err(e) => ("unmatched", e.into_response()),
     };
     if !login.is_empty() && resp.status() == StatusCode::UNAUTHORIZED {
-        st.auth.fails().failed(&login);
+        st.auth.fails().failed(&login, guess);
     }
     tracing::debug!(method, %path, status = resp.status().as_u16(), "request");
     st.metrics.request(label, method, resp.status().as_u16());
