@@ -323,3 +323,31 @@ fn limits_parse_like_the_serve_flags() {
     assert!(registry_mock::parse_size("x").is_err());
     assert!(registry_mock::parse_size("99999999999999GiB").is_err());
 }
+
+#[tokio::test]
+async fn slow_response_outlives_the_header_timeout() {
+    // The header timer runs only while a request head is awaited, never while a response
+    // streams: a 1.5 MiB blob at 1 MiB/s takes longer than the 300 ms header timeout.
+    let t = start_with(|c| {
+        c.limits.header_read_timeout = Duration::from_millis(300);
+        c.link.bandwidth_bytes_per_sec = Some(1 << 20);
+    })
+    .await;
+    let c = client();
+    let blob = random_bytes(3 << 19, 7);
+    let d = push_blob(&c, &t.url, "slow", &blob).await;
+    let started = std::time::Instant::now();
+    let got = c
+        .get(format!("{}/v2/slow/blobs/{d}", t.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() > Duration::from_millis(300),
+        "the response was not slow"
+    );
+    assert_eq!(digest(&got), d);
+}

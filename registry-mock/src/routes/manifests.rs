@@ -19,7 +19,7 @@ use crate::metrics::ServedKind;
 use crate::names::{Reference, RepoName};
 use crate::routes::blobs::parse_digest;
 use crate::state::AppState;
-use crate::store::RepoAttrs;
+use crate::store::{RepoAttrs, Store};
 
 /// Manifests larger than this are refused (the distribution spec suggests at least 4 MiB).
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -132,9 +132,10 @@ async fn read_body(
 /// there; indexes below may nest at most [`MAX_INDEX_DEPTH`] levels and reach at most
 /// [`MAX_INDEX_NODES`] manifests; a cycle is refused. (Children are pushed before their index
 /// and addressed by content, so a cycle needs a tampered store; the walk must end regardless.)
-/// Depth-first with an explicit stack: hostile input cannot overflow the call stack.
+/// Depth-first with an explicit stack: hostile input cannot overflow the call stack. Any code
+/// that walks stored indexes (the expander) can call this first.
 pub fn check_index_tree(
-    st: &AppState,
+    store: &Store,
     name: &RepoName,
     own: &Digest,
     children: &[Descriptor],
@@ -144,7 +145,7 @@ pub fn check_index_tree(
         Leave(Digest),
     }
     for c in children {
-        if st.store.manifest_media_type(name, &c.digest)?.is_none() {
+        if store.manifest_media_type(name, &c.digest)?.is_none() {
             return Err(ApiError::spec(
                 StatusCode::BAD_REQUEST,
                 Code::ManifestBlobUnknown,
@@ -183,7 +184,7 @@ pub fn check_index_tree(
             )));
         }
         // A grandchild may have been deleted since: nothing below it to check.
-        let Some((mt, bytes)) = st.store.read_manifest(name, &d)? else {
+        let Some((mt, bytes)) = store.read_manifest(name, &d)? else {
             done.insert(d);
             continue;
         };
@@ -258,7 +259,7 @@ pub async fn put(
                 }
             }
         }
-        Kind::Index { manifests } => check_index_tree(st, name, &digest, manifests)?,
+        Kind::Index { manifests } => check_index_tree(&st.store, name, &digest, manifests)?,
     }
     let (store, n, mt, b, tag) = (
         st.store.clone(),
