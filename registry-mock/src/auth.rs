@@ -105,7 +105,10 @@ impl Auth {
             key: rand::random(),
             users,
             anonymous_pull,
-            fails: FailLimiter::new(10, Duration::from_secs(6)),
+            fails: {
+                let l = crate::Limits::default();
+                FailLimiter::new(l.auth_fail_burst, l.auth_fail_refill)
+            },
         }
     }
 
