@@ -3,13 +3,22 @@
 //!
 //! Policy: with no users configured, auth is off (everything allowed, tokens granted as asked).
 //! With users: a valid basic credential grants everything; a bearer token grants its scopes;
-//! without credentials only pulls pass, and only when `anonymous_pull` is set.
+//! without credentials only pulls pass, and only when `anonymous_pull` is set (the catalog,
+//! which lists every repository, always needs credentials). Passwords are compared in constant
+//! time, and failed logins are rate-limited per client address and per user name
+//! ([`FailLimiter`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::names::RepoName;
@@ -81,6 +90,7 @@ pub struct Auth {
     key: [u8; 32],
     users: Vec<(String, String)>,
     anonymous_pull: bool,
+    fails: FailLimiter,
 }
 
 /// The outcome of authenticating the caller of a token request.
@@ -95,7 +105,22 @@ impl Auth {
             key: rand::random(),
             users,
             anonymous_pull,
+            fails: {
+                let l = crate::Limits::default();
+                FailLimiter::new(l.auth_fail_burst, l.auth_fail_refill)
+            },
         }
+    }
+
+    /// Allow `burst` failed logins per client address and per user name, forgiving one every
+    /// `refill`.
+    pub fn with_fail_limit(mut self, burst: u32, refill: Duration) -> Auth {
+        self.fails = FailLimiter::new(burst, refill);
+        self
+    }
+
+    pub fn fails(&self) -> &FailLimiter {
+        &self.fails
     }
 
     pub fn anonymous_pull(&self) -> bool {
@@ -106,8 +131,16 @@ impl Auth {
         !self.users.is_empty()
     }
 
+    /// Constant time in the contents of the strings: every user is compared, and hashes
+    /// are compared rather than the strings so their lengths do not show either.
     pub fn check_password(&self, user: &str, pass: &str) -> bool {
-        self.users.iter().any(|(u, p)| u == user && p == pass)
+        let h = |s: &str| Sha256::digest(s.as_bytes());
+        let (hu, hp) = (h(user), h(pass));
+        let mut ok = subtle::Choice::from(0);
+        for (u, p) in &self.users {
+            ok |= h(u).ct_eq(&hu) & h(p).ct_eq(&hp);
+        }
+        ok.into()
     }
 
     /// `Authorization: Basic …` → (user, password) if well-formed.
@@ -211,7 +244,8 @@ impl Auth {
         let Some(h) = authorization else {
             // `/v2/` still challenges anonymous callers: clients (skopeo) decide from that ping
             // whether to authenticate at all, and a push after a 200 ping would go out bare.
-            let anonymous_ok = self.anonymous_pull && matches!(need, Need::Pull(_) | Need::Catalog);
+            // The catalog lists every repository: never anonymous when auth is on.
+            let anonymous_ok = self.anonymous_pull && matches!(need, Need::Pull(_));
             return if anonymous_ok {
                 Ok(())
             } else {
@@ -239,6 +273,120 @@ impl Auth {
         match Auth::basic(h) {
             Some((u, p)) if self.check_password(&u, &p) => Ok(()),
             _ => Err(unauthorized("invalid username or password", None)),
+        }
+    }
+}
+
+/// Failed-login rate limit: a token bucket per key (client address, user name). Each failed
+/// *guess* takes a token — a client repeating the same wrong password (skopeo does, once per
+/// layer, in parallel) guesses once — and a key whose bucket is empty is refused with 429 until
+/// one refills. Buckets that have refilled completely are forgotten, so the table stays small.
+pub struct FailLimiter {
+    burst: u32,
+    refill: Duration,
+    buckets: Mutex<HashMap<FailKey, Bucket>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum FailKey {
+    Addr(IpAddr),
+    /// A user name's hash: the name is the client's to choose, so its length is not ours to keep.
+    User([u8; 32]),
+}
+
+impl FailKey {
+    pub fn user(name: &str) -> FailKey {
+        FailKey::User(Sha256::digest(name.as_bytes()).into())
+    }
+}
+
+/// Wrong guesses remembered per key, so a repeated one is not counted again.
+const RECENT_GUESSES: usize = 8;
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    recent: [u64; RECENT_GUESSES],
+    next: usize,
+}
+
+/// A fingerprint of one (user, password) guess: a truncated hash, never the password.
+pub fn guess_fingerprint(user: &str, pass: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0u8]);
+    h.update(pass.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    // Never 0: 0 marks an empty slot.
+    u64::from_le_bytes(b).max(1)
+}
+
+/// Buckets kept before full ones are swept.
+const FAIL_TABLE_SWEEP: usize = 4096;
+
+impl FailLimiter {
+    pub fn new(burst: u32, refill: Duration) -> FailLimiter {
+        FailLimiter {
+            burst: burst.max(1),
+            refill: refill.max(Duration::from_millis(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn level(&self, b: &Bucket, now: Instant) -> f64 {
+        let gained = now.duration_since(b.at).as_secs_f64() / self.refill.as_secs_f64();
+        (b.tokens + gained).min(f64::from(self.burst))
+    }
+
+    /// Whether any of `keys` has used up its failed logins; if so, how long until one is back.
+    pub fn blocked(&self, keys: &[FailKey]) -> Option<Duration> {
+        let now = Instant::now();
+        let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|k| map.get(k))
+            .map(|b| self.level(b, now))
+            .filter(|l| *l < 1.0)
+            .map(|l| self.refill.mul_f64(1.0 - l))
+            .max()
+    }
+
+    /// Record a failed login for every key; `guess` (see [`guess_fingerprint`]) when the
+    /// password is known, so that repeating one wrong guess costs one token.
+    pub fn failed(&self, keys: &[FailKey], guess: Option<u64>) {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= FAIL_TABLE_SWEEP {
+            let full = f64::from(self.burst);
+            map.retain(|_, b| self.level(b, now) < full);
+        }
+        for k in keys {
+            let mut b = match map.get(k) {
+                Some(b) => Bucket {
+                    tokens: self.level(b, now),
+                    at: now,
+                    ..*b
+                },
+                None => Bucket {
+                    tokens: f64::from(self.burst),
+                    at: now,
+                    recent: [0; RECENT_GUESSES],
+                    next: 0,
+                },
+            };
+            match guess {
+                Some(g) if b.recent.contains(&g) => {}
+                _ => {
+                    b.tokens = (b.tokens - 1.0).max(0.0);
+                    if let Some(g) = guess {
+                        b.recent[b.next % RECENT_GUESSES] = g;
+                        b.next = (b.next + 1) % RECENT_GUESSES;
+                    }
+                }
+            }
+            map.insert(k.clone(), b);
         }
     }
 }
@@ -305,6 +453,41 @@ mod tests {
     }
 
     #[test]
+    fn passwords_match_exactly_for_every_user() {
+        let a = Auth::new(
+            vec![("u".into(), "p".into()), ("admin".into(), "s3cret".into())],
+            false,
+        );
+        assert!(a.check_password("u", "p"));
+        assert!(a.check_password("admin", "s3cret"));
+        for (u, p) in [
+            ("u", "s3cret"),
+            ("admin", "p"),
+            ("admin", "s3cre"),
+            ("admin", "s3cret "),
+            ("", ""),
+            ("u", ""),
+        ] {
+            assert!(!a.check_password(u, p), "{u}:{p}");
+        }
+    }
+
+    #[test]
+    fn fail_limiter_blocks_after_the_burst_per_key() {
+        let f = FailLimiter::new(2, Duration::from_secs(3600));
+        let (k1, k2) = (vec![FailKey::user("a")], vec![FailKey::user("b")]);
+        assert!(f.blocked(&k1).is_none());
+        f.failed(&k1, Some(1));
+        f.failed(&k1, Some(1));
+        assert!(f.blocked(&k1).is_none(), "a repeated guess counts once");
+        f.failed(&k1, Some(2));
+        assert!(f.blocked(&k1).is_some());
+        assert!(f.blocked(&k2).is_none());
+        let both = [k2[0].clone(), k1[0].clone()];
+        assert!(f.blocked(&both).is_some(), "any blocked key blocks");
+    }
+
+    #[test]
     fn anonymous_gets_pull_only() {
         let a = Auth::new(vec![("u".into(), "p".into())], true);
         let (_, granted) = a.issue(
@@ -318,6 +501,10 @@ mod tests {
         assert!(
             a.authorize(None, &Need::Base, "h", 1).is_err(),
             "/v2/ challenges anonymous callers"
+        );
+        assert!(
+            a.authorize(None, &Need::Catalog, "h", 1).is_err(),
+            "the catalog is never anonymous"
         );
         let basic = format!("Basic {}", STANDARD.encode("u:p"));
         assert!(a

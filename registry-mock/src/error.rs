@@ -143,6 +143,11 @@ pub enum ApiError {
         size: u64,
         message: String,
     },
+    /// 429 TOOMANYREQUESTS with `Retry-After` (seconds).
+    TooManyRequests {
+        retry_after: u64,
+        message: String,
+    },
     /// Route not found / method not allowed.
     NotFound,
     MethodNotAllowed,
@@ -291,6 +296,20 @@ impl ApiError {
                     serde_json::Value::Null,
                 );
                 crate::http_util::upload_headers(&mut r, &location, &uuid, size);
+                r
+            }
+            ApiError::TooManyRequests {
+                retry_after,
+                message,
+            } => {
+                let mut r = json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Code::TooManyRequests,
+                    &message,
+                    serde_json::Value::Null,
+                );
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
                 r
             }
             ApiError::NotFound => json_error(

@@ -196,6 +196,40 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Why [`collect_body`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("body stalled for more than {0:?}")]
+    Stalled(std::time::Duration),
+    #[error("reading body: {0}")]
+    Read(#[from] hyper::Error),
+}
+
+/// Read a whole request body of at most `limit` bytes, giving up when the client pauses longer
+/// than `idle` between two pieces (a stalled client must not hold a handler forever).
+pub async fn collect_body(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    let mut out = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled(idle)),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(f)) => f?,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len().saturating_add(data.len()) > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

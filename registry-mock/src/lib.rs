@@ -18,20 +18,20 @@ pub mod metrics;
 pub mod names;
 pub mod profile;
 pub mod routes;
+pub mod sessions;
 pub mod state;
 pub mod store;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 pub use error::{ApiError, Error, Result};
@@ -42,6 +42,7 @@ use crate::expansion::Expander;
 use crate::link::Limiter;
 use crate::metrics::Metrics;
 use crate::names::RepoName;
+use crate::sessions::Sessions;
 use crate::state::AppState;
 use crate::store::{RepoAttrs, Store};
 
@@ -64,6 +65,72 @@ pub struct Config {
     pub expansion_workers: usize,
     /// Chunk size of the expanded format (see [`expansion::DEFAULT_EXPANSION_CHUNK_SIZE`]).
     pub expansion_chunk_size: u32,
+    /// Limits against hostile or broken clients (the `serve` flags of the same names).
+    pub limits: Limits,
+}
+
+/// Limits against hostile or broken clients. Defined once: these are both the library's
+/// configuration and the `registry-mock serve` flags (flattened into the CLI), so the defaults
+/// live only in the `#[arg]` attributes below.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Parser)]
+pub struct Limits {
+    /// Open blob-upload sessions, all repositories together (more: 429 TOOMANYREQUESTS).
+    #[arg(long, default_value_t = 1024)]
+    pub max_upload_sessions: usize,
+    /// Open blob-upload sessions per repository (more: 429 TOOMANYREQUESTS).
+    #[arg(long, default_value_t = 128)]
+    pub max_upload_sessions_per_repo: usize,
+    /// An upload session idle this long is dropped and its partial file deleted.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub upload_idle_timeout: Duration,
+    /// Largest blob an upload may grow to: bytes or with a KiB/MiB/GiB suffix (more: 413
+    /// SIZE_INVALID).
+    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
+    pub max_upload_size: u64,
+    /// A connection must deliver a complete request header within this time (also closes idle
+    /// keep-alive connections).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body; a stalled client is dropped.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Failed logins a client address or user name may make in a burst before it gets 429.
+    #[arg(long, default_value_t = 10)]
+    pub auth_fail_burst: u32,
+    /// One failed login is forgiven per this interval (the token bucket's refill).
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub auth_fail_refill: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // invariant: every flag has a default, so an empty command line parses.
+        #[allow(clippy::expect_used)]
+        <Limits as clap::Parser>::try_parse_from(["registry-mock"]).expect("default limits")
+    }
+}
+
+/// `1048576`, `64KiB`, `512MiB`, `16GiB` (also `K`, `M`, `G`) → bytes.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let units: [(&str, u64); 6] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("K", 1 << 10),
+        ("M", 1 << 20),
+        ("G", 1 << 30),
+    ];
+    let (num, mul) = units
+        .iter()
+        .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n, *m)))
+        .unwrap_or((t, 1));
+    let n: u64 = num.trim().parse().map_err(|e| format!("size {s:?}: {e}"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 impl Config {
@@ -79,6 +146,7 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             expansion_chunk_size: expansion::DEFAULT_EXPANSION_CHUNK_SIZE,
+            limits: Limits::default(),
         }
     }
 }
@@ -201,6 +269,7 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
             store.write_attrs(&name, &a)?;
         }
     }
+    let store_uploads = store.clone();
     let expander = Expander::start(
         store.clone(),
         metrics.clone(),
@@ -209,10 +278,12 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
     )?;
     Ok(Arc::new(AppState {
         store,
-        auth: Auth::new(cfg.users.clone(), cfg.anonymous_pull),
+        auth: Auth::new(cfg.users.clone(), cfg.anonymous_pull)
+            .with_fail_limit(cfg.limits.auth_fail_burst, cfg.limits.auth_fail_refill),
         metrics,
         expander,
-        uploads: Mutex::new(HashMap::new()),
+        uploads: Sessions::new(store_uploads, &cfg.limits),
+        limits: cfg.limits.clone(),
         limiter: cfg
             .link
             .bandwidth_bytes_per_sec
@@ -229,14 +300,35 @@ async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // ACR's check-expansion.sh greps `Docker-Content-Digest` case-sensitively: send Title-Case.
-    builder.http1().title_case_headers(true);
+    let limits = state.limits.clone();
+    // HTTP/1 only: nothing here speaks h2c, and the HTTP/1 header-read timer then covers a
+    // connection from its first byte (the auto builder's version sniffing has no timeout).
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // ACR's check-expansion.sh greps `Docker-Content-Digest` case-sensitively: Title-Case.
+        .title_case_headers(true);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // Idle upload sessions expire on a timer, not only when the next upload starts.
+    let sweeper = {
+        let st = state.clone();
+        let every = (limits.upload_idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                st.uploads.expire_idle();
+            }
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (mut stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
@@ -245,39 +337,47 @@ async fn run(
                         continue;
                     }
                 };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = limits.max_connections, "connection cap reached; refusing");
+                    tokio::spawn(async move {
+                        let refuse = async {
+                            stream.write_all(REFUSED).await?;
+                            stream.shutdown().await
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+                    });
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let st = st.clone();
+                    req.extensions_mut().insert(routes::Peer(peer));
                     async move { Ok::<_, Infallible>(routes::handle(st, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = fut.await {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    sweeper.abort();
     state.expander.shutdown().await;
     // Remove partial uploads of this run.
-    let uuids: Vec<String> = state
-        .uploads
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .map(|(k, _)| k)
-        .collect();
-    for u in uuids {
-        let _ = std::fs::remove_file(state.store.upload_path(&u));
-    }
+    state.uploads.clear();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(Duration::from_secs(5)) => tracing::warn!("connections still open after 5 s; closing"),
     }
     Ok(())
 }
+
+/// The whole answer to a connection over the cap.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";

@@ -56,6 +56,8 @@ enum Cmd {
         /// 16KiB ..= 16MiB (default 16KiB).
         #[arg(long, value_parser = parse_chunk_size)]
         chunk_size: Option<u32>,
+        #[command(flatten)]
+        limits: registry_mock::Limits,
     },
     /// Wait for an image's layers to be expanded, like ACR's check-expansion.sh.
     /// Exit codes: 0 ready, 1 error or expansion failed, 2 not teleport-enabled, 3 timeout.
@@ -123,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             teleport_repos,
             expansion_workers,
             chunk_size,
+            limits,
         } => {
             let root = match root {
                 Some(r) => r,
@@ -137,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let mut cfg = Config::new(root);
             cfg.listen = listen;
+            cfg.limits = limits;
             for u in &users {
                 cfg.users.push(registry_mock::parse_user(u)?);
             }
@@ -193,20 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// `16384`, `64KiB`, `1MiB` → bytes, checked against what the expander accepts.
 fn parse_chunk_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let (num, mul) = if let Some(n) = t.strip_suffix("KiB").or_else(|| t.strip_suffix('K')) {
-        (n, 1u64 << 10)
-    } else if let Some(n) = t.strip_suffix("MiB").or_else(|| t.strip_suffix('M')) {
-        (n, 1u64 << 20)
-    } else {
-        (t, 1)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("chunk size {s:?}: {e}"))?;
-    let bytes =
-        u32::try_from(n.saturating_mul(mul)).map_err(|_| format!("chunk size {s:?} too large"))?;
+    let n = registry_mock::parse_size(s)?;
+    let bytes = u32::try_from(n).map_err(|_| format!("chunk size {s:?} too large"))?;
     if !registry_mock::expansion::valid_chunk_size(bytes) {
         return Err(format!(
             "chunk size {s:?}: want a power of two in 16KiB ..= 16MiB"

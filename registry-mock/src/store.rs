@@ -294,11 +294,13 @@ impl Store {
         remove_opt(&self.tag_path(name, tag))
     }
 
-    /// Remove a manifest from the repository with every tag pointing at it.
+    /// Remove a manifest from the repository with every tag pointing at it, and its expansion
+    /// record (so `/mount` stops answering for it; the expanded layers stay, shared by content).
     pub fn delete_manifest(&self, name: &RepoName, d: &Digest) -> Result<bool> {
         if !remove_opt(&self.manifest_link(name, d))? {
             return Ok(false);
         }
+        remove_opt(&self.record_path(name, d))?;
         for t in self.tags(name)? {
             if self.resolve_tag(name, &t)?.as_ref() == Some(d) {
                 self.delete_tag(name, &t)?;

@@ -6,24 +6,30 @@ use bytes::Bytes;
 use emulator::oci::MT_OCI_INDEX;
 use emulator::Digest;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::http_util::{
-    accepted_types, empty, header_str, json, now_secs, param, query_params, set_header,
-    status_only, Resp,
+    accepted_types, collect_body, empty, header_str, json, now_secs, param, query_params,
+    set_header, status_only, BodyError, Resp,
 };
 use crate::link::bytes_body;
-use crate::manifest::{self, Kind};
+use crate::manifest::{self, Descriptor, Kind};
 use crate::metrics::ServedKind;
 use crate::names::{Reference, RepoName};
 use crate::routes::blobs::parse_digest;
 use crate::state::AppState;
-use crate::store::RepoAttrs;
+use crate::store::{RepoAttrs, Store};
 
 /// Manifests larger than this are refused (the distribution spec suggests at least 4 MiB).
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+
+/// Levels of indexes one index may nest (the index itself is level 1; image manifests do not
+/// count). Multi-platform images use 1, attestations 2; more is hostile.
+pub const MAX_INDEX_DEPTH: usize = 8;
+
+/// Manifests one index may reach in all, across every level.
+pub const MAX_INDEX_NODES: usize = 10_000;
 
 fn parse_reference(s: &str) -> ApiResult<Reference> {
     Reference::parse(s).ok_or_else(|| {
@@ -89,31 +95,122 @@ pub fn get(
     Ok(r)
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> ApiResult<(Option<String>, Bytes)> {
+async fn read_body(
+    st: &AppState,
+    req: Request<Incoming>,
+    limit: usize,
+) -> ApiResult<(Option<String>, Bytes)> {
     let ct = header_str(req.headers(), http::header::CONTENT_TYPE).map(str::to_string);
-    if let Some(cl) =
-        header_str(req.headers(), http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+    let too_large = || {
+        ApiError::spec(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::SizeInvalid,
+            "body too large",
+        )
+    };
+    if header_str(req.headers(), http::header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|cl| cl > limit as u64)
     {
-        if cl > limit as u64 {
+        return Err(too_large());
+    }
+    let body = collect_body(req.into_body(), limit, st.limits.body_read_timeout)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => too_large(),
+            BodyError::Stalled(_) => ApiError::spec(
+                StatusCode::REQUEST_TIMEOUT,
+                Code::ManifestInvalid,
+                e.to_string(),
+            ),
+            BodyError::Read(_) => ApiError::manifest_invalid(e.to_string()),
+        })?;
+    Ok((ct, body))
+}
+
+/// Check the manifests an index refers to, in this repository: its direct children must be
+/// there; indexes below may nest at most [`MAX_INDEX_DEPTH`] levels and reach at most
+/// [`MAX_INDEX_NODES`] manifests; a cycle is refused. (Children are pushed before their index
+/// and addressed by content, so a cycle needs a tampered store; the walk must end regardless.)
+/// Depth-first with an explicit stack: hostile input cannot overflow the call stack. Any code
+/// that walks stored indexes (the expander) can call this first.
+pub fn check_index_tree(
+    store: &Store,
+    name: &RepoName,
+    own: &Digest,
+    children: &[Descriptor],
+) -> ApiResult<()> {
+    enum Step {
+        Enter(Digest, usize),
+        Leave(Digest),
+    }
+    for c in children {
+        if store.manifest_media_type(name, &c.digest)?.is_none() {
             return Err(ApiError::spec(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::SizeInvalid,
-                "body too large",
-            ));
+                StatusCode::BAD_REQUEST,
+                Code::ManifestBlobUnknown,
+                "manifest unknown to registry",
+            )
+            .with_detail(serde_json::json!({ "digest": c.digest.as_str() })));
         }
     }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            ApiError::spec(
-                StatusCode::BAD_REQUEST,
-                Code::SizeInvalid,
-                format!("reading body: {e}"),
-            )
-        })?
-        .to_bytes();
-    Ok((ct, body))
+    let mut on_path = std::collections::HashSet::from([own.clone()]);
+    let mut done = std::collections::HashSet::new();
+    let mut stack: Vec<Step> = children
+        .iter()
+        .rev()
+        .map(|c| Step::Enter(c.digest.clone(), 2))
+        .collect();
+    while let Some(step) = stack.pop() {
+        let (d, level) = match step {
+            Step::Leave(d) => {
+                on_path.remove(&d);
+                done.insert(d);
+                continue;
+            }
+            Step::Enter(d, level) => (d, level),
+        };
+        if on_path.contains(&d) {
+            return Err(ApiError::manifest_invalid(format!(
+                "index refers to itself through {d} (a cycle)"
+            )));
+        }
+        if done.contains(&d) {
+            continue;
+        }
+        if done.len() + on_path.len() >= MAX_INDEX_NODES {
+            return Err(ApiError::manifest_invalid(format!(
+                "index reaches more than {MAX_INDEX_NODES} manifests"
+            )));
+        }
+        // A grandchild may have been deleted since: nothing below it to check.
+        let Some((mt, bytes)) = store.read_manifest(name, &d)? else {
+            done.insert(d);
+            continue;
+        };
+        let Ok(m) = manifest::parse(&bytes, Some(&mt)) else {
+            done.insert(d);
+            continue;
+        };
+        let Kind::Index { manifests } = m.kind else {
+            done.insert(d);
+            continue;
+        };
+        if level > MAX_INDEX_DEPTH {
+            return Err(ApiError::manifest_invalid(format!(
+                "indexes nested deeper than {MAX_INDEX_DEPTH} levels"
+            )));
+        }
+        on_path.insert(d.clone());
+        stack.push(Step::Leave(d));
+        stack.extend(
+            manifests
+                .iter()
+                .rev()
+                .map(|c| Step::Enter(c.digest.clone(), level + 1)),
+        );
+    }
+    Ok(())
 }
 
 pub async fn put(
@@ -123,7 +220,7 @@ pub async fn put(
     req: Request<Incoming>,
 ) -> ApiResult<Resp> {
     let reference = parse_reference(reference)?;
-    let (ct, bytes) = read_body(req, MAX_MANIFEST).await?;
+    let (ct, bytes) = read_body(st, req, MAX_MANIFEST).await?;
     st.metrics.add_received(bytes.len() as u64);
     let m = manifest::parse(&bytes, ct.as_deref()).map_err(ApiError::manifest_invalid)?;
     let digest = Digest::sha256_of(&bytes);
@@ -162,18 +259,7 @@ pub async fn put(
                 }
             }
         }
-        Kind::Index { manifests } => {
-            for c in manifests {
-                if st.store.manifest_media_type(name, &c.digest)?.is_none() {
-                    return Err(ApiError::spec(
-                        StatusCode::BAD_REQUEST,
-                        Code::ManifestBlobUnknown,
-                        "manifest unknown to registry",
-                    )
-                    .with_detail(serde_json::json!({ "digest": c.digest.as_str() })));
-                }
-            }
-        }
+        Kind::Index { manifests } => check_index_tree(&st.store, name, &digest, manifests)?,
     }
     let (store, n, mt, b, tag) = (
         st.store.clone(),

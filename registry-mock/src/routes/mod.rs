@@ -1,5 +1,6 @@
-//! HTTP routing: path → [`Route`], authorisation, dispatch to the handler modules, request
-//! metrics, and the single translation of [`ApiError`] into a response.
+//! HTTP routing: path → [`Route`], authorisation (with the failed-login rate limit), dispatch
+//! to the handler modules, request metrics (bounded labels: route templates and known
+//! methods), and the single translation of [`ApiError`] into a response.
 
 pub mod acr;
 pub mod blobs;
@@ -8,12 +9,13 @@ pub mod profiles;
 pub mod token;
 pub mod uploads;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::Need;
+use crate::auth::{guess_fingerprint, Auth, FailKey, Need};
 use crate::error::{ApiError, ApiResult};
 use crate::http_util::{header_str, now_secs, Resp};
 use crate::names::RepoName;
@@ -268,24 +270,77 @@ fn realm_host(st: &AppState, req: &Request<Incoming>) -> String {
         .unwrap_or_else(|| st.addr.to_string())
 }
 
+/// The client's address, put into each request's extensions by the server loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// The metrics label of a method: the method itself when known, else `other` (a client
+/// chooses the method string, and labels must stay a small, fixed set).
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// If this request is a login attempt (basic credentials, or the password grant), the keys
+/// its failure counts against — the client's address and the user name when it shows — and
+/// the fingerprint of the guess when the password shows.
+fn login_keys(req: &Request<Incoming>, route: Option<&Route>) -> (Vec<FailKey>, Option<u64>) {
+    let basic = header_str(req.headers(), http::header::AUTHORIZATION).and_then(Auth::basic);
+    let grant = matches!(route, Some(Route::Token)) && req.method() == Method::POST;
+    if basic.is_none() && !grant {
+        return (Vec::new(), None);
+    }
+    let mut keys: Vec<FailKey> = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| FailKey::Addr(p.0.ip()))
+        .into_iter()
+        .collect();
+    let mut guess = None;
+    if let Some((user, pass)) = basic {
+        keys.push(FailKey::user(&user));
+        guess = Some(guess_fingerprint(&user, &pass));
+    }
+    (keys, guess)
+}
+
 /// Entry point for every request.
 pub async fn handle(st: Arc<AppState>, req: Request<Incoming>) -> Resp {
     if !st.link.latency.is_zero() {
         tokio::time::sleep(st.link.latency).await;
     }
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let path = req.uri().path().to_string();
-    let (label, resp) = match parse_route(&path) {
+    let route = parse_route(&path);
+    let (login, guess) = login_keys(&req, route.as_ref().ok());
+    let blocked = st.auth.fails().blocked(&login);
+    let (label, resp) = match route {
         Ok(route) => {
             let label = route.template();
-            let res = dispatch(&st, route, req).await;
+            let res = match blocked {
+                Some(wait) => Err(ApiError::TooManyRequests {
+                    retry_after: wait.as_secs().max(1),
+                    message: "too many failed logins; try again later".into(),
+                }),
+                None => dispatch(&st, route, req).await,
+            };
             (label, res.unwrap_or_else(ApiError::into_response))
         }
         Err(e) => ("unmatched", e.into_response()),
     };
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
-    st.metrics
-        .request(label, method.as_str(), resp.status().as_u16());
+    if !login.is_empty() && resp.status() == StatusCode::UNAUTHORIZED {
+        st.auth.fails().failed(&login, guess);
+    }
+    tracing::debug!(method, %path, status = resp.status().as_u16(), "request");
+    st.metrics.request(label, method, resp.status().as_u16());
     let mut resp = resp;
     resp.headers_mut().insert(
         "docker-distribution-api-version",
