@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use fuse_mount::containerd_config::{self, Version};
 use fuse_mount::daemon::{self, Config, MountMode};
 use fuse_mount::manager::server::ManagerConfig;
 use fuse_mount::remote::http::Credentials;
@@ -66,8 +67,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the containerd config teleportd needs.
-    ConfigSnippet,
+    /// Print the containerd config teleportd needs (proxy plugin + CRI snapshotter settings)
+    /// in the form the given containerd release line reads.
+    ConfigSnippet {
+        /// containerd release line: 1.6, 1.7 or 2 (2.x: config version 3).
+        #[arg(long, default_value = "1.6")]
+        containerd: Version,
+    },
     /// Run the fuse manager that owns this root's FUSE mounts (teleportd starts it itself,
     /// detached, so the mounts outlive a killed teleportd). Uses --root, --registry,
     /// --cache-dir, --user and TELEPORTD_PASSWORD.
@@ -96,8 +102,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let profile_window = std::time::Duration::try_from_secs_f64(cli.profile_window)
         .map_err(|e| anyhow::anyhow!("--profile-window {}: {e}", cli.profile_window))?;
-    if let Some(Command::ConfigSnippet) = cli.command {
-        print!("{}", daemon::config_snippet(&cli.address));
+    if let Some(Command::ConfigSnippet { containerd }) = cli.command {
+        print!("{}", containerd_config::snippet(containerd, &cli.address));
         return Ok(());
     }
     tracing_subscriber::fmt()
