@@ -345,6 +345,12 @@ impl Node {
                 .arg(&p.teleportd_socket)
                 .arg("--registry")
                 .arg(registry_url)
+                // The testbed's registry speaks plain http; teleportd refuses it otherwise.
+                .args(
+                    registry_url
+                        .starts_with("http://")
+                        .then_some("--insecure-registry"),
+                )
                 .arg("--mount-mode")
                 .arg(mount_mode.as_str())
                 .arg("--cache-dir")

@@ -124,13 +124,21 @@ impl Teleportd {
     }
 
     pub fn start_with(root: &Path, socket: &Path, log: &Path, extra: &[&str]) -> Teleportd {
-        let logf = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_teleportd"))
-            .arg("--root")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_teleportd"));
+        cmd.arg("--root")
             .arg(root)
             .arg("--address")
             .arg(socket)
-            .args(extra)
+            // The tests' registries speak plain http.
+            .arg("--insecure-registry")
+            .args(extra);
+        Self::spawn(cmd, root, socket, log)
+    }
+
+    /// Runs `cmd` (a teleportd command line) logging to `log`; waits until `socket` accepts.
+    pub fn spawn(mut cmd: Command, root: &Path, socket: &Path, log: &Path) -> Teleportd {
+        let logf = File::options().create(true).append(true).open(log).unwrap();
+        let child = cmd
             .env("RUST_LOG", "fuse_mount=debug,info")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
