@@ -346,9 +346,9 @@ pub fn snippet(v: Version, socket: &Path) -> String {
     );
     if v.has_transfer_cri_pull() {
         head.push_str(
-            "# containerd 2.1+ pulls CRI images through the Transfer Service, which gives a\n\
-             # remote snapshotter no layer labels: use_local_image_pull = true (and\n\
-             # disable_snapshot_annotations = false) keep CRI's own pull that passes them.\n",
+            "# containerd 2.1+ pulls CRI images through the Transfer Service unless\n\
+             # use_local_image_pull = true (disable_snapshot_annotations = false also turns it\n\
+             # off): teleportd is tested with CRI's own pull, which hands it the layer labels.\n",
         );
     }
     head + &render(&doc)
