@@ -89,9 +89,10 @@ enum Command {
     /// Print the containerd config teleportd needs (proxy plugin + CRI snapshotter settings)
     /// in the form the given containerd release line reads.
     ConfigSnippet {
-        /// containerd release line: 1.6, 1.7 or 2 (2.x: config version 3).
-        #[arg(long, default_value = "1.6")]
-        containerd: Version,
+        /// containerd release line: 1.6, 1.7 or 2 (2.x: config version 3)
+        /// [default: `containerd --version` of PATH's containerd, else 1.6].
+        #[arg(long)]
+        containerd: Option<Version>,
     },
     /// Run the fuse manager that owns this root's FUSE mounts (teleportd starts it itself,
     /// detached, so the mounts outlive a killed teleportd). Uses --root, --registry,
@@ -139,7 +140,10 @@ async fn main() -> anyhow::Result<()> {
     let profile_window = std::time::Duration::try_from_secs_f64(cli.profile_window)
         .map_err(|e| anyhow::anyhow!("--profile-window {}: {e}", cli.profile_window))?;
     if let Some(Command::ConfigSnippet { containerd }) = cli.command {
-        print!("{}", containerd_config::snippet(containerd, &cli.address));
+        let v = containerd.unwrap_or_else(|| {
+            Version::detect(std::path::Path::new("containerd")).unwrap_or(Version::V1_6)
+        });
+        print!("{}", containerd_config::snippet(v, &cli.address));
         return Ok(());
     }
     tracing_subscriber::fmt()
