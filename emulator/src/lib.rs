@@ -11,6 +11,7 @@
 //! - [`merge()`]: the rootfs a standard pull produces from a layer stack; [`overlay_form()`]: one
 //!   layer as an overlayfs lower directory would hold it.
 //! - [`tar_reader`]: the streaming tar parser expansion uses (ustar, GNU, PAX).
+//! - [`settings_file`]: the daemons' `--config FILE` (TOML keys = long flags), parsed as text.
 
 pub mod digest;
 pub mod entry;
@@ -21,6 +22,7 @@ pub mod merge;
 pub mod oci;
 pub mod profile;
 pub mod reader;
+pub mod settings_file;
 pub mod tar_reader;
 
 pub use digest::Digest;

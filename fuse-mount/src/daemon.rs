@@ -299,18 +299,3 @@ pub async fn snapshot_counts(s: &impl Snapshotter) -> [(Kind, usize); 3] {
     [Kind::Active, Kind::View, Kind::Committed]
         .map(|k| (k, infos.iter().filter(|i| i.kind == k).count()))
 }
-
-/// The containerd configuration teleportd needs.
-pub fn config_snippet(address: &Path) -> String {
-    format!(
-        r#"[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "teleportd"
-  disable_snapshot_annotations = false
-
-[proxy_plugins.teleportd]
-  type = "snapshot"
-  address = "{}"
-"#,
-        address.display()
-    )
-}

@@ -3,6 +3,8 @@
 //! registry-expanded layers lazily over FUSE instead of downloading them ([`remote`], [`fs`],
 //! [`fetch`]). Talks to the registry over HTTP only; must not depend on registry-mock or testbed.
 
+pub mod config;
+pub mod containerd_config;
 pub mod convert;
 pub mod daemon;
 pub mod fetch;

@@ -61,6 +61,10 @@ async fn render(snap: &OverlaySnapshotter) -> String {
     out.push_str(&format!(
         "# TYPE teleportd_fuse_mounts gauge\nteleportd_fuse_mounts {mounts}\n"
     ));
+    out.push_str(&format!(
+        "# TYPE teleportd_auth_failures_total counter\nteleportd_auth_failures_total {}\n",
+        crate::config::AUTH_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+    ));
     type Field = fn(&crate::fetch::CountersSnapshot) -> u64;
     let fields: [(&str, Field); 9] = [
         ("bytes_fetched", |c| c.bytes_fetched),

@@ -183,16 +183,51 @@ fn containerd_pulls_runs_restarts_and_removes_through_teleportd() {
 }
 
 #[test]
-fn config_snippet_names_the_socket() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teleportd"))
-        .args(["--address", "/run/x/t.sock", "config-snippet"])
+fn config_snippet_names_the_socket_for_each_containerd_line() {
+    for (line, version, cri_table) in [
+        ("1.6", 2, "io.containerd.grpc.v1.cri"),
+        ("1.7", 2, "io.containerd.grpc.v1.cri"),
+        ("2", 3, "io.containerd.cri.v1.images"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_teleportd"))
+            .args([
+                "--address",
+                "/run/x/t.sock",
+                "config-snippet",
+                "--containerd",
+                line,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let s = String::from_utf8(out.stdout).unwrap();
+        let t: toml::Table = s.parse().unwrap_or_else(|e| panic!("{line}: {e}\n{s}"));
+        assert_eq!(t["version"].as_integer(), Some(version), "{s}");
+        let proxy = &t["proxy_plugins"]["teleportd"];
+        assert_eq!(proxy["type"].as_str(), Some("snapshot"), "{s}");
+        assert_eq!(proxy["address"].as_str(), Some("/run/x/t.sock"), "{s}");
+        let cri = &t["plugins"][cri_table];
+        let cri = if version == 2 {
+            &cri["containerd"]
+        } else {
+            cri
+        };
+        assert_eq!(cri["snapshotter"].as_str(), Some("teleportd"), "{s}");
+        assert_eq!(
+            cri["disable_snapshot_annotations"].as_bool(),
+            Some(false),
+            "{s}"
+        );
+        assert_eq!(
+            cri.get("use_local_image_pull").and_then(|v| v.as_bool()),
+            (version == 3).then_some(true),
+            "{s}"
+        );
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_teleportd"))
+        .args(["config-snippet", "--containerd", "1.5"])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let s = String::from_utf8(out.stdout).unwrap();
-    assert!(s.contains("snapshotter = \"teleportd\""));
-    assert!(s.contains("disable_snapshot_annotations = false"));
-    assert!(s.contains(
-        "[proxy_plugins.teleportd]\n  type = \"snapshot\"\n  address = \"/run/x/t.sock\""
-    ));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("1.5"));
 }

@@ -23,8 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the registry until SIGINT/SIGTERM.
+    /// Serve the registry until SIGINT/SIGTERM. Every flag can also be set in a TOML file
+    /// (--config FILE; key = flag name, e.g. users_file = "/etc/registry-mock/users"); flags on
+    /// the command line override it (lists such as teleport_repos are joined).
+    #[command(args_override_self = true)]
     Serve {
+        /// TOML settings file: one key per flag (`listen = "0.0.0.0:5000"`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:5000")]
         listen: SocketAddr,
@@ -103,7 +109,21 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()).await {
+    // `serve --config FILE`: the file's settings go ahead of the command line's own flags.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let at = if argv.get(1).is_some_and(|a| a == "serve") {
+        2
+    } else {
+        argv.len()
+    };
+    let argv = match emulator::settings_file::splice_config_file(argv, at) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("registry-mock: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(Cli::parse_from(argv)).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("registry-mock: {e:#}");
@@ -115,6 +135,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Serve {
+            config: _,
             listen,
             root,
             users,

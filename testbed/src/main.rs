@@ -18,6 +18,25 @@ use testbed::node::MountMode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Directory holding the containerd under test (`containerd`, `containerd-shim-runc-v2`,
+    /// `ctr`), e.g. from `scripts/get-containerd.sh 2.1`; put first in PATH. Default: PATH's.
+    #[arg(long, global = true, env = "TB_CONTAINERD_BIN")]
+    containerd_bin: Option<PathBuf>,
+}
+
+/// The containerd under test first in PATH, for this process and every node it starts.
+fn use_containerd_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let dir = std::path::absolute(dir).context("--containerd-bin")?;
+    if !dir.join("containerd").is_file() {
+        bail!("--containerd-bin {}: no containerd in it", dir.display());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let joined =
+        std::env::join_paths(std::iter::once(dir.clone()).chain(std::env::split_paths(&path)))?;
+    // Before any node or registry thread reads the environment.
+    std::env::set_var("PATH", joined);
+    std::env::set_var("TB_CONTAINERD_BIN", &dir);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -153,6 +172,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(dir) = &cli.containerd_bin {
+        use_containerd_dir(dir)?;
+    }
     match cli.cmd {
         Cmd::Compare(a) => run_compare(a).await,
         Cmd::Provision => {

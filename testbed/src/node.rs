@@ -1,4 +1,4 @@
-//! Nodes: a node is a real containerd 1.6 the testbed starts with its own root, state, socket
+//! Nodes: a node is a real containerd (1.6, 1.7 or 2.x) the testbed starts with its own root, state, socket
 //! and CRI config in its own directory. `shuttle` uses the stock overlayfs snapshotter;
 //! `teleporter` runs its own `teleportd` as containerd's proxy snapshotter. Recycling a node is
 //! the seed's "scale the node pool to 0 and back to 1": stop, unmount, wipe, start.
@@ -7,7 +7,7 @@ use crate::cri::Cri;
 use crate::error::{Error, Result};
 use crate::mounts;
 use crate::process::{self, Daemon};
-use std::fmt::Write as _;
+use fuse_mount::containerd_config::{self, CriSettings, NodeSettings, Version};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ impl NodeConfig {
             kind,
             sandbox_image: String::new(),
             registries: Vec::new(),
-            containerd_bin: PathBuf::from("containerd"),
+            containerd_bin: containerd_bin_from_env(),
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
         }
@@ -163,92 +163,67 @@ impl NodePaths {
     }
 }
 
-fn toml_str(s: &str) -> String {
-    // TOML basic string: escape backslash and quote (paths here are plain).
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+/// containerd config.toml for a node, in the form containerd `version` reads (1.x: config
+/// version 2; 2.x: version 3 with the split CRI plugins). Rendered by the one renderer
+/// teleportd's `config-snippet` also uses.
+pub fn render_config(cfg: &NodeConfig, p: &NodePaths, version: Version) -> String {
+    let snapshotter = match cfg.kind {
+        NodeKind::Shuttle => "overlayfs",
+        NodeKind::Teleporter { .. } => containerd_config::SNAPSHOTTER,
+    };
+    let settings = NodeSettings {
+        root: p.root.clone(),
+        state: p.state.clone(),
+        address: p.socket.clone(),
+        debug_address: Some(p.dir.join("d.sock")),
+        log_level: "info".into(),
+        opt_dir: Some(p.opt.clone()),
+        disabled_plugins: Vec::new(),
+        cri: Some(CriSettings {
+            sandbox_image: cfg.sandbox_image.clone(),
+            snapshotter: snapshotter.into(),
+            registry_config_path: Some(p.certs.clone()),
+            // An empty CNI dir: host-network pods need no CNI, and the system's config stays out.
+            cni_dir: Some(p.cni.clone()),
+            // runc's state under the node's state dir, so a recycle wipes it.
+            runc_root: Some(p.state.join("runc")),
+            // The system runc: another containerd line's own runc may need a newer glibc.
+            runc_binary: find_in_path("runc"),
+            // Sandboxed CI runners (and this machine) lack CAP_SYS_RESOURCE: runc fails a pod
+            // asking for a lower oom_score_adj than ours.
+            restrict_oom_score_adj: true,
+            // Same behaviour with or without AppArmor on the host (Ubuntu CI has it).
+            disable_apparmor: true,
+            stream_server_local: true,
+        }),
+        teleportd_socket: match cfg.kind {
+            NodeKind::Shuttle => None,
+            NodeKind::Teleporter { .. } => Some(p.teleportd_socket.clone()),
+        },
+    };
+    containerd_config::node_config(version, &settings)
 }
 
-/// containerd 1.6 config.toml for a node.
-pub fn render_config(cfg: &NodeConfig, p: &NodePaths) -> String {
-    let path = |x: &Path| toml_str(&x.to_string_lossy());
-    let mut s = String::new();
-    let _ = writeln!(s, "version = 2");
-    let _ = writeln!(s, "root = {}", path(&p.root));
-    let _ = writeln!(s, "state = {}", path(&p.state));
-    let _ = writeln!(s, "[grpc]\n  address = {}", path(&p.socket));
-    let _ = writeln!(
-        s,
-        "[ttrpc]\n  address = {}",
-        toml_str(&format!("{}.ttrpc", p.socket.display()))
-    );
-    let _ = writeln!(
-        s,
-        "[debug]\n  address = {}\n  level = \"info\"",
-        path(&p.dir.join("d.sock"))
-    );
-    // No metrics listener: nodes must not fight over a TCP port.
-    let _ = writeln!(s, "[metrics]\n  address = \"\"");
-    let _ = writeln!(s, "[plugins]");
-    let _ = writeln!(
-        s,
-        "  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = {}",
-        path(&p.opt)
-    );
-    let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
-    let _ = writeln!(s, "  [{cri}]");
-    let _ = writeln!(s, "    sandbox_image = {}", toml_str(&cfg.sandbox_image));
-    let _ = writeln!(s, "    stream_server_address = \"127.0.0.1\"");
-    let _ = writeln!(s, "    stream_server_port = \"0\"");
-    // Never ask for a lower oom_score_adj than ours: sandboxed CI runners (and this machine)
-    // lack CAP_SYS_RESOURCE, and runc fails the pod otherwise.
-    let _ = writeln!(s, "    restrict_oom_score_adj = true");
-    // Same behaviour with or without AppArmor on the host (Ubuntu CI has it, Debian may not).
-    let _ = writeln!(s, "    disable_apparmor = true");
-    // An empty CNI dir: host-network pods need no CNI, and the system's config stays out.
-    let _ = writeln!(
-        s,
-        "    [{cri}.cni]\n      conf_dir = {}\n      bin_dir = {}",
-        path(&p.cni),
-        path(&p.cni)
-    );
-    let (snapshotter, annotations) = match cfg.kind {
-        NodeKind::Shuttle => ("overlayfs", true),
-        NodeKind::Teleporter { .. } => ("teleportd", false),
-    };
-    let _ = writeln!(s, "    [{cri}.containerd]");
-    let _ = writeln!(s, "      snapshotter = \"{snapshotter}\"");
-    let _ = writeln!(s, "      disable_snapshot_annotations = {annotations}");
-    let _ = writeln!(s, "      default_runtime_name = \"runc\"");
-    let _ = writeln!(
-        s,
-        "      [{cri}.containerd.runtimes.runc]\n        runtime_type = \"io.containerd.runc.v2\""
-    );
-    // runc's state under the node's state dir, so a recycle wipes it.
-    let _ = writeln!(
-        s,
-        "        [{cri}.containerd.runtimes.runc.options]\n          Root = {}",
-        path(&p.state.join("runc"))
-    );
-    let _ = writeln!(
-        s,
-        "    [{cri}.registry]\n      config_path = {}",
-        path(&p.certs)
-    );
-    if let NodeKind::Teleporter { .. } = cfg.kind {
-        let _ = writeln!(
-            s,
-            "[proxy_plugins]\n  [proxy_plugins.teleportd]\n    type = \"snapshot\"\n    address = {}",
-            path(&p.teleportd_socket)
-        );
+fn find_in_path(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(bin))
+            .find(|c| c.is_file())
+    })
+}
+
+/// `TB_CONTAINERD_BIN=DIR`: the containerd under test (`containerd`, `containerd-shim-runc-v2`,
+/// `ctr` in DIR, e.g. from `scripts/get-containerd.sh 2.1`) instead of the one in PATH.
+pub fn containerd_bin_from_env() -> PathBuf {
+    match std::env::var_os("TB_CONTAINERD_BIN") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("containerd"),
+        _ => PathBuf::from("containerd"),
     }
-    s
 }
 
 /// `hosts.toml` telling containerd to reach `host` over plain HTTP.
 pub fn render_hosts_toml(host: &str) -> String {
-    format!(
-        "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
-    )
+    containerd_config::hosts_toml(host)
 }
 
 /// A running node. Dropping it stops its processes, kills its shims and unmounts its mounts.
@@ -336,7 +311,11 @@ impl Node {
         ] {
             std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
         }
-        std::fs::write(&p.config, render_config(&self.cfg, p))
+        let version = Version::detect(&self.cfg.containerd_bin).map_err(|e| Error::Prerequisites {
+            missing: format!("a containerd this testbed can configure ({e})"),
+            hint: "install containerd 1.6+ (scripts/setup.sh) or pass --containerd-bin DIR / TB_CONTAINERD_BIN=DIR from scripts/get-containerd.sh".into(),
+        })?;
+        std::fs::write(&p.config, render_config(&self.cfg, p, version))
             .map_err(Error::io(format!("write {}", p.config.display())))?;
         for host in &self.cfg.registries {
             write_hosts(&p.certs, host)?;
@@ -366,6 +345,12 @@ impl Node {
                 .arg(&p.teleportd_socket)
                 .arg("--registry")
                 .arg(registry_url)
+                // The testbed's registry speaks plain http; teleportd refuses it otherwise.
+                .args(
+                    registry_url
+                        .starts_with("http://")
+                        .then_some("--insecure-registry"),
+                )
                 .arg("--mount-mode")
                 .arg(mount_mode.as_str())
                 .arg("--cache-dir")
@@ -381,6 +366,19 @@ impl Node {
         let _ = std::fs::remove_file(&self.paths.socket);
         let mut cmd = Command::new(&self.cfg.containerd_bin);
         cmd.arg("--config").arg(&self.paths.config);
+        // containerd finds its shim through PATH: the one beside the chosen containerd first.
+        if let Some(dir) = self
+            .cfg
+            .containerd_bin
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path));
+            if let Ok(joined) = std::env::join_paths(dirs) {
+                cmd.env("PATH", joined);
+            }
+        }
         let d = Daemon::spawn("containerd", cmd, &self.paths.logs.join("containerd.log"))?;
         tracing::info!(node = %self.cfg.name, pid = d.pid(), socket = %self.paths.socket.display(), "containerd started");
         self.containerd = Some(d);
@@ -593,7 +591,7 @@ mod tests {
             },
         );
         cfg.sandbox_image = "127.0.0.1:5000/pause:tb".into();
-        let text = render_config(&cfg, &NodePaths::new(dir));
+        let text = render_config(&cfg, &NodePaths::new(dir), Version::V1_6);
         assert!(text.contains("snapshotter = \"teleportd\""));
         assert!(text.contains("disable_snapshot_annotations = false"));
         assert!(text.contains("[proxy_plugins.teleportd]"));
@@ -610,10 +608,26 @@ mod tests {
     }
 
     #[test]
+    fn containerd_2_config_is_version_3() {
+        let dir = Path::new("/tmp/tb/shuttle");
+        let cfg = NodeConfig::new("shuttle", dir, NodeKind::Shuttle);
+        let text = render_config(&cfg, &NodePaths::new(dir), Version::V2_1);
+        assert!(text.starts_with("version = 3"), "{text}");
+        assert!(
+            text.contains("[plugins.\"io.containerd.cri.v1.images\"]"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("io.containerd.grpc.v1.cri\".containerd"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn shuttle_config_uses_overlayfs() {
         let dir = Path::new("/tmp/tb/shuttle");
         let cfg = NodeConfig::new("shuttle", dir, NodeKind::Shuttle);
-        let text = render_config(&cfg, &NodePaths::new(dir));
+        let text = render_config(&cfg, &NodePaths::new(dir), Version::V1_6);
         assert!(text.contains("snapshotter = \"overlayfs\""));
         assert!(!text.contains("proxy_plugins"));
     }

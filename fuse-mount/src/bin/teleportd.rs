@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use fuse_mount::config;
+use fuse_mount::containerd_config::{self, Version};
 use fuse_mount::daemon::{self, Config, MountMode};
 use fuse_mount::manager::server::ManagerConfig;
 use fuse_mount::remote::http::Credentials;
@@ -12,9 +14,14 @@ use fuse_mount::remote::http::Credentials;
 #[command(
     version,
     about = "Teleport node agent: a containerd proxy snapshotter that mounts registry-expanded layers over FUSE",
-    long_about = "Teleport node agent: a containerd proxy snapshotter.\n\nWith --registry, images the registry has expanded (its /mount API answers 200) are mounted lazily over FUSE instead of downloaded; every other image falls back to a normal overlayfs pull. Without --registry it is a plain overlayfs snapshotter."
+    long_about = "Teleport node agent: a containerd proxy snapshotter.\n\nWith --registry, images the registry has expanded (its /mount API answers 200) are mounted lazily over FUSE instead of downloaded; every other image falls back to a normal overlayfs pull. Without --registry it is a plain overlayfs snapshotter.\n\nEvery flag can also be set in a TOML file (--config FILE; key = flag name, e.g. cache_dir = \"/var/cache/teleportd\"); flags on the command line override it.",
+    // A flag given again (file first, then the command line) replaces the earlier value.
+    args_override_self = true
 )]
 struct Cli {
+    /// TOML settings file: one key per long flag (`mount_mode = "merged"`, `no_remote = true`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// State directory (snapshot metadata and layer directories).
     #[arg(long, default_value = daemon::DEFAULT_ROOT)]
     root: PathBuf,
@@ -24,11 +31,24 @@ struct Cli {
     /// Teleport registry base URL, e.g. http://127.0.0.1:5000.
     #[arg(long)]
     registry: Option<String>,
-    /// Registry user (token auth); password from TELEPORTD_PASSWORD.
-    #[arg(long)]
+    /// Registry user (token auth), NAME or skopeo's NAME:PASSWORD; the password is taken from
+    /// --password-file, else $TELEPORTD_PASSWORD, else after the colon. Without --user the
+    /// registry's entry in the docker config is used.
+    #[arg(long, value_name = "NAME[:PASSWORD]")]
     user: Option<String>,
-    #[arg(long, env = "TELEPORTD_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
+    /// File holding the registry password (trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Docker config.json with registry logins (`auths.HOST.auth`, base64 user:password)
+    /// [default: $HOME/.docker/config.json if present].
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Extra trusted root certificate (PEM) for an https registry.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow a plain-http registry (http:// URL); without it only https is used.
+    #[arg(long)]
+    insecure_registry: bool,
     /// How expanded layers are presented: one FUSE mount per layer stacked by overlayfs
     /// (Teleport's way), or one merged FUSE mount per image.
     #[arg(long, value_enum, default_value = "per-layer")]
@@ -66,13 +86,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the containerd config teleportd needs.
-    ConfigSnippet,
+    /// Print the containerd config teleportd needs (proxy plugin + CRI snapshotter settings)
+    /// in the form the given containerd release line reads.
+    ConfigSnippet {
+        /// containerd release line: 1.6, 1.7 or 2 (2.x: config version 3)
+        /// [default: `containerd --version` of PATH's containerd, else 1.6].
+        #[arg(long)]
+        containerd: Option<Version>,
+    },
     /// Run the fuse manager that owns this root's FUSE mounts (teleportd starts it itself,
     /// detached, so the mounts outlive a killed teleportd). Uses --root, --registry,
     /// --cache-dir, --user and TELEPORTD_PASSWORD.
     #[command(name = "fuse-manager")]
     FuseManager,
+}
+
+/// TLS settings for every registry client of this process, the scheme check, and the login.
+fn registry_setup(cli: &Cli, registry: &str) -> anyhow::Result<Option<config::Login>> {
+    config::init_tls(config::Tls {
+        ca_file: cli.ca_file.clone(),
+        insecure_registry: cli.insecure_registry,
+    })?;
+    config::check_scheme(registry)?;
+    let sources = config::CredentialSources {
+        user: cli.user.clone(),
+        password_file: cli.password_file.clone(),
+        password_env: std::env::var(config::PASSWORD_ENV).ok(),
+        docker_config: cli.docker_config.clone(),
+    };
+    Ok(config::resolve_login(&sources, registry)?)
 }
 
 async fn shutdown_signal() {
@@ -93,11 +135,15 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv = emulator::settings_file::splice_config_file(std::env::args_os().collect(), 1)?;
+    let cli = Cli::parse_from(argv);
     let profile_window = std::time::Duration::try_from_secs_f64(cli.profile_window)
         .map_err(|e| anyhow::anyhow!("--profile-window {}: {e}", cli.profile_window))?;
-    if let Some(Command::ConfigSnippet) = cli.command {
-        print!("{}", daemon::config_snippet(&cli.address));
+    if let Some(Command::ConfigSnippet { containerd }) = cli.command {
+        let v = containerd.unwrap_or_else(|| {
+            Version::detect(std::path::Path::new("containerd")).unwrap_or(Version::V1_6)
+        });
+        print!("{}", containerd_config::snippet(v, &cli.address));
         return Ok(());
     }
     tracing_subscriber::fmt()
@@ -108,14 +154,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::FuseManager) = cli.command {
         let registry = cli
             .registry
+            .clone()
             .ok_or_else(|| anyhow::anyhow!("fuse-manager needs --registry"))?;
+        let login = registry_setup(&cli, &registry)?;
         let cfg = ManagerConfig {
             cache_dir: cli.cache_dir.unwrap_or_else(|| cli.root.join("cache")),
             root: cli.root,
             registry,
-            credentials: cli.user.map(|username| fuse_mount::fetch::Credentials {
-                username,
-                password: cli.password.unwrap_or_default(),
+            credentials: login.map(|l| fuse_mount::fetch::Credentials {
+                username: l.user,
+                password: l.password,
             }),
             start_profile: !cli.no_start_profile,
             profile_window,
@@ -125,11 +173,23 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let remote = !cli.no_remote && cli.registry.is_some();
+    let login = match &cli.registry {
+        Some(r) => {
+            let login = registry_setup(&cli, r)?;
+            if let Some(l) = &login {
+                // Once, at start: a wrong password is an ERROR and a counter, not a silent
+                // fallback to standard pulls.
+                config::check_login(r, l).await;
+            }
+            login
+        }
+        None => None,
+    };
     let cfg = Config {
         remote,
-        credentials: cli.user.map(|user| Credentials {
-            user,
-            password: cli.password.unwrap_or_default(),
+        credentials: login.map(|l| Credentials {
+            user: l.user,
+            password: l.password,
         }),
         registry: cli.registry,
         mount_mode: cli.mount_mode,

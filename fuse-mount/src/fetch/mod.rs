@@ -242,7 +242,7 @@ impl Client {
                 reason: "scheme must be http or https".into(),
             });
         }
-        let http = reqwest::Client::builder()
+        let http = crate::config::client_builder()
             .connect_timeout(opts.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(32)

@@ -118,6 +118,7 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     } else {
         cmd.env_remove("TELEPORTD_PASSWORD");
     }
+    cmd.args(crate::config::tls_args());
     if !m.start_profile {
         cmd.arg("--no-start-profile");
     }

@@ -43,7 +43,7 @@ struct TokenResponse {
 
 impl HttpResolver {
     pub fn new(cfg: HttpResolverConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = crate::config::client_builder()
             .timeout(cfg.request_timeout)
             .build()
             .map_err(|source| RemoteError::Http {
@@ -80,6 +80,9 @@ impl HttpResolver {
             .send()
             .await
             .map_err(http)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            crate::config::AUTH_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if !resp.status().is_success() {
             return Err(RemoteError::Status {
                 url,

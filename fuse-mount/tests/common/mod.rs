@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
+use fuse_mount::containerd_config::{self, CriSettings, NodeSettings, Version};
 use sha2::{Digest, Sha256};
 
 static NEXT_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -31,7 +32,8 @@ pub fn prerequisites() -> bool {
         "containerd-shim-runc-v2",
         "skopeo",
     ] {
-        if which(bin).is_none() {
+        let in_dir = containerd_dir().is_some_and(|d| d.join(bin).is_file());
+        if !in_dir && which(bin).is_none() {
             missing.push(bin.to_string());
         }
     }
@@ -46,6 +48,28 @@ pub fn prerequisites() -> bool {
     }
     eprintln!("SKIPPED: missing prerequisites {missing:?}");
     false
+}
+
+/// `TB_CONTAINERD_BIN=DIR` (e.g. from `scripts/get-containerd.sh 2.1`): the containerd under
+/// test — `containerd`, `ctr` and its shim from DIR — instead of PATH's.
+fn containerd_dir() -> Option<PathBuf> {
+    std::env::var_os("TB_CONTAINERD_BIN")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `containerd` or `ctr` of the containerd under test.
+pub fn containerd_bin(name: &str) -> PathBuf {
+    containerd_dir().map_or_else(|| PathBuf::from(name), |d| d.join(name))
+}
+
+/// PATH with the containerd under test first (containerd finds its shim through PATH).
+fn path_with_containerd_dir() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = containerd_dir()
+        .into_iter()
+        .chain(std::env::split_paths(&path));
+    std::env::join_paths(dirs).unwrap()
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -100,13 +124,21 @@ impl Teleportd {
     }
 
     pub fn start_with(root: &Path, socket: &Path, log: &Path, extra: &[&str]) -> Teleportd {
-        let logf = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_teleportd"))
-            .arg("--root")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_teleportd"));
+        cmd.arg("--root")
             .arg(root)
             .arg("--address")
             .arg(socket)
-            .args(extra)
+            // The tests' registries speak plain http.
+            .arg("--insecure-registry")
+            .args(extra);
+        Self::spawn(cmd, root, socket, log)
+    }
+
+    /// Runs `cmd` (a teleportd command line) logging to `log`; waits until `socket` accepts.
+    pub fn spawn(mut cmd: Command, root: &Path, socket: &Path, log: &Path) -> Teleportd {
+        let logf = File::options().create(true).append(true).open(log).unwrap();
+        let child = cmd
             .env("RUST_LOG", "fuse_mount=debug,info")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
@@ -179,53 +211,48 @@ impl Containerd {
     pub fn start_with(dir: &Path, snap_socket: &Path, cri_registry: Option<&str>) -> Containerd {
         fs::create_dir_all(dir).unwrap();
         let address = dir.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [{cri_off}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-
-[grpc]
-  address = "{addr}"
-[ttrpc]
-  address = "{addr}.ttrpc"
-[debug]
-  level = "debug"
-
-[proxy_plugins.teleportd]
-  type = "snapshot"
-  address = "{snap}"
-{cri}"#,
-            cri_off = if cri_registry.is_some() {
-                ""
-            } else {
-                r#""io.containerd.grpc.v1.cri", "#
+        let version = Version::detect(&containerd_bin("containerd")).unwrap();
+        let mut disabled: Vec<String> = [
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.aufs",
+            "io.containerd.snapshotter.v1.zfs",
+            "io.containerd.snapshotter.v1.devmapper",
+        ]
+        .map(String::from)
+        .to_vec();
+        if cri_registry.is_none() {
+            disabled.push("io.containerd.grpc.v1.cri".into());
+        }
+        if let Some(h) = cri_registry {
+            let d = dir.join("certs.d").join(h);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("hosts.toml"), containerd_config::hosts_toml(h)).unwrap();
+        }
+        let config = containerd_config::node_config(
+            version,
+            &NodeSettings {
+                root: dir.join("root"),
+                state: dir.join("state"),
+                address: address.clone(),
+                log_level: "debug".into(),
+                disabled_plugins: disabled,
+                // CRI with teleportd as its snapshotter, snapshot annotations on (the labels
+                // the remote path reads), the registry over plain HTTP (hosts.toml).
+                cri: cri_registry.map(|_| CriSettings {
+                    sandbox_image: "registry.invalid/pause:3.9".into(),
+                    snapshotter: containerd_config::SNAPSHOTTER.into(),
+                    registry_config_path: Some(dir.join("certs.d")),
+                    cni_dir: Some(dir.join("cni")),
+                    ..Default::default()
+                }),
+                teleportd_socket: Some(snap_socket.to_path_buf()),
+                ..Default::default()
             },
-            cri = cri_registry
-                .map(|h| format!(
-                    r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.invalid/pause:3.9"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "teleportd"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{h}"]
-    endpoint = ["http://{h}"]
-"#,
-                    d = dir.display()
-                ))
-                .unwrap_or_default(),
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            addr = address.display(),
-            snap = snap_socket.display(),
         );
         fs::write(dir.join("config.toml"), config).unwrap();
         let log = File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
+        let child = Command::new(containerd_bin("containerd"))
+            .env("PATH", path_with_containerd_dir())
             .arg("--config")
             .arg(dir.join("config.toml"))
             .stdout(log.try_clone().unwrap())
@@ -249,6 +276,19 @@ disabled_plugins = [{cri_off}"io.containerd.snapshotter.v1.btrfs", "io.container
             }
             c.ctr_raw(&["version"]).status.success().then_some(())
         });
+        // The server is the containerd under test (TB_CONTAINERD_BIN honoured end to end).
+        let out = c.ctr(&["version"]);
+        let server = out
+            .split("Server:")
+            .nth(1)
+            .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("Version:")))
+            .map(str::trim)
+            .unwrap_or_default();
+        assert_eq!(
+            server.parse::<Version>().ok(),
+            Some(version),
+            "ctr version: {out}"
+        );
         c
     }
 
@@ -257,7 +297,7 @@ disabled_plugins = [{cri_off}"io.containerd.snapshotter.v1.btrfs", "io.container
     }
 
     pub fn ctr_raw(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(containerd_bin("ctr"))
             .arg("--address")
             .arg(&self.address)
             .arg("--namespace")
