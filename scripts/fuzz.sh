@@ -16,10 +16,17 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 cargo +nightly fuzz build -O
+failed=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "seeds/$t"
     echo "== fuzz $t for ${secs}s"
     # -rss_limit_mb: expansion must stay bounded; a target above it is a finding.
-    cargo +nightly fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1
+    if ! cargo +nightly fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1; then
+        failed+=("$t")
+    fi
 done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz.sh: findings in: ${failed[*]} (inputs under fuzz/artifacts/)" >&2
+    exit 1
+fi
