@@ -19,6 +19,9 @@ pub enum Error {
     SizeLimit { limit: u64 },
     #[error("layer has more than {limit} entries")]
     EntryLimit { limit: u64 },
+    /// A per-layer bound on metadata (xattr bytes, in-memory entry metadata) was exceeded.
+    #[error("layer {what} exceed the limit ({limit} bytes)")]
+    MetadataLimit { what: &'static str, limit: u64 },
     #[error("truncated or corrupt layer stream: {0}")]
     Corrupt(String),
     #[error("expanded format: {0}")]

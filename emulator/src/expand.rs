@@ -12,6 +12,12 @@
 //! of `DIR` (at the layer root: refused); root-level AUFS metadata (`.wh..wh.*`) is skipped.
 //! Duplicate paths are all kept, in tar order (later wins, see [`crate::merge`](mod@crate::merge)).
 //!
+//! Bounds (see [`ExpandOptions`]): path and link-target length, path depth, entry count, xattr
+//! bytes per entry and per layer, and the in-memory metadata of a layer; each is a typed error.
+//! Device nodes, fifos and setuid/setgid bits are kept as data (they are part of the image, and a
+//! container runtime applies them inside the container); a node must mount expanded layers
+//! `nosuid,nodev` so they grant nothing on the host itself.
+//!
 //! Symlink targets are stored verbatim: they are resolved inside the container's root at run time,
 //! never on the host, so they are not a host escape here (consumers must not follow them on the host).
 
@@ -43,7 +49,23 @@ pub struct ExpandOptions {
     pub max_ratio: u64,
     /// Cap on entry count. Default 10 million.
     pub max_entries: u64,
+    /// Cap on a path's (and a link target's) length in bytes, as the tar carried it. Default 4096
+    /// (Linux `PATH_MAX`): a longer name cannot be created on a node anyway.
+    pub max_path_len: usize,
+    /// Cap on a path's number of components. Default 256.
+    pub max_path_depth: usize,
+    /// Cap on one entry's extended attributes (names + values). Default 64 KiB (Linux's own
+    /// limit for one file's xattr list).
+    pub max_entry_xattr_bytes: u64,
+    /// Cap on all entries' extended attributes of one layer. Default 64 MiB.
+    pub max_layer_xattr_bytes: u64,
+    /// Cap on the in-memory metadata of one layer (paths, link targets, xattrs and a fixed cost
+    /// per entry), which is held until the index is written. Default 1 GiB.
+    pub max_metadata_bytes: u64,
 }
+
+/// Metadata bytes charged per entry besides its strings (the `Entry` struct and map slots).
+pub const ENTRY_OVERHEAD: u64 = 160;
 
 impl Default for ExpandOptions {
     fn default() -> Self {
@@ -52,6 +74,11 @@ impl Default for ExpandOptions {
             max_uncompressed: 64 << 30,
             max_ratio: 1000,
             max_entries: 10_000_000,
+            max_path_len: 4096,
+            max_path_depth: 256,
+            max_entry_xattr_bytes: 64 << 10,
+            max_layer_xattr_bytes: 64 << 20,
+            max_metadata_bytes: 1 << 30,
         }
     }
 }
@@ -377,6 +404,8 @@ fn parse_tar<'a, W: Write + Seek>(
     let mut latest: HashMap<String, EntryKind> = HashMap::new();
     let mut dedupe: HashMap<[u8; 32], u64> = HashMap::new();
     let mut buf: Vec<u8> = Vec::new();
+    let mut layer_xattr_bytes: u64 = 0;
+    let mut metadata_bytes: u64 = 0;
 
     while let Some(m) = tr.next_member().map_err(tar_err)? {
         if entries.len() as u64 >= opts.max_entries {
@@ -386,11 +415,70 @@ fn parse_tar<'a, W: Write + Seek>(
             .into());
         }
         let raw_path = m.path;
+        // Bounds first, on the raw bytes: a hostile name costs no more work than its length check.
+        for (what, bytes) in [("path", &raw_path), ("link target", &m.link)] {
+            if bytes.len() > opts.max_path_len {
+                return Err(hostile(
+                    &raw_path[..raw_path.len().min(256)],
+                    format!(
+                        "{what} of {} bytes is longer than {} bytes",
+                        bytes.len(),
+                        opts.max_path_len
+                    ),
+                )
+                .into());
+            }
+        }
         let Some(path) = normalise_path(&raw_path)? else {
             // The layer root (`./`): its attributes are not recorded; nothing to store.
             continue;
         };
+        let depth = path.split('/').count();
+        if depth > opts.max_path_depth {
+            return Err(hostile(
+                &raw_path,
+                format!(
+                    "path has {depth} components, more than {}",
+                    opts.max_path_depth
+                ),
+            )
+            .into());
+        }
         let too_big = |what: &str| hostile(&raw_path, format!("{what} does not fit 32 bits"));
+        let xattr_bytes: u64 = m
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        if xattr_bytes > opts.max_entry_xattr_bytes {
+            return Err(hostile(
+                &raw_path,
+                format!(
+                    "{xattr_bytes} bytes of extended attributes, more than {}",
+                    opts.max_entry_xattr_bytes
+                ),
+            )
+            .into());
+        }
+        layer_xattr_bytes += xattr_bytes;
+        if layer_xattr_bytes > opts.max_layer_xattr_bytes {
+            return Err(Error::MetadataLimit {
+                what: "extended attributes",
+                limit: opts.max_layer_xattr_bytes,
+            }
+            .into());
+        }
+        // Everything kept in memory until the index is written: the entry, its strings and the
+        // path's copy in `latest`.
+        metadata_bytes +=
+            ENTRY_OVERHEAD + 2 * path.len() as u64 + m.link.len() as u64 + xattr_bytes;
+        if metadata_bytes > opts.max_metadata_bytes {
+            return Err(Error::MetadataLimit {
+                what: "in-memory entry metadata",
+                limit: opts.max_metadata_bytes,
+            }
+            .into());
+        }
         let mut xattrs = Vec::with_capacity(m.xattrs.len());
         for (k, v) in m.xattrs {
             let name =

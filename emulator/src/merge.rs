@@ -129,6 +129,16 @@ fn is_marker(k: EntryKind) -> bool {
     matches!(k, EntryKind::Whiteout | EntryKind::OpaqueDir)
 }
 
+/// Entry `i`'s inode owner from a [`Index::hardlink_owners`] table.
+fn owner_of<'a>(
+    layer: &'a Index,
+    owners: &[Option<usize>],
+    i: usize,
+) -> Option<(usize, &'a Entry)> {
+    let oi = (*owners.get(i)?)?;
+    Some((oi, layer.entries.get(oi)?))
+}
+
 /// Merge layers ordered bottom → top.
 pub fn merge(layers: &[&Index]) -> Result<MergedTree> {
     let mut t: BTreeMap<String, MergedEntry> = BTreeMap::new();
@@ -146,6 +156,7 @@ pub fn merge(layers: &[&Index]) -> Result<MergedTree> {
                 _ => {}
             }
         }
+        let owners = layer.hardlink_owners();
         for (i, e) in layer.entries.iter().enumerate() {
             ensure_parents(&mut t, &e.path, is_dir, mk);
             match e.kind {
@@ -168,7 +179,7 @@ pub fn merge(layers: &[&Index]) -> Result<MergedTree> {
                     t.insert(e.path.clone(), node);
                 }
                 EntryKind::Hardlink => {
-                    let (oi, o) = layer.resolve_hardlink(i).ok_or_else(|| {
+                    let (oi, o) = owner_of(layer, &owners, i).ok_or_else(|| {
                         Error::Merge(format!(
                             "layer {li}: hardlink {:?} does not resolve",
                             e.path
@@ -305,6 +316,7 @@ pub fn overlay_form(layer: &Index) -> Vec<Entry> {
     }
 
     // Hardlinks: keep them as links only while their inode owner is still reachable by its path.
+    let owners = layer.hardlink_owners();
     let owner_at: HashMap<&str, Option<usize>> =
         t.iter().map(|(k, (_, src))| (k.as_str(), *src)).collect();
     let mut resolved: Vec<(String, Entry)> = Vec::new();
@@ -312,7 +324,7 @@ pub fn overlay_form(layer: &Index) -> Vec<Entry> {
         if e.kind != EntryKind::Hardlink {
             continue;
         }
-        let Some((oi, o)) = src.and_then(|i| layer.resolve_hardlink(i)) else {
+        let Some((oi, o)) = src.and_then(|i| owner_of(layer, &owners, i)) else {
             continue;
         };
         if owner_at.get(o.path.as_str()) == Some(&Some(oi)) {

@@ -313,3 +313,276 @@ fn huge_sizes_do_not_overflow() {
         assert!(matches!(try_expand(&raw, &opts()), Err(Error::Corrupt(_))));
     }
 }
+
+/// A PAX extended header carrying `records` (key, value), as one tar member.
+fn pax_header(records: &[(&str, &[u8])]) -> ([u8; 512], Vec<u8>) {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        // "%d %s=%s\n": the length counts its own digits.
+        let rest = 1 + k.len() + 1 + v.len() + 1;
+        let mut len = rest + 1;
+        while len.to_string().len() + rest != len {
+            len = len.to_string().len() + rest;
+        }
+        body.extend_from_slice(format!("{len} {k}=").as_bytes());
+        body.extend_from_slice(v);
+        body.push(b'\n');
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(body.len() as u64);
+    h.set_cksum();
+    (*h.as_bytes(), body)
+}
+
+fn hostile_reason(raw: &[u8], o: &ExpandOptions) -> String {
+    match try_expand(raw, o) {
+        Err(Error::HostileEntry { reason, .. }) => reason,
+        other => panic!("want HostileEntry, got {other:?}"),
+    }
+}
+
+#[test]
+fn near_one_mib_pax_path_is_refused_not_expanded() {
+    // Fits the reader's 1 MiB extension cap, so only the path bound stops it.
+    let long = "a".repeat((1 << 20) - 64);
+    let raw = tar_of(&[
+        pax_header(&[("path", long.as_bytes())]),
+        (raw_header(b"short", b'0', 1, b""), b"x".to_vec()),
+    ]);
+    let reason = hostile_reason(&raw, &opts());
+    assert!(reason.contains("longer than 4096"), "{reason}");
+    // And a link target as long.
+    let raw = tar_of(&[
+        pax_header(&[("linkpath", long.as_bytes())]),
+        (raw_header(b"s", b'2', 0, b"x"), vec![]),
+    ]);
+    assert!(hostile_reason(&raw, &opts()).contains("link target"));
+}
+
+#[test]
+fn path_length_bound_is_exact() {
+    // Components of 99 bytes (the depth bound is not what stops it), the last one padded.
+    let name = |len: usize| {
+        let mut s = "p".repeat(99);
+        while s.len() + 100 <= len {
+            s.push('/');
+            s.push_str(&"p".repeat(99));
+        }
+        s.push_str(&"q".repeat(len - s.len()));
+        s
+    };
+    let ok = name(4096);
+    assert_eq!(ok.len(), 4096);
+    let raw = tar_of(&[
+        pax_header(&[("path", ok.as_bytes())]),
+        (raw_header(b"x", b'0', 1, b""), b"x".to_vec()),
+    ]);
+    assert_eq!(try_expand(&raw, &opts()).unwrap().index.entries[0].path, ok);
+    let bad = name(4097);
+    let raw = tar_of(&[
+        pax_header(&[("path", bad.as_bytes())]),
+        (raw_header(b"x", b'0', 1, b""), b"x".to_vec()),
+    ]);
+    assert!(hostile_reason(&raw, &opts()).contains("4097 bytes"));
+}
+
+#[test]
+fn path_depth_is_bounded() {
+    let deep = |n: usize| vec!["d"; n].join("/");
+    let raw = tar_of(&[
+        pax_header(&[("path", deep(256).as_bytes())]),
+        (raw_header(b"x", b'0', 1, b""), b"x".to_vec()),
+    ]);
+    assert!(try_expand(&raw, &opts()).is_ok());
+    let raw = tar_of(&[
+        pax_header(&[("path", deep(257).as_bytes())]),
+        (raw_header(b"x", b'0', 1, b""), b"x".to_vec()),
+    ]);
+    let reason = hostile_reason(&raw, &opts());
+    assert!(reason.contains("257 components"), "{reason}");
+}
+
+#[test]
+fn xattr_bytes_are_bounded_per_entry_and_per_layer() {
+    let big = vec![b'v'; 100 << 10];
+    let raw = tar_of(&[
+        pax_header(&[("SCHILY.xattr.user.big", &big)]),
+        (raw_header(b"f", b'0', 1, b""), b"x".to_vec()),
+    ]);
+    let reason = hostile_reason(&raw, &opts());
+    assert!(reason.contains("extended attributes"), "{reason}");
+
+    // 40 entries of 60 KiB each: every entry is within bounds, the layer is not.
+    let v = vec![b'v'; 60 << 10];
+    let mut members = Vec::new();
+    for i in 0..40 {
+        members.push(pax_header(&[("SCHILY.xattr.user.a", &v)]));
+        members.push((raw_header(format!("f{i}").as_bytes(), b'0', 0, b""), vec![]));
+    }
+    let raw = tar_of(&members);
+    let o = ExpandOptions {
+        max_layer_xattr_bytes: 1 << 20,
+        ..opts()
+    };
+    assert!(matches!(
+        try_expand(&raw, &o),
+        Err(Error::MetadataLimit {
+            what: "extended attributes",
+            limit: 1_048_576
+        })
+    ));
+    assert!(try_expand(&raw, &opts()).is_ok());
+}
+
+#[test]
+fn in_memory_metadata_is_bounded() {
+    let members: Vec<_> = (0..1000)
+        .map(|i| {
+            (
+                raw_header(format!("dir/file-{i:05}").as_bytes(), b'0', 0, b""),
+                vec![],
+            )
+        })
+        .collect();
+    let raw = tar_of(&members);
+    let o = ExpandOptions {
+        max_metadata_bytes: 100_000,
+        ..opts()
+    };
+    let e = try_expand(&raw, &o).unwrap_err();
+    assert!(
+        matches!(e, Error::MetadataLimit { what, .. } if what.contains("metadata")),
+        "{e}"
+    );
+    assert!(try_expand(&raw, &opts()).is_ok());
+}
+
+/// One file and `n` hardlinks: `chain` links each to the previous link, else all to the file.
+fn hardlink_layer(n: usize, chain: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity((n + 4) * 512);
+    out.extend_from_slice(&raw_header(b"f", b'0', 3, b""));
+    let mut data = b"abc".to_vec();
+    data.resize(512, 0);
+    out.extend_from_slice(&data);
+    for i in 0..n {
+        let target = if chain && i > 0 {
+            format!("l{}", i - 1)
+        } else {
+            "f".to_string()
+        };
+        out.extend_from_slice(&raw_header(
+            format!("l{i}").as_bytes(),
+            b'1',
+            0,
+            target.as_bytes(),
+        ));
+    }
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+#[test]
+fn two_hundred_thousand_hardlinks_resolve() {
+    // Before: every link resolved by a backwards scan (O(n²)), a chain of links O(n²) per link.
+    for chain in [false, true] {
+        let n = 200_000;
+        let raw = hardlink_layer(n, chain);
+        let out = try_expand(&raw, &opts()).unwrap();
+        let idx = &out.index;
+        let owners = idx.hardlink_owners();
+        assert!(owners.iter().all(|o| *o == Some(0)), "chain={chain}");
+        let tree = emulator::merge(&[idx]).unwrap();
+        let last = tree.get(&format!("l{}", n - 1)).unwrap();
+        assert_eq!(last.entry.kind, emulator::EntryKind::File);
+        assert_eq!(last.entry.size, 3);
+        assert_eq!(last.origin, Some(0));
+        let form = emulator::overlay_form(idx);
+        let links = form
+            .iter()
+            .filter(|e| e.kind == emulator::EntryKind::Hardlink && e.link.as_deref() == Some("f"))
+            .count();
+        assert_eq!(links, n, "chain={chain}");
+        // The entry cap refuses the same layer with a clear error.
+        let o = ExpandOptions {
+            max_entries: 100_000,
+            ..opts()
+        };
+        let e = try_expand(&raw, &o).unwrap_err();
+        assert!(matches!(e, Error::EntryLimit { limit: 100_000 }));
+        assert!(e.to_string().contains("more than 100000 entries"), "{e}");
+    }
+}
+
+#[test]
+fn devices_fifos_and_setuid_are_kept_as_data() {
+    let special = |name: &str, ty: u8, mode: u32, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::new(ty));
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        h.set_cksum();
+        *h.as_bytes()
+    };
+    let dev = special("dev/null", b'3', 0o666, 0);
+    let suid = special("bin/su", b'0', 0o4755, 1);
+    let raw = tar_of(&[
+        (dev, vec![]),
+        (raw_header(b"blk", b'4', 0, b""), vec![]),
+        (raw_header(b"fifo", b'6', 0, b""), vec![]),
+        (suid, b"x".to_vec()),
+    ]);
+    let out = try_expand(&raw, &opts()).unwrap();
+    let e = &out.index.entries;
+    use emulator::EntryKind as K;
+    assert_eq!(
+        (e[0].kind, e[0].rdev_major, e[0].rdev_minor),
+        (K::CharDevice, 1, 3)
+    );
+    assert_eq!(e[1].kind, K::BlockDevice);
+    assert_eq!(e[2].kind, K::Fifo);
+    assert_eq!((e[3].kind, e[3].mode), (K::File, 0o4755));
+}
+
+#[test]
+fn traversal_through_links_and_absolute_hardlinks() {
+    // An absolute hardlink target is a layer path: it must name an earlier entry.
+    assert_hostile(
+        tar_of(&[(raw_header(b"l", b'1', 0, b"/etc/shadow"), vec![])]),
+        "absolute hardlink",
+    );
+    // `..` hidden in a PAX path.
+    assert_hostile(
+        tar_of(&[
+            pax_header(&[("path", b"a/b/../../../../x")]),
+            (raw_header(b"ok", b'0', 1, b""), b"x".to_vec()),
+        ]),
+        "pax dotdot",
+    );
+    // Symlinks are kept verbatim (resolved inside the container, never on the host).
+    let raw = tar_of(&[(raw_header(b"s", b'2', 0, b"../../../etc/shadow"), vec![])]);
+    let out = try_expand(&raw, &opts()).unwrap();
+    assert_eq!(
+        out.index.entries[0].link.as_deref(),
+        Some("../../../etc/shadow")
+    );
+}
+
+#[test]
+fn truncated_compressed_streams_fail() {
+    let big = content(300_000, 7);
+    let raw = tar_of(&[(raw_header(b"f", b'0', big.len() as u64, b""), big)]);
+    for c in [Comp::Gzip, Comp::Zstd] {
+        let blob = compress(&raw, c);
+        for cut in [10, blob.len() / 2, blob.len() - 1] {
+            assert!(
+                matches!(try_expand(&blob[..cut], &opts()), Err(Error::Corrupt(_))),
+                "{c:?} cut at {cut}"
+            );
+        }
+        assert!(try_expand(&blob, &opts()).is_ok());
+    }
+}

@@ -3,6 +3,17 @@
 //! image. Each layer's state (pending / expanding / expanded / failed) is persisted in
 //! `expanded/sha256/<hex>/state.json`; pending and expanding layers are re-queued at start.
 //! Per-image records (what was requested, which layers) live in the store.
+//!
+//! Crash loops: every start of a layer's expansion is counted in its state (`attempts`) before
+//! it runs; a layer found still "expanding" at start (the process died: killed, out of memory)
+//! that has used its attempts is marked failed instead of re-queued. A clean shutdown gives back
+//! the attempt it interrupted.
+//!
+//! Layer substitution: a layer is expanded once per blob digest, but whether it is the layer an
+//! image *claims* is a property of the image: when every layer of an image is expanded, each
+//! layer's computed diff_id (sha256 of its uncompressed tar) is compared with the image config's
+//! `rootfs.diff_ids[i]`; on a mismatch the image is failed (and `/mount` says why), while another
+//! image honestly using the same blob is not affected.
 
 use std::collections::HashMap;
 use std::fs;
@@ -59,6 +70,9 @@ pub struct LayerStatus {
     pub reason: Option<String>,
     #[serde(default)]
     pub result: Option<ExpandedInfo>,
+    /// Expansion runs started (persisted before each run, so a crash counts).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// The aggregated state of an image for `/mount`.
@@ -88,6 +102,11 @@ struct Inner {
     tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
     chunk_size: u32,
 }
+
+/// Default number of expansion runs a layer gets before a crash during the last one fails it.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Largest image config read to check diff_ids.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Smallest chunk size the registry expands with (what `emulator::expand` accepts).
 pub const MIN_EXPANSION_CHUNK_SIZE: u32 = emulator::MIN_EXPAND_CHUNK_SIZE;
@@ -133,6 +152,7 @@ impl Expander {
         metrics: Arc<Metrics>,
         workers: usize,
         chunk_size: u32,
+        max_attempts: u32,
     ) -> Result<Expander> {
         if !valid_chunk_size(chunk_size) {
             return Err(Error::ChunkSize(chunk_size));
@@ -145,7 +165,19 @@ impl Expander {
             let Ok(b) = fs::read(&p) else { continue };
             match serde_json::from_slice::<LayerStatus>(&b) {
                 Ok(mut s) => {
-                    if matches!(s.state, State::Pending | State::Expanding) {
+                    if s.state == State::Expanding && s.attempts >= max_attempts.max(1) {
+                        // It was running when the process died, for the last time allowed.
+                        s.state = State::Failed;
+                        s.reason = Some(format!(
+                            "expansion did not finish in {} attempts (the registry stopped while \
+                             expanding it: killed or out of memory)",
+                            s.attempts
+                        ));
+                        tracing::warn!(layer = %d, attempts = s.attempts, "layer failed: crash loop");
+                        if let Err(e) = write_state(&store, &d, &s) {
+                            tracing::error!(layer = %d, error = %e, "persisting layer state");
+                        }
+                    } else if matches!(s.state, State::Pending | State::Expanding) {
                         s.state = State::Pending;
                         requeue.push(d.clone());
                     }
@@ -181,6 +213,18 @@ impl Expander {
             h.abort();
             let _ = h.await;
         }
+        // The runs interrupted here did not crash: give their attempt back.
+        let st = lock(&self.inner.states);
+        for (d, s) in st.iter().filter(|(_, s)| s.state == State::Expanding) {
+            let s = LayerStatus {
+                state: State::Pending,
+                attempts: s.attempts.saturating_sub(1),
+                ..s.clone()
+            };
+            if let Err(e) = write_state(&self.inner.store, d, &s) {
+                tracing::error!(layer = %d, error = %e, "persisting layer state");
+            }
+        }
     }
 
     pub fn layer_status(&self, d: &Digest) -> Option<LayerStatus> {
@@ -201,6 +245,7 @@ impl Expander {
                 media_type: layer.media_type.clone(),
                 reason: None,
                 result: None,
+                attempts: 0,
             };
             st.insert(layer.digest.clone(), s.clone());
             s
@@ -295,11 +340,104 @@ impl Expander {
                 None => progress.push((l.digest, State::Pending)),
             }
         }
-        if progress.is_empty() {
-            Ok(ImageStatus::Ready(ready))
-        } else {
-            Ok(ImageStatus::InProgress(progress))
+        drop(st);
+        if !progress.is_empty() {
+            return Ok(ImageStatus::InProgress(progress));
         }
+        let computed: HashMap<&Digest, &Digest> =
+            ready.iter().map(|(l, i)| (&l.digest, &i.diff_id)).collect();
+        if let Some((layer, reason)) = self.diff_id_mismatch(repo, digest, &computed, 0)? {
+            tracing::warn!(%repo, image = %digest, %layer, %reason, "image refused for teleport");
+            return Ok(ImageStatus::Failed { layer, reason });
+        }
+        Ok(ImageStatus::Ready(ready))
+    }
+
+    /// The first layer of `digest` (children's for an index) whose computed diff_id differs from
+    /// what the image config claims, with the reason; also when the config cannot say.
+    fn diff_id_mismatch(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        computed: &HashMap<&Digest, &Digest>,
+        depth: u32,
+    ) -> Result<Option<(Digest, String)>> {
+        let store = &self.inner.store;
+        let Some(rec) = store.read_image_record(repo, digest)? else {
+            return Ok(None);
+        };
+        if depth < 2 {
+            for c in &rec.children {
+                if let Some(m) = self.diff_id_mismatch(repo, &c.digest, computed, depth + 1)? {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        if rec.layers.is_empty() {
+            return Ok(None);
+        }
+        let first = rec.layers[0].digest.clone();
+        let fail = |layer: &Digest, why: String| Ok(Some((layer.clone(), why)));
+        let Some((mt, bytes)) = store.read_manifest(repo, digest)? else {
+            return fail(&first, format!("manifest {digest} is gone"));
+        };
+        let Ok(m) = manifest::parse(&bytes, Some(&mt)) else {
+            return fail(&first, "manifest no longer parses".into());
+        };
+        let Kind::Image { config, layers } = m.kind else {
+            return Ok(None);
+        };
+        let path = store.blob_path(&config.digest);
+        let cfg = match fs::File::open(&path) {
+            Ok(f) => {
+                let mut b = Vec::new();
+                f.take(MAX_CONFIG_BYTES + 1)
+                    .read_to_end(&mut b)
+                    .map_err(Error::io(&path))?;
+                if b.len() as u64 > MAX_CONFIG_BYTES {
+                    return fail(
+                        &first,
+                        format!("image config is over {MAX_CONFIG_BYTES} bytes"),
+                    );
+                }
+                match emulator::oci::from_json::<emulator::oci::ImageConfig>(&b) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return fail(&first, format!("image config has no rootfs.diff_ids: {e}"))
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fail(&first, format!("image config {} is missing", config.digest));
+            }
+            Err(e) => return Err(Error::io(&path)(e)),
+        };
+        let claimed = &cfg.rootfs.diff_ids;
+        if claimed.len() != layers.len() {
+            return fail(
+                &first,
+                format!(
+                    "image config lists {} diff_ids for {} layers",
+                    claimed.len(),
+                    layers.len()
+                ),
+            );
+        }
+        for (i, (l, want)) in layers.iter().zip(claimed).enumerate() {
+            let Some(got) = computed.get(&l.digest) else {
+                continue; // Not a filesystem layer: not expanded, nothing to compare.
+            };
+            if *got != want {
+                return fail(
+                    &l.digest,
+                    format!(
+                        "diff_id mismatch: image config claims {want} for layer {i} but its \
+                         content is {got}"
+                    ),
+                );
+            }
+        }
+        Ok(None)
     }
 
     /// Layers of an image (children's for an index); false when the image was never requested.
@@ -364,20 +502,22 @@ async fn dispatch(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Digest>, wo
 }
 
 async fn run_one(inner: &Arc<Inner>, d: Digest) {
-    let media_type = {
+    let (media_type, attempts) = {
         let mut st = lock(&inner.states);
         let Some(s) = st.get_mut(&d) else { return };
         if s.state != State::Pending {
             return; // Duplicate queue entry.
         }
         s.state = State::Expanding;
-        s.media_type.clone()
+        s.attempts = s.attempts.saturating_add(1);
+        (s.media_type.clone(), s.attempts)
     };
     let expanding = LayerStatus {
         state: State::Expanding,
         media_type: media_type.clone(),
         reason: None,
         result: None,
+        attempts,
     };
     if let Err(e) = write_state(&inner.store, &d, &expanding) {
         tracing::error!(layer = %d, error = %e, "persisting layer state");
@@ -407,6 +547,7 @@ async fn run_one(inner: &Arc<Inner>, d: Digest) {
                 media_type,
                 reason: None,
                 result: Some(info),
+                attempts,
             }
         }
         Ok(Err(e)) => {
@@ -417,6 +558,7 @@ async fn run_one(inner: &Arc<Inner>, d: Digest) {
                 media_type,
                 reason: Some(failure_reason(&e)),
                 result: None,
+                attempts,
             }
         }
         Err(join) => {
@@ -427,6 +569,7 @@ async fn run_one(inner: &Arc<Inner>, d: Digest) {
                 media_type,
                 reason: Some("expansion task panicked".into()),
                 result: None,
+                attempts,
             }
         }
     };

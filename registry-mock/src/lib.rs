@@ -65,6 +65,9 @@ pub struct Config {
     pub expansion_workers: usize,
     /// Chunk size of the expanded format (see [`expansion::DEFAULT_EXPANSION_CHUNK_SIZE`]).
     pub expansion_chunk_size: u32,
+    /// Expansion runs a layer gets before a crash during the last one fails it
+    /// (see [`expansion::DEFAULT_MAX_ATTEMPTS`]).
+    pub expansion_max_attempts: u32,
     /// Limits against hostile or broken clients (the `serve` flags of the same names).
     pub limits: Limits,
 }
@@ -146,6 +149,7 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             expansion_chunk_size: expansion::DEFAULT_EXPANSION_CHUNK_SIZE,
+            expansion_max_attempts: expansion::DEFAULT_MAX_ATTEMPTS,
             limits: Limits::default(),
         }
     }
@@ -275,6 +279,7 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
         metrics.clone(),
         cfg.expansion_workers,
         cfg.expansion_chunk_size,
+        cfg.expansion_max_attempts,
     )?;
     Ok(Arc::new(AppState {
         store,

@@ -1,6 +1,7 @@
-//! Learned start profiles: `PUT`/`GET /mount/v1/{repo}/_profiles/{layer}` over real HTTP —
-//! 404 before, first writer wins, validation (size, ranges, count, unknown layer), auth scopes,
-//! metrics and persistence across a restart.
+//! Learned start profiles: `PUT`/`GET`/`DELETE /mount/v1/{repo}/_profiles/{layer}` over real
+//! HTTP — 404 before, a pusher replaces or deletes, stored per repository, validation (size,
+//! ranges, count, overlap bound, unknown layer), auth scopes, metrics and persistence across a
+//! restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
 mod common;
@@ -66,7 +67,7 @@ fn profile(ranges: &[(u64, u64)]) -> Value {
 }
 
 #[tokio::test]
-async fn put_get_first_writer_wins_and_persists() {
+async fn put_get_replace_and_persist() {
     let mut t = start_with(|c| c.teleport_repos = vec!["prof/app".into()]).await;
     let c = client();
     let (layer, size) = expanded_layer(&c, &t.url, "prof/app", false).await;
@@ -87,13 +88,16 @@ async fn put_get_first_writer_wins_and_persists() {
     let got: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(got, first);
 
-    // A second writer is told the first profile is kept.
-    let r = c.put(&url).json(&profile(&[(0, 1)])).send().await.unwrap();
+    // A second writer (a pusher of this repository) replaces it; overlaps are cut out.
+    let second = profile(&[(0, 20), (10, 20)]);
+    let r = c.put(&url).json(&second).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["stored"], false);
+    assert_eq!(v["replaced"], true);
     let got: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
-    assert_eq!(got, first);
+    assert_eq!(got, profile(&[(0, 20), (20, 10)]));
+    let r = c.put(&url).json(&first).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 
     // Counted per route in /metrics.
     let label = "registry_requests_total{route=\"/mount/v1/{name}/_profiles/{digest}\"";
@@ -116,7 +120,18 @@ async fn put_get_first_writer_wins_and_persists() {
         2
     );
 
-    // Survives a restart (stored beside the expansion output).
+    // Deleted by a pusher; a second delete finds nothing.
+    let r = c.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "PROFILE_UNKNOWN");
+    let r = c.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = c.put(&url).json(&first).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Survives a restart.
     t.stop().await;
     let reg = registry_mock::start(registry_mock::Config::new(t.dir.path()))
         .await
@@ -162,6 +177,15 @@ async fn invalid_profiles_are_refused() {
             "too many ranges",
         ),
         (vec![b' '; (1 << 20) + 1], "body over 1 MiB"),
+        (
+            // The poisoning case: the whole layer 65,536 times (a replay would fetch it as often).
+            serde_json::to_vec(&profile(&vec![(0, size); 65_536])).unwrap(),
+            "65,536 overlapping whole-layer ranges",
+        ),
+        (
+            serde_json::to_vec(&profile(&[(0, size), (0, size), (0, 1)])).unwrap(),
+            "ranges adding up to over twice the layer",
+        ),
     ];
     for (body, what) in bad {
         let r = c.put(&url).body(body).send().await.unwrap();
@@ -194,7 +218,41 @@ async fn invalid_profiles_are_refused() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     let r = c.delete(&url).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "PROFILE_UNKNOWN");
+}
+
+#[tokio::test]
+async fn a_profile_of_one_repository_is_not_served_to_another() {
+    let t = start_with(|c| c.teleport_repos = vec!["prof/a".into(), "prof/b".into()]).await;
+    let c = client();
+    // The same layer blob in both repositories (expanded once).
+    let (layer, size) = expanded_layer(&c, &t.url, "prof/a", false).await;
+    let (layer_b, _) = expanded_layer(&c, &t.url, "prof/b", false).await;
+    assert_eq!(layer, layer_b);
+    let url_a = format!("{}/mount/v1/prof/a/_profiles/{layer}", t.url);
+    let url_b = format!("{}/mount/v1/prof/b/_profiles/{layer}", t.url);
+    let a = profile(&[(0, size)]);
+    let r = c.put(&url_a).json(&a).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // B has none: A's pusher did not decide what B's nodes replay.
+    let r = c.get(&url_b).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "PROFILE_UNKNOWN");
+    // B's own profile is B's; A's is unchanged.
+    let b = profile(&[(0, 1)]);
+    let r = c.put(&url_b).json(&b).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got: Value = c.get(&url_a).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, a);
+    let got: Value = c.get(&url_b).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, b);
+    // Deleting B's leaves A's.
+    assert_eq!(
+        c.delete(&url_b).send().await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(c.get(&url_a).send().await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -248,6 +306,8 @@ async fn profile_reads_need_pull_and_writes_need_push() {
         .unwrap()
         .to_string();
     assert!(ch.contains("repository:prof/sec:pull,push"), "{ch}");
+    let r = c.delete(&url).bearer_auth(&pull).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let push = tok("repository:prof/sec:pull,push").await;
     let r = c
         .put(&url)

@@ -610,3 +610,197 @@ async fn artifacts_in_enabled_repo_are_not_expanded() {
         1
     );
 }
+
+/// Push an image whose config claims `diff_ids` (whatever the layers hold).
+async fn push_image_claiming(
+    c: &Client,
+    url: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[Vec<u8>],
+    diff_ids: &[Digest],
+) -> Digest {
+    let ids: Vec<&str> = diff_ids.iter().map(Digest::as_str).collect();
+    let config = json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":ids},"config":{}});
+    let cb = serde_json::to_vec(&config).unwrap();
+    let cd = push_blob(c, url, repo, &cb).await;
+    let mut descs = Vec::new();
+    for l in layers {
+        let d = push_blob(c, url, repo, l).await;
+        descs.push(json!({"mediaType": MT_LAYER, "digest": d.as_str(), "size": l.len()}));
+    }
+    let m = json!({"schemaVersion":2,"mediaType":MT_MANIFEST,
+        "config":{"mediaType":MT_CONFIG,"digest":cd.as_str(),"size":cb.len()},"layers":descs});
+    let mb = serde_json::to_vec(&m).unwrap();
+    let r = put_manifest(c, url, repo, tag, MT_MANIFEST, &mb).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    digest(&mb)
+}
+
+#[tokio::test]
+async fn layer_substitution_by_a_false_diff_id_is_refused() {
+    let t = start_with(|c| c.teleport_repos = vec!["base".into(), "evil".into()]).await;
+    let c = client();
+    let base = layer_files(21);
+    let own = gzip_tar(&[("bin/sh", b"#!/bin/evil\n")]);
+    // An honest image with the common base.
+    let honest = push_image(&c, &t.url, "base", "v1", std::slice::from_ref(&base)).await;
+    let (s, _) = wait_mount(&c, &t.url, "base", &honest.manifest).await;
+    assert_eq!(s, StatusCode::OK);
+    // The attacker's config claims the base's diff_id over its own tar.
+    let evil = push_image_claiming(
+        &c,
+        &t.url,
+        "evil",
+        "v1",
+        std::slice::from_ref(&own),
+        &[diff_id(&base)],
+    )
+    .await;
+    let (s, v) = wait_mount(&c, &t.url, "evil", &evil).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["errors"][0]["code"], "EXPANSION_FAILED");
+    let reason = v["errors"][0]["detail"]["reason"].as_str().unwrap();
+    assert!(reason.contains("diff_id mismatch"), "{reason}");
+    assert!(reason.contains(diff_id(&base).as_str()), "{reason}");
+    assert!(reason.contains(diff_id(&own).as_str()), "{reason}");
+    // The same blob under an honest config (judged per image) is fine, and so is the base.
+    let fine = push_image_claiming(
+        &c,
+        &t.url,
+        "evil",
+        "v2",
+        std::slice::from_ref(&own),
+        &[diff_id(&own)],
+    )
+    .await;
+    let (s, v) = wait_mount(&c, &t.url, "evil", &fine).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["layers"][0]["diffId"], diff_id(&own).as_str());
+    let (s, _) = wait_mount(&c, &t.url, "base", &honest.manifest).await;
+    assert_eq!(s, StatusCode::OK);
+    // A config listing fewer diff_ids than layers is refused too.
+    let short = push_image_claiming(&c, &t.url, "evil", "v3", &[own, base], &[]).await;
+    let (s, v) = wait_mount(&c, &t.url, "evil", &short).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    let reason = v["errors"][0]["detail"]["reason"].as_str().unwrap();
+    assert!(reason.contains("0 diff_ids for 2 layers"), "{reason}");
+}
+
+#[tokio::test]
+async fn mount_answers_404_for_a_deleted_manifest() {
+    let t = start_with(|c| c.teleport_repos = vec!["gone".into()]).await;
+    let c = client();
+    let p = push_image(&c, &t.url, "gone", "v1", &[layer_files(31)]).await;
+    let (s, _) = wait_mount(&c, &t.url, "gone", &p.manifest).await;
+    assert_eq!(s, StatusCode::OK);
+    let r = c
+        .delete(format!("{}/v2/gone/manifests/{}", t.url, p.manifest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = c
+        .get(format!("{}/mount/v1/gone/_manifests/{}", t.url, p.manifest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+}
+
+/// Rewrite a layer's persisted state as a run that was cut off by a crash.
+fn pretend_crashed(root: &std::path::Path, layer: &Digest, attempts: u32) {
+    let dir = root.join("expanded/sha256").join(layer.hex());
+    let _ = std::fs::remove_file(dir.join("data"));
+    let _ = std::fs::remove_file(dir.join("index"));
+    let p = dir.join("state.json");
+    let mut st: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    st["state"] = json!("expanding");
+    st["result"] = Value::Null;
+    st["attempts"] = json!(attempts);
+    std::fs::write(&p, serde_json::to_vec(&st).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn a_layer_crashing_every_attempt_is_failed_after_max_attempts() {
+    let mut t = start_with(|c| c.teleport_repos = vec!["crash".into()]).await;
+    let c = client();
+    let p = push_image(&c, &t.url, "crash", "v1", &[layer_files(41)]).await;
+    let (s, _) = wait_mount(&c, &t.url, "crash", &p.manifest).await;
+    assert_eq!(s, StatusCode::OK);
+    t.stop().await;
+    let layer = &p.layers[0].0;
+
+    // A crash with attempts left: re-queued and expanded (attempt 3 of 3).
+    pretend_crashed(t.dir.path(), layer, 2);
+    let reg = registry_mock::start(registry_mock::Config::new(t.dir.path()))
+        .await
+        .unwrap();
+    let (s, v) = wait_mount(&c, &reg.url(), "crash", &p.manifest).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    reg.shutdown().await.unwrap();
+    let st: Value = serde_json::from_slice(
+        &std::fs::read(
+            t.dir
+                .path()
+                .join("expanded/sha256")
+                .join(layer.hex())
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st["attempts"], 3);
+
+    // The process died during the last allowed attempt: failed, not re-queued forever.
+    pretend_crashed(t.dir.path(), layer, 3);
+    let reg = registry_mock::start(registry_mock::Config::new(t.dir.path()))
+        .await
+        .unwrap();
+    let r = c
+        .get(format!(
+            "{}/mount/v1/crash/_manifests/{}",
+            reg.url(),
+            p.manifest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let v: Value = r.json().await.unwrap();
+    let reason = v["errors"][0]["detail"]["reason"].as_str().unwrap();
+    assert!(reason.contains("did not finish in 3 attempts"), "{reason}");
+    // check-expansion shows the reason too.
+    let opts = registry_mock::check::CheckOptions {
+        registry: reg.url(),
+        repo: "crash".into(),
+        tag: "v1".into(),
+        user: None,
+        timeout: WAIT,
+        interval: Duration::from_millis(50),
+    };
+    match registry_mock::check::check_expansion(&opts, |_| {})
+        .await
+        .unwrap()
+    {
+        registry_mock::check::CheckOutcome::Failed { message, .. } => {
+            assert!(
+                message.contains("did not finish in 3 attempts"),
+                "{message}"
+            )
+        }
+        other => panic!("want Failed, got {other:?}"),
+    }
+    // An explicit `_expand` retries it from scratch.
+    let r = c
+        .post(format!("{}/acr/v1/crash/_expand", reg.url()))
+        .json(&json!({"digest": p.manifest.as_str()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (s, v) = wait_mount(&c, &reg.url(), "crash", &p.manifest).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    reg.shutdown().await.unwrap();
+}

@@ -191,6 +191,28 @@ impl Index {
         }
     }
 
+    /// For every entry, the index of the entry owning its inode, as [`Index::resolve_hardlink`]
+    /// gives it, in one O(n) pass (a layer of one file and a million links to it, or a chain of
+    /// links to links, costs a map lookup per link, not a scan). `None` where a chain is broken.
+    pub fn hardlink_owners(&self) -> Vec<Option<usize>> {
+        let mut latest: HashMap<&str, usize> = HashMap::with_capacity(self.entries.len());
+        let mut owners: Vec<Option<usize>> = Vec::with_capacity(self.entries.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            let owner = if e.kind == EntryKind::Hardlink {
+                // `latest` holds only earlier entries here, whose owners are already known.
+                e.link
+                    .as_deref()
+                    .and_then(|t| latest.get(t))
+                    .and_then(|&j| owners[j])
+            } else {
+                Some(i)
+            };
+            owners.push(owner);
+            latest.insert(e.path.as_str(), i);
+        }
+        owners
+    }
+
     /// Indices of the chunks covering `offset..offset+len` of the data blob (clamped to it).
     pub fn chunks_for_range(&self, offset: u64, len: u64) -> Range<usize> {
         let cs = u64::from(self.chunk_size.max(1));

@@ -2,9 +2,11 @@
 //! (`POST /acr/v1/{repo}/_expand`, ours) and Teleport's `/mount/v1` API.
 //!
 //! `/mount/v1/{repo}/_manifests/{digest}` answers 200 (every layer expanded, body below), 409
-//! (a layer pending or expanding), 404 (repository not teleport-enabled, or the image was never
-//! queued: pushed before enabling and not `_expand`ed) and 500 `EXPANSION_FAILED` with the
-//! failing layer and reason in `detail` when a layer could not be expanded.
+//! (a layer pending or expanding), 404 (repository not teleport-enabled, `MANIFEST_UNKNOWN` for a
+//! manifest not in the repository (never pushed or deleted), or the image was never queued:
+//! pushed before enabling and not `_expand`ed) and 500 `EXPANSION_FAILED` with the failing layer
+//! and reason in `detail` when a layer could not be expanded, failed too often (crash loop), or
+//! is not the layer the image config claims (diff_id mismatch).
 //!
 //! The 200 body (format version 1, a contract fuse-mount relies on):
 //! ```json
@@ -205,6 +207,11 @@ pub fn mount_manifest(st: &Arc<AppState>, name: &RepoName, digest: &str) -> ApiR
         .is_some_and(|a| a.teleport_enabled)
     {
         return Err(not_enabled("repository is not teleport-enabled"));
+    }
+    // A deleted manifest keeps its expansion record (and its layers may serve other images):
+    // what decides is whether the repository still holds the manifest.
+    if st.store.manifest_media_type(name, &d)?.is_none() {
+        return Err(ApiError::manifest_unknown(d.as_str()));
     }
     let ready = match st.expander.image_status(name, &d)? {
         ImageStatus::NotQueued => return Err(not_enabled("image was not queued for expansion")),

@@ -406,6 +406,7 @@ async fn dispatch(st: &Arc<AppState>, route: Route, req: Request<Incoming>) -> A
         (Route::MountProfile { name, digest }, M::PUT) => {
             profiles::put(st, &name, &digest, req).await
         }
+        (Route::MountProfile { name, digest }, M::DELETE) => profiles::delete(st, &name, &digest),
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
