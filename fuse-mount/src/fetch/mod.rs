@@ -11,6 +11,8 @@ mod http;
 mod layer;
 mod mount_info;
 mod profile;
+#[cfg(test)]
+pub(crate) mod testserver;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use cache::ChunkCache;
 pub use counters::{Counters, CountersSnapshot};
+pub(crate) use http::{read_capped, CappedError, MOUNT_BODY_MAX};
 pub use layer::{LayerHandle, LocalSource};
 pub use mount_info::{BlobRef, LayerInfo, MountInfo, MountStatus};
 
@@ -85,6 +88,14 @@ pub enum Error {
     Join(String),
     #[error("{url}: invalid start profile: {reason}")]
     Profile { url: String, reason: String },
+    #[error("{url}: body larger than {max} bytes")]
+    TooLarge { url: String, max: u64 },
+    #[error("{url}: Content-Range {got:?} does not answer bytes={want}")]
+    BadContentRange {
+        url: String,
+        got: Option<String>,
+        want: String,
+    },
 }
 
 /// Registry credentials for the token endpoint (basic auth). `None` means anonymous.

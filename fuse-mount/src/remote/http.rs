@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use tracing::debug;
 
-use crate::fetch::MountInfo;
+use crate::fetch::{read_capped, CappedError, MountInfo, MOUNT_BODY_MAX};
 
 use super::{Decision, ImageRef, RemoteError, RemoteResolver, Result};
 
@@ -86,7 +86,7 @@ impl HttpResolver {
                 status: resp.status().as_u16(),
             });
         }
-        let t: TokenResponse = resp.json().await.map_err(http)?;
+        let t: TokenResponse = read_json(resp, 256 << 10, &url).await?;
         match t.access_token.or(t.token) {
             Some(t) => Ok(Some(t)),
             None => Err(RemoteError::Status { url, status: 200 }),
@@ -118,7 +118,7 @@ impl HttpResolver {
             let resp = req.send().await.map_err(http)?;
             match resp.status() {
                 StatusCode::OK => {
-                    let body: MountInfo = resp.json().await.map_err(http)?;
+                    let body: MountInfo = read_json(resp, MOUNT_BODY_MAX, &url).await?;
                     return Ok(Decision::Remote(Arc::new(body)));
                 }
                 StatusCode::NOT_FOUND => return Ok(Decision::NotEnabled),
@@ -138,6 +138,28 @@ impl HttpResolver {
             }
         }
     }
+}
+
+/// A JSON body of at most `max` bytes (a hostile registry cannot make the node buffer more).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    max: u64,
+    url: &str,
+) -> Result<T> {
+    let bytes = read_capped(resp, max, url).await.map_err(|e| match e {
+        CappedError::Http(source) => RemoteError::Http {
+            url: url.to_owned(),
+            source,
+        },
+        CappedError::TooLarge(e) => RemoteError::Body {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        },
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| RemoteError::Body {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 impl RemoteResolver for HttpResolver {

@@ -33,6 +33,8 @@ pub enum RemoteError {
     },
     #[error("registry {url} answered {status}")]
     Status { url: String, status: u16 },
+    #[error("registry {url}: {reason}")]
+    Body { url: String, reason: String },
     #[error("token response from {0} has no token")]
     NoToken(String),
     #[error("image reference {0:?} is not valid")]
