@@ -125,7 +125,11 @@ pub fn bind(address: &Path) -> Result<UnixListener> {
         Ok(_) => return Err(DaemonError::NotASocket(address.to_owned())),
         Err(_) => {}
     }
-    UnixListener::bind(address).map_err(io(format!("binding {address:?}")))
+    // Mode 0600 from the start: only root (containerd) may call the snapshotter.
+    let l = crate::private::bind_unix(address).map_err(io(format!("binding {address:?}")))?;
+    l.set_nonblocking(true)
+        .map_err(io(format!("binding {address:?}")))?;
+    UnixListener::from_std(l).map_err(io(format!("binding {address:?}")))
 }
 
 /// Runs teleportd until `shutdown` resolves.
@@ -133,7 +137,7 @@ pub async fn run(
     mut cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    std::fs::create_dir_all(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
+    crate::private::dir(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
     // Mount points are compared with /proc/self/mountinfo, which shows canonical paths.
     cfg.root = std::fs::canonicalize(&cfg.root).map_err(io(format!("resolving {:?}", cfg.root)))?;
     let (remote, manager) = if cfg.remote {

@@ -11,7 +11,7 @@
 //! they are stored; layer indexes (few, larger) stay one file each (`ROOT/index/<hex>`).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -56,9 +56,14 @@ pub struct ChunkCache {
 
 impl ChunkCache {
     pub(crate) fn open(root: PathBuf) -> Result<ChunkCache> {
-        for sub in ["packs", "index", "tmp"] {
-            let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(|source| Error::Cache { path: p, source })?;
+        // 0700 whatever the umask, also when an older teleportd made them wider.
+        for p in [
+            root.clone(),
+            root.join("packs"),
+            root.join("index"),
+            root.join("tmp"),
+        ] {
+            crate::private::dir(&p).map_err(|source| Error::Cache { path: p, source })?;
         }
         let cache = ChunkCache {
             root,
@@ -89,6 +94,9 @@ impl ChunkCache {
             let Ok(data) = File::open(&data_path) else {
                 continue;
             };
+            for p in [&log_path, &data_path] {
+                crate::private::set_mode(p, crate::private::FILE_MODE).map_err(err(p))?;
+            }
             let size = data.metadata().map_err(err(&data_path))?.len();
             let text = fs::read_to_string(&log_path).map_err(err(&log_path))?;
             let pack = packs.len();
@@ -169,7 +177,7 @@ impl ChunkCache {
             .join("packs")
             .join(format!("{}-{nanos}-{seq}", std::process::id()));
         let open = |path: PathBuf, append: bool| {
-            OpenOptions::new()
+            crate::private::open_options()
                 .create_new(true)
                 .read(true)
                 .write(!append)
@@ -254,7 +262,7 @@ impl ChunkCache {
             .join("tmp")
             .join(format!("{}-{seq}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::private::create(&tmp)?;
             f.write_all(bytes)?;
             fs::rename(&tmp, path)
         };
@@ -271,6 +279,7 @@ impl ChunkCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn chunk(n: u8, len: usize) -> (Digest, Vec<u8>) {
         let b = vec![n; len];

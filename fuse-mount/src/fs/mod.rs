@@ -267,8 +267,10 @@ fn mount_tree(
         MountOption::Subtype("teleport".into()),
         MountOption::RO,
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        // Overlayfs checks suid/dev against its own mount, not its lowers': a container's
+        // setuid binaries still work, while the FUSE mount itself grants nothing.
+        MountOption::NoDev,
+        MountOption::NoSuid,
         MountOption::Exec,
         MountOption::NoAtime,
     ];

@@ -97,7 +97,7 @@ async fn cleanup_blocking(root: &Path) -> Result<super::Cleanup> {
 fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     let m = &cfg.manager;
     let log_file = super::log_path(&m.root);
-    let log = std::fs::OpenOptions::new()
+    let log = crate::private::open_options()
         .create(true)
         .append(true)
         .open(&log_file)

@@ -3,7 +3,6 @@
 //! future (SIGTERM) — then unmounts everything and exits.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -64,16 +63,20 @@ async fn bind(socket: &Path) -> Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(format!("removing stale {socket:?}"))(e)),
     }
-    let l = UnixListener::bind(socket).map_err(io(format!("binding {socket:?}")))?;
-    // Mount requests act as root: only root may talk to the manager.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("chmod {socket:?}")))?;
-    Ok(l)
+    // Mount requests act as root: only root may talk to the manager (0600 from the start).
+    let l = crate::private::bind_unix(socket).map_err(io(format!("binding {socket:?}")))?;
+    l.set_nonblocking(true)
+        .map_err(io(format!("binding {socket:?}")))?;
+    UnixListener::from_std(l).map_err(io(format!("binding {socket:?}")))
 }
 
 fn write_pid(root: &Path) -> Result<()> {
     let (path, tmp) = (super::pid_path(root), root.join(".fuse-manager.pid.tmp"));
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+    crate::private::create(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{}", std::process::id())
+        })
         .map_err(io(format!("writing {tmp:?}")))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("renaming to {path:?}")))
 }
@@ -86,7 +89,7 @@ struct State {
 
 /// Runs a manager until `shutdown` resolves or a client asks it to exit.
 pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    std::fs::create_dir_all(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
+    crate::private::dir(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
     let socket = super::socket_path(&cfg.root);
     let listener = bind(&socket).await?;
     let client = Client::new(
@@ -122,12 +125,20 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, &state).await {
-                            debug!(error = %e, "fuse manager connection");
+                    // Mount requests act as root: only a peer of our own uid is served,
+                    // whatever the socket's file mode says.
+                    match stream.peer_cred() {
+                        Ok(c) if c.uid() == nix::unistd::geteuid().as_raw() => {
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = serve_conn(stream, &state).await {
+                                    debug!(error = %e, "fuse manager connection");
+                                }
+                            });
                         }
-                    });
+                        Ok(c) => warn!(uid = c.uid(), pid = ?c.pid(), "fuse manager: refused a connection from another user"),
+                        Err(e) => warn!(error = %e, "fuse manager: no peer credentials; connection refused"),
+                    }
                 }
                 Err(e) => warn!(error = %e, "fuse manager accept"),
             },
@@ -237,4 +248,89 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         }
     };
     (resp, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    /// In a forked child running as `uid`: connect, ask `Info`, exit 0 when answered, 1 when
+    /// the manager closed the connection unanswered, 2 when it could not connect.
+    fn ask_as(uid: u32, socket: &Path) -> i32 {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, setgid, setuid, ForkResult, Gid, Uid};
+        let req = b"{\"op\":\"info\"}\n";
+        // SAFETY: the child only makes plain syscalls (no locks held across fork are taken)
+        // and leaves with _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = (|| {
+                    if setgid(Gid::from_raw(uid)).is_err() || setuid(Uid::from_raw(uid)).is_err() {
+                        return 3;
+                    }
+                    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+                        return 2;
+                    };
+                    let _ = s.write_all(req);
+                    let mut buf = [0u8; 64];
+                    match s.read(&mut buf) {
+                        Ok(n) if n > 0 => 0,
+                        _ => 1,
+                    }
+                })();
+                // SAFETY: _exit never returns; no destructors of the parent's state run.
+                unsafe { nix::libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
+                WaitStatus::Exited(_, code) => code,
+                other => panic!("child: {other:?}"),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn manager_socket_is_private_and_other_uids_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let cfg = ManagerConfig {
+            root: root.clone(),
+            registry: "http://127.0.0.1:9".into(),
+            credentials: None,
+            cache_dir: root.join("cache"),
+            start_profile: false,
+            profile_window: Duration::from_secs(1),
+            prefetch_layers: false,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cfg, async {
+            let _ = rx.await;
+        }));
+        let socket = super::super::socket_path(&root);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "manager did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&socket), 0o600);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(ask_as(0, &socket), 0, "root is served");
+        assert_eq!(ask_as(65534, &socket), 2, "file modes keep others out");
+        // With the file modes opened up, the peer check alone still refuses another uid.
+        for p in [t.path(), root.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(ask_as(65534, &socket), 1);
+        assert_eq!(ask_as(0, &socket), 0);
+        let _ = tx.send(());
+        task.await.unwrap().unwrap();
+    }
 }

@@ -33,8 +33,10 @@ impl OverlaySnapshotter {
     /// Opens (creating if needed) a snapshotter rooted at `root`. `remote` enables the
     /// remote-layer path (on whenever teleportd has `--registry`).
     pub fn open(root: &Path, remote: Option<RemoteLayers>) -> Result<Self> {
-        fs::create_dir_all(root.join("snapshots"))
-            .map_err(SnapshotError::io(format!("creating {root:?}")))?;
+        // 0700 (and fixed at start if wider): the FUSE mounts below are `allow_other`.
+        for d in [root.to_owned(), root.join("snapshots"), root.join("merged")] {
+            crate::private::dir(&d).map_err(SnapshotError::io(format!("creating {d:?}")))?;
+        }
         let store = MetaStore::open(root)?;
         info!(root = %root.display(), snapshots = store.iter().count(), "snapshotter opened");
         Ok(OverlaySnapshotter {
@@ -375,10 +377,17 @@ fn make_dirs(dir: &Path, kind: Kind) -> Result<()> {
         Err(e) => return Err(SnapshotError::io(format!("clearing {dir:?}"))(e)),
     }
     let fs_dir = dir.join("fs");
-    fs::create_dir_all(&fs_dir).map_err(SnapshotError::io(format!("creating {fs_dir:?}")))?;
+    crate::private::dir(dir).map_err(SnapshotError::io(format!("creating {dir:?}")))?;
+    // The upper dir is the container's `/`: 0755 like containerd's overlay, whatever the
+    // umask (the snapshot dir above it is 0700).
+    let mk = |d: &Path, mode: u32| {
+        fs::create_dir(d)
+            .and_then(|()| crate::private::set_mode(d, mode))
+            .map_err(SnapshotError::io(format!("creating {d:?}")))
+    };
+    mk(&fs_dir, 0o755)?;
     if kind == Kind::Active {
-        let work = dir.join("work");
-        fs::create_dir(&work).map_err(SnapshotError::io(format!("creating {work:?}")))?;
+        mk(&dir.join("work"), 0o700)?;
     }
     Ok(())
 }
