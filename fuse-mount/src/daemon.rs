@@ -59,6 +59,8 @@ pub struct Config {
     pub profile_window: Duration,
     /// Fetch every mounted layer's whole data in the background, at low priority.
     pub prefetch_layers: bool,
+    /// Size cap of the chunk cache; `None`: unbounded.
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             start_profile: true,
             profile_window: Duration::from_secs(10),
             prefetch_layers: false,
+            cache_max_bytes: None,
         }
     }
 }
@@ -230,6 +233,7 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
             start_profile: cfg.start_profile,
             profile_window: cfg.profile_window,
             prefetch_layers: cfg.prefetch_layers,
+            cache_max_bytes: cfg.cache_max_bytes,
         },
         exe,
         start_timeout: Duration::from_secs(30),

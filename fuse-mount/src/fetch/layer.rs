@@ -294,7 +294,7 @@ impl LayerHandle {
         };
         self.ensure_chunks(first, fetch_last, last, counters, Purpose::Read)?;
         let cache = &self.inner.client.inner.cache;
-        for c in &self.inner.index.chunks[first..=last] {
+        for (i, c) in self.inner.index.chunks[first..=last].iter().enumerate() {
             let c_end = c.offset + u64::from(c.len);
             let a = offset.max(c.offset);
             let b = end.min(c_end);
@@ -302,7 +302,12 @@ impl LayerHandle {
                 continue;
             }
             let dst = &mut buf[(a - offset) as usize..(b - offset) as usize];
-            cache.read_chunk(&c.digest, a - c.offset, dst)?;
+            if cache.read_chunk(&c.digest, a - c.offset, dst).is_err() {
+                // Evicted since, or found corrupt on disk (and dropped): fetch it again.
+                let i = first + i;
+                self.ensure_chunks(i, i, i, counters, Purpose::Read)?;
+                cache.read_chunk(&c.digest, a - c.offset, dst)?;
+            }
         }
         counters.read(buf.len() as u64);
         self.record(offset, buf.len() as u64);
@@ -716,5 +721,57 @@ mod tests {
         // Chunk 2 itself really cannot be had.
         let r = layer.read_data(c[2].offset, &mut buf, &counters);
         assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn corrupt_cached_bytes_are_fetched_again_after_a_restart() {
+        let (index, data) = expanded(2);
+        let served = data.clone();
+        let requests = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let n = requests.clone();
+        let srv = serve(move |req| {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match range_of(req) {
+                Some(r) => partial(&served, r),
+                None => respond(400, &[], Vec::new()),
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let opts = ClientOptions {
+                start_profile: false,
+                ..Default::default()
+            };
+            let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
+            let source = Source::Remote {
+                repo: "r".into(),
+                url: "/data".into(),
+                layer: Digest::sha256_of(b"layer"),
+            };
+            LayerHandle::new(client, index.clone(), source)
+        };
+        let counters = Counters::default();
+        let mut buf = vec![0u8; 1000];
+        {
+            let layer = open();
+            layer.read_data(0, &mut buf, &counters).unwrap();
+        }
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Rot the cached bytes on disk, then "restart".
+        for e in std::fs::read_dir(dir.path().join("packs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|e| e == "dat") {
+                let mut b = std::fs::read(&p).unwrap();
+                for x in &mut b[..100] {
+                    *x ^= 0x5a;
+                }
+                std::fs::write(&p, b).unwrap();
+            }
+        }
+        let layer = open();
+        let mut buf = vec![0u8; 1000];
+        layer.read_data(0, &mut buf, &counters).unwrap();
+        assert_eq!(buf, data[..1000], "the correct bytes, fetched again");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -143,6 +143,9 @@ pub struct ClientOptions {
     pub profile_request_max: u64,
     /// Runtime worker threads for HTTP.
     pub http_threads: usize,
+    /// Size cap of the chunk cache's pack files (least recently used packs are evicted);
+    /// `None`: unbounded.
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -159,6 +162,7 @@ impl Default for ClientOptions {
             profile_window: Duration::from_secs(10),
             profile_request_max: 1 << 20,
             http_threads: 2,
+            cache_max_bytes: None,
         }
     }
 }
@@ -266,7 +270,7 @@ impl Client {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let cache = ChunkCache::open(cache_dir.into())?;
+        let cache = ChunkCache::open(cache_dir.into(), opts.cache_max_bytes)?;
         let (tx, rx) = mpsc::channel::<PrefetchJob>();
         let client = Client {
             inner: Arc::new(Inner {

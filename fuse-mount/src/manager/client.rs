@@ -126,6 +126,9 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     if m.prefetch_layers {
         cmd.arg("--prefetch-layers");
     }
+    if let Some(max) = m.cache_max_bytes {
+        cmd.arg("--cache-max-bytes").arg(max.to_string());
+    }
     cmd.arg(super::SUBCOMMAND)
         .stdin(Stdio::null())
         .stdout(log)

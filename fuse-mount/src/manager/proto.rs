@@ -25,6 +25,16 @@ pub struct Fingerprint {
     /// sha256 of the password: a changed secret must restart the manager, without the secret
     /// travelling over the socket.
     pub password_sha256: Option<String>,
+    /// Start-profile, prefetch and cache settings: a manager kept with other ones would go on
+    /// serving with its old settings.
+    #[serde(default)]
+    pub start_profile: bool,
+    #[serde(default)]
+    pub profile_window_ms: u64,
+    #[serde(default)]
+    pub prefetch_layers: bool,
+    #[serde(default)]
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// One layer to mount, as the snapshotter's [`LayerRef`] names it (the registry's `/mount`

@@ -35,6 +35,8 @@ pub struct ManagerConfig {
     pub profile_window: std::time::Duration,
     /// See [`MountOptions::prefetch_layers`].
     pub prefetch_layers: bool,
+    /// See [`ClientOptions::cache_max_bytes`].
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl ManagerConfig {
@@ -49,6 +51,10 @@ impl ManagerConfig {
                 .credentials
                 .as_ref()
                 .map(|c| hex::encode(sha2::Sha256::digest(c.password.as_bytes()))),
+            start_profile: self.start_profile,
+            profile_window_ms: u64::try_from(self.profile_window.as_millis()).unwrap_or(u64::MAX),
+            prefetch_layers: self.prefetch_layers,
+            cache_max_bytes: self.cache_max_bytes,
         }
     }
 }
@@ -99,6 +105,7 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         ClientOptions {
             start_profile: cfg.start_profile,
             profile_window: cfg.profile_window,
+            cache_max_bytes: cfg.cache_max_bytes,
             ..ClientOptions::default()
         },
     )?;
@@ -307,6 +314,7 @@ mod tests {
             start_profile: false,
             profile_window: Duration::from_secs(1),
             prefetch_layers: false,
+            cache_max_bytes: None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(cfg, async {
