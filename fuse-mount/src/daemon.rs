@@ -180,7 +180,12 @@ pub async fn run(
         .await;
     info!("gRPC stopped");
     snap.shutdown().await;
-    if manager.is_some() && !cfg.keep_fuse_manager {
+    // A manager still running kept mounts in use (running containers): leave them be.
+    if manager
+        .as_ref()
+        .is_some_and(|m| !crate::manager::pid_alive(m.pid()))
+        && !cfg.keep_fuse_manager
+    {
         // The manager unmounted what it served; anything still below root is stale.
         let root = cfg.root.clone();
         match tokio::task::spawn_blocking(move || detach_below(&root, |_| false)).await {

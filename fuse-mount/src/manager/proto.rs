@@ -107,8 +107,13 @@ pub enum Request {
     List,
     /// Fetch counters per mount.
     Stats,
-    /// Unmount everything, answer, then exit.
-    Shutdown,
+    /// Unmount and exit. Without `force`, mounts in use (a running container's layers) are
+    /// neither detached nor given up: the manager unmounts the idle ones, answers an error
+    /// naming the busy ones and keeps serving. With `force`, everything is detached.
+    Shutdown {
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

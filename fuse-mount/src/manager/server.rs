@@ -127,6 +127,9 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         stop,
     });
     info!(socket = %socket.display(), registry = %cfg.registry, pid = std::process::id(), "fuse manager serving");
+    // Every SIGTERM is a polite request (the `shutdown` future only sees the first one).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let shutdown = futures::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -152,7 +155,15 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
             _ = stopped.changed() => break,
             _ = &mut shutdown => {
                 info!("fuse manager: shutdown signal");
-                break;
+                if polite_stop(&state).await {
+                    break;
+                }
+            }
+            Some(()) = next_term(&mut term) => {
+                info!("fuse manager: SIGTERM");
+                if polite_stop(&state).await {
+                    break;
+                }
             }
         }
     }
@@ -171,6 +182,26 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
     }
     info!("fuse manager stopped");
     Ok(())
+}
+
+async fn next_term(t: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match t {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stop that detaches nothing in use: unmounts the idle mounts; true when none is left.
+/// Mounts in use belong to running containers, which would get ENOTCONN: they keep being
+/// served until they are released or a forced shutdown detaches them.
+async fn polite_stop(state: &State) -> bool {
+    let busy = state.layers.unmount_idle().await;
+    if busy.is_empty() {
+        return true;
+    }
+    warn!(in_use = busy.len(), mounts = ?busy,
+        "fuse manager: not exiting while mounts are in use by running containers (a forced shutdown request detaches them)");
+    false
 }
 
 async fn serve_conn(stream: UnixStream, state: &State) -> Result<()> {
@@ -243,9 +274,19 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         Request::Stats => Response::Stats {
             mounts: layers.stats().await,
         },
-        Request::Shutdown => {
-            info!("fuse manager: asked to unmount everything and exit");
-            layers.unmount_all().await;
+        Request::Shutdown { force } => {
+            if force {
+                info!("fuse manager: asked to detach everything and exit");
+                layers.unmount_all().await;
+            } else if !polite_stop(state).await {
+                let n = layers.mountpoints().len();
+                return (
+                    error(format!(
+                        "{n} mounts in use; not exiting (force to detach them)"
+                    )),
+                    false,
+                );
+            }
             // Before answering: whoever asked may stop this process right after the answer.
             layers
                 .client()
