@@ -323,6 +323,12 @@ impl Client {
                 index.data_size, layer.data.size
             )));
         }
+        if index.diff_id != layer.diff_id {
+            return Err(mismatch(format!(
+                "diff ID {} vs {}",
+                index.diff_id, layer.diff_id
+            )));
+        }
         if index.data_digest != layer.data.digest {
             return Err(mismatch(format!(
                 "data digest {} vs {}",

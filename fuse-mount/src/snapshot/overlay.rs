@@ -283,8 +283,16 @@ impl OverlaySnapshotter {
     ) -> Result<Vec<Mount>> {
         if let Some(remote) = &self.inner.remote {
             match remote.decide(&labels).await {
-                RemoteOutcome::Local => {}
-                RemoteOutcome::Remote { target, layer } => {
+                RemoteOutcome::Remote { target, layer }
+                    if remote
+                        .verify(&layer, &target, &parent)
+                        .await
+                        .inspect_err(|why| {
+                            warn!(%target, layer = %layer.digest, reason = %why,
+                                "remote layer refused: unpacking it normally (containerd checks its diff ID)");
+                        })
+                        .is_ok() =>
+                {
                     // A layer the registry cannot serve fails the pull, never a later start.
                     remote.validate(&layer)?;
                     let mut l = labels.clone();
@@ -302,6 +310,7 @@ impl OverlaySnapshotter {
                     }
                     return Err(SnapshotError::AlreadyExists(target));
                 }
+                RemoteOutcome::Local | RemoteOutcome::Remote { .. } => {}
             }
         }
         let this = self.clone();
