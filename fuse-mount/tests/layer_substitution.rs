@@ -79,6 +79,13 @@ fn a_forged_diff_id_never_replaces_a_base_layer() {
     let targs = ["--registry", &url, "--cache-dir", cache.to_str().unwrap()];
     let log = dir.join("teleportd.log");
     let td = Teleportd::start_with(&root, &socket, &log, &targs);
+    // Only root may call the snapshotter or the fuse manager, or walk teleportd's state.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(&root.join("fuse-manager.sock")), 0o600);
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&cache), 0o700);
     let mut ctrd =
         Containerd::start_with(&dir.join("ctrd"), &socket, Some(&reg.addr().to_string()));
     ctrd.namespace = "k8s.io".into();
