@@ -168,7 +168,13 @@ impl Client {
             .timeout(self.inner.opts.request_timeout);
         // The password goes only to the registry's own origin: a challenge naming another
         // realm (plain http or not) gets an anonymous token request.
-        match &self.inner.creds {
+        let creds = self
+            .inner
+            .creds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match &creds {
             Some(c) if same_origin(&realm, &self.inner.base) => {
                 req = req.basic_auth(&c.username, Some(&c.password));
             }

@@ -202,7 +202,8 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) base: reqwest::Url,
-    pub(crate) creds: Option<Credentials>,
+    /// Replaceable while mounts are served (password rotation, see [`Client::set_credentials`]).
+    pub(crate) creds: std::sync::RwLock<Option<Credentials>>,
     pub(crate) http: reqwest::Client,
     /// Owned runtime; `Option` so Drop can shut it down without blocking (safe inside async code).
     pub(crate) rt: Option<tokio::runtime::Runtime>,
@@ -275,7 +276,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 base,
-                creds,
+                creds: std::sync::RwLock::new(creds),
                 http,
                 rt: Some(rt),
                 tokens: Mutex::new(HashMap::new()),
@@ -295,6 +296,15 @@ impl Client {
                 .map_err(Error::Runtime)?;
         }
         Ok(client)
+    }
+
+    /// New registry credentials for every later token request (tokens got with the old ones
+    /// are dropped); mounts keep being served.
+    pub fn set_credentials(&self, creds: Option<Credentials>) {
+        *self.inner.creds.write().unwrap_or_else(|p| p.into_inner()) = creds;
+        if let Ok(mut t) = self.inner.tokens.lock() {
+            t.clear();
+        }
     }
 
     /// The node-wide chunk cache.

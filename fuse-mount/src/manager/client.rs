@@ -166,6 +166,26 @@ impl ManagerClient {
                     keep_on_shutdown,
                 });
             }
+            Ok(info) if info.fingerprint.differs_only_in_credentials(&want) => {
+                // A rotated password: told over the socket, the mounts stay as they are.
+                let creds = cfg.manager.credentials.as_ref();
+                let req = Request::SetCredentials {
+                    user: creds.map(|c| c.username.clone()),
+                    password: creds.map(|c| c.password.clone()),
+                };
+                expect_ok(call_at(&socket, &req, QUICK).await?)?;
+                info!(
+                    pid = info.pid,
+                    "gave the running fuse manager its new credentials"
+                );
+                return Ok(ManagerClient {
+                    root,
+                    socket,
+                    pid: info.pid,
+                    child: Mutex::new(None),
+                    keep_on_shutdown,
+                });
+            }
             Ok(info) => {
                 info!(pid = info.pid, running = ?info.fingerprint, wanted = ?want,
                     "fuse manager runs with another configuration; replacing it");

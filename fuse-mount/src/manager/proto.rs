@@ -48,6 +48,19 @@ pub struct LayerSpec {
     pub mount_info: MountInfo,
 }
 
+impl Fingerprint {
+    /// Whether `other` differs from this one in the credentials only (which a running manager
+    /// can take over its socket instead of being replaced).
+    pub fn differs_only_in_credentials(&self, other: &Fingerprint) -> bool {
+        let strip = |f: &Fingerprint| Fingerprint {
+            user: None,
+            password_sha256: None,
+            ..f.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
 impl From<&LayerRef> for LayerSpec {
     fn from(l: &LayerRef) -> Self {
         let mut mount_info = (*l.mount_info).clone();
@@ -107,6 +120,12 @@ pub enum Request {
     List,
     /// Fetch counters per mount.
     Stats,
+    /// Serve on with these registry credentials (a rotated password): answered Ok, the
+    /// manager's fingerprint then says so. Mounts are not touched.
+    SetCredentials {
+        user: Option<String>,
+        password: Option<String>,
+    },
     /// Unmount and exit. Without `force`, mounts in use (a running container's layers) are
     /// neither detached nor given up: the manager unmounts the idle ones, answers an error
     /// naming the busy ones and keeps serving. With `force`, everything is detached.

@@ -89,7 +89,9 @@ fn write_pid(root: &Path) -> Result<()> {
 
 struct State {
     layers: FuseLayers,
-    info: ManagerInfo,
+    info: std::sync::Mutex<ManagerInfo>,
+    /// The configuration served with (credentials replaceable).
+    cfg: std::sync::Mutex<ManagerConfig>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -119,11 +121,12 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
                 ..MountOptions::default()
             },
         ),
-        info: ManagerInfo {
+        info: std::sync::Mutex::new(ManagerInfo {
             pid: std::process::id(),
             root: cfg.root.clone(),
             fingerprint: cfg.fingerprint(),
-        },
+        }),
+        cfg: std::sync::Mutex::new(cfg.clone()),
         stop,
     });
     info!(socket = %socket.display(), registry = %cfg.registry, pid = std::process::id(), "fuse manager serving");
@@ -239,7 +242,26 @@ fn error(e: impl std::fmt::Display) -> Response {
 async fn handle(req: Request, state: &State) -> (Response, bool) {
     let layers = &state.layers;
     let resp = match req {
-        Request::Info => Response::Info(state.info.clone()),
+        Request::Info => {
+            Response::Info(state.info.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        }
+        Request::SetCredentials { user, password } => {
+            let creds = user.map(|username| Credentials {
+                username,
+                password: password.unwrap_or_default(),
+            });
+            layers.client().set_credentials(creds.clone());
+            let mut cfg = state.cfg.lock().unwrap_or_else(|p| p.into_inner());
+            cfg.credentials = creds;
+            state
+                .info
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fingerprint = cfg.fingerprint();
+            info!(user = ?cfg.credentials.as_ref().map(|c| c.username.clone()),
+                "fuse manager: registry credentials replaced");
+            Response::Ok
+        }
         Request::MountLayer { target, layer } => {
             if layers.is_mounted(&target).await {
                 Response::Ok
@@ -303,6 +325,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     /// In a forked child running as `uid`: connect, ask `Info`, exit 0 when answered, 1 when
@@ -379,6 +402,63 @@ mod tests {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(ask_as(65534, &socket), 1);
         assert_eq!(ask_as(0, &socket), 0);
+        let _ = tx.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rotated_password_is_handed_to_the_running_manager() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let creds = |p: &str| {
+            Some(Credentials {
+                username: "u".into(),
+                password: p.into(),
+            })
+        };
+        let cfg = ManagerConfig {
+            root: root.clone(),
+            registry: "http://127.0.0.1:9".into(),
+            credentials: creds("old"),
+            cache_dir: root.join("cache"),
+            start_profile: true,
+            profile_window: Duration::from_secs(10),
+            prefetch_layers: false,
+            cache_max_bytes: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cfg.clone(), async {
+            let _ = rx.await;
+        }));
+        let socket = super::super::socket_path(&root);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "manager did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rotated = ManagerConfig {
+            credentials: creds("new"),
+            ..cfg.clone()
+        };
+        let spawn = super::super::client::SpawnConfig {
+            manager: rotated.clone(),
+            // Never started: the running manager takes the new password.
+            exe: PathBuf::from("/nonexistent/teleportd"),
+            start_timeout: Duration::from_secs(5),
+        };
+        let c = super::super::client::ManagerClient::connect_or_spawn(&spawn, false)
+            .await
+            .unwrap();
+        assert_eq!(c.pid(), std::process::id(), "the same manager");
+        let Response::Info(info) = c
+            .call(&Request::Info, Duration::from_secs(5))
+            .await
+            .unwrap()
+        else {
+            panic!("not an info answer")
+        };
+        assert_eq!(info.fingerprint, rotated.fingerprint());
+        assert_ne!(info.fingerprint, cfg.fingerprint());
         let _ = tx.send(());
         task.await.unwrap().unwrap();
     }
