@@ -236,25 +236,18 @@ impl HttpResolver {
     ) -> std::result::Result<(), String> {
         let img = self.image_chain(&layer.image).await?;
         let mount_diff = layer.info().map_err(|e| e.to_string())?.diff_id.to_string();
-        let ok = (0..img.layers.len()).any(|i| {
+        let Some(pos) = (0..img.layers.len()).find(|&i| {
             let parent_ok = match i {
                 0 => parent.is_empty(),
                 _ => parent == img.chain[i - 1],
             };
             img.layers[i] == layer.digest && img.chain[i] == target && parent_ok
-        });
-        if !ok {
+        }) else {
             return Err(format!(
                 "snapshot {target} on {parent:?} is not a chain ID the image's config gives layer {}",
                 layer.digest
             ));
-        }
-        let pos = img
-            .layers
-            .iter()
-            .zip(&img.chain)
-            .position(|(l, c)| *l == layer.digest && c == target)
-            .unwrap_or_default();
+        };
         if img.diff_ids[pos] != mount_diff {
             return Err(format!(
                 "the config claims diff ID {} for layer {}, the registry's expansion of it has {mount_diff}",
