@@ -59,6 +59,8 @@ pub struct Config {
     pub profile_window: Duration,
     /// Fetch every mounted layer's whole data in the background, at low priority.
     pub prefetch_layers: bool,
+    /// Size cap of the chunk cache; `None`: unbounded.
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             start_profile: true,
             profile_window: Duration::from_secs(10),
             prefetch_layers: false,
+            cache_max_bytes: None,
         }
     }
 }
@@ -125,7 +128,11 @@ pub fn bind(address: &Path) -> Result<UnixListener> {
         Ok(_) => return Err(DaemonError::NotASocket(address.to_owned())),
         Err(_) => {}
     }
-    UnixListener::bind(address).map_err(io(format!("binding {address:?}")))
+    // Mode 0600 from the start: only root (containerd) may call the snapshotter.
+    let l = crate::private::bind_unix(address).map_err(io(format!("binding {address:?}")))?;
+    l.set_nonblocking(true)
+        .map_err(io(format!("binding {address:?}")))?;
+    UnixListener::from_std(l).map_err(io(format!("binding {address:?}")))
 }
 
 /// Runs teleportd until `shutdown` resolves.
@@ -133,7 +140,7 @@ pub async fn run(
     mut cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    std::fs::create_dir_all(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
+    crate::private::dir(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
     // Mount points are compared with /proc/self/mountinfo, which shows canonical paths.
     cfg.root = std::fs::canonicalize(&cfg.root).map_err(io(format!("resolving {:?}", cfg.root)))?;
     let (remote, manager) = if cfg.remote {
@@ -173,7 +180,12 @@ pub async fn run(
         .await;
     info!("gRPC stopped");
     snap.shutdown().await;
-    if manager.is_some() && !cfg.keep_fuse_manager {
+    // A manager still running kept mounts in use (running containers): leave them be.
+    if manager
+        .as_ref()
+        .is_some_and(|m| !crate::manager::pid_alive(m.pid()))
+        && !cfg.keep_fuse_manager
+    {
         // The manager unmounted what it served; anything still below root is stale.
         let root = cfg.root.clone();
         match tokio::task::spawn_blocking(move || detach_below(&root, |_| false)).await {
@@ -226,6 +238,7 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
             start_profile: cfg.start_profile,
             profile_window: cfg.profile_window,
             prefetch_layers: cfg.prefetch_layers,
+            cache_max_bytes: cfg.cache_max_bytes,
         },
         exe,
         start_timeout: Duration::from_secs(30),

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod grpc;
 pub mod manager;
 pub mod metrics;
+pub mod private;
 pub mod remote;
 pub mod snapshot;
 

@@ -6,7 +6,7 @@ mod fs_support;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
@@ -24,6 +24,11 @@ struct Env {
 
 /// Expand the test layers with the emulator into `tmp/layers/N.data`, open them locally.
 fn env_with(corrupt: bool) -> Env {
+    env_of(&test_layers(), corrupt)
+}
+
+/// [`env_with`] for the given tar layers.
+fn env_of(tars: &[Vec<u8>], corrupt: bool) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let client = Client::new(
@@ -36,7 +41,7 @@ fn env_with(corrupt: bool) -> Env {
     std::fs::create_dir_all(root.join("layers")).unwrap();
     let mut layers = Vec::new();
     let mut data_files = Vec::new();
-    for (i, tar) in test_layers().iter().enumerate() {
+    for (i, tar) in tars.iter().enumerate() {
         let path = root.join(format!("layers/{i}.data"));
         let mut f = File::options()
             .read(true)
@@ -596,4 +601,142 @@ fn fs_read_ahead_around_cached_chunks_fetches_only_the_missing_runs() {
     layer
         .read_data_ahead(end - 1, &mut b, u64::MAX, &c)
         .unwrap();
+}
+
+/// Runs `cmd` as `nobody` (util-linux `setpriv`); its stdout, or None when it failed.
+fn as_nobody(cmd: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(cmd)
+        .output()
+        .expect("setpriv (util-linux)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn fs_mounts_are_nosuid_but_a_containers_setuid_binary_still_works() {
+    if prerequisites().is_none() {
+        return;
+    }
+    // `id -u` prints the effective uid: 0 when its setuid bit takes effect.
+    let id = std::fs::read("/usr/bin/id").unwrap();
+    let env = env_of(
+        &[
+            tar_layer(&[
+                Item::Dir("bin", 0o755, 0),
+                Item::File("bin/id", 0o4755, 0, id),
+            ]),
+            tar_layer(&[Item::File("other", 0o644, 0, b"x".to_vec())]),
+        ],
+        false,
+    );
+    let _guard = NoMountsLeft(env.root.clone());
+    // Only the mounts' own flags are under test: let nobody walk to them.
+    std::fs::set_permissions(&env.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut mounts = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, l) in env.layers.iter().enumerate() {
+        let d = mkdir(&env.root.join(format!("mnt/l{i}")));
+        mounts.push(mount_layer_over(&d, l.clone(), &env.layers[..i], &opts()).unwrap());
+        dirs.push(d);
+    }
+    let direct = dirs[0].join("bin/id");
+    assert_eq!(mode(&direct), 0o4755);
+    assert_eq!(
+        as_nobody(&[direct.to_str().unwrap(), "-u"]).as_deref(),
+        Some("65534"),
+        "the FUSE mount itself is nosuid"
+    );
+    // The container's view: overlayfs over the layers, as containerd mounts it.
+    let ovl = mkdir(&env.root.join("mnt/ovl"));
+    let top_first: Vec<&Path> = dirs.iter().rev().map(PathBuf::as_path).collect();
+    let _overlay = KernelMount::overlay(&ovl, &top_first);
+    assert_eq!(
+        as_nobody(&[ovl.join("bin/id").to_str().unwrap(), "-u"]).as_deref(),
+        Some("0"),
+        "setuid inside the container still works"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == dirs[0].to_str())
+        .unwrap();
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+}
+
+#[test]
+fn fs_node_state_is_private_to_root_and_fixed_at_start() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("root");
+    let cache = tmp.path().join("cache");
+    // State an older teleportd left with the umask's modes.
+    for d in [root.join("snapshots"), cache.join("packs")] {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["1.dat", "1.idx"] {
+        std::fs::write(cache.join("packs").join(f), b"").unwrap();
+        std::fs::set_permissions(
+            cache.join("packs").join(f),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    assert!(as_nobody(&["ls", root.join("snapshots").to_str().unwrap()]).is_some());
+
+    let snap = fuse_mount::snapshot::overlay::OverlaySnapshotter::open(&root, None).unwrap();
+    let _client =
+        Client::new("http://127.0.0.1:9", None, &cache, ClientOptions::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let m = rt
+        .block_on(fuse_mount::snapshot::Snapshotter::prepare(
+            &snap,
+            "k".into(),
+            String::new(),
+            Default::default(),
+        ))
+        .unwrap();
+    for d in [
+        root.clone(),
+        root.join("snapshots"),
+        root.join("merged"),
+        root.join("snapshots/1"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{d:?}");
+    }
+    for d in [
+        cache.clone(),
+        cache.join("packs"),
+        cache.join("index"),
+        cache.join("tmp"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{d:?}");
+    }
+    for f in ["1.dat", "1.idx"] {
+        assert_eq!(mode(&cache.join("packs").join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&root.join("metadata.json")), 0o600);
+    // The container's `/` keeps the usual mode; nobody reaches it except through a mount.
+    assert_eq!(mode(Path::new(&m[0].source)), 0o755);
+    for p in [
+        root.join("snapshots"),
+        root.join("snapshots/1/fs"),
+        cache.join("packs"),
+    ] {
+        assert!(as_nobody(&["ls", p.to_str().unwrap()]).is_none(), "{p:?}");
+    }
 }

@@ -270,6 +270,52 @@ fn survive_kill(mode: &str) {
     check_reads_through(&ctrd, &c1, pid);
     assert_eq!(fuse_mounts(dir), mounted);
 
+    // Another configuration while c1 reads through the manager: replacing the manager would
+    // detach c1's layers (ENOTCONN), so it is kept and nothing is detached.
+    td.kill();
+    let mut changed = targs.to_vec();
+    changed.extend(["--profile-window", "3"]);
+    let mut td = Teleportd::start_with(&root, &socket, &log, &changed);
+    assert_eq!(
+        manager_pid(&root),
+        manager,
+        "{}\n{}",
+        common::tail(&td.log_text(), 30),
+        common::tail(
+            &std::fs::read_to_string(root.join("fuse-manager.log")).unwrap_or_default(),
+            30
+        )
+    );
+    assert!(
+        td.log_text().contains("its mounts are in use"),
+        "{}",
+        common::tail(&td.log_text(), 30)
+    );
+    assert_eq!(fuse_mounts(dir), mounted, "nothing detached");
+    check_reads_through(&ctrd, &c1, pid);
+    // A plain SIGTERM to the manager is refused while its mounts are in use.
+    let manager_log = root.join("fuse-manager.log");
+    let refusals = || {
+        std::fs::read_to_string(&manager_log)
+            .unwrap_or_default()
+            .matches("not exiting while mounts are in use")
+            .count()
+    };
+    let before = refusals();
+    // SAFETY: the manager pid was read from its pid file and checked alive above.
+    unsafe { libc::kill(manager as libc::pid_t, libc::SIGTERM) };
+    wait_for(
+        "the manager to refuse SIGTERM",
+        Duration::from_secs(30),
+        || (refusals() > before).then_some(()),
+    );
+    assert!(pid_alive(manager));
+    assert_eq!(fuse_mounts(dir), mounted, "nothing detached");
+    check_reads_through(&ctrd, &c1, pid);
+    td.kill();
+    let mut td = Teleportd::start_with(&root, &socket, &log, &targs);
+    assert_eq!(manager_pid(&root), manager);
+
     // Both die: the mounts left behind are dead (ENOTCONN); the next teleportd detaches them,
     // starts a new manager and mounts again from metadata.
     td.kill();

@@ -80,6 +80,9 @@ struct Cli {
     /// node ends up with the full image (off by default: a start needs a few percent of it).
     #[arg(long)]
     prefetch_layers: bool,
+    /// Size cap of the chunk cache (least recently used packs are evicted); default unbounded.
+    #[arg(long, value_name = "BYTES")]
+    cache_max_bytes: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -168,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             start_profile: !cli.no_start_profile,
             profile_window,
             prefetch_layers: cli.prefetch_layers,
+            cache_max_bytes: cli.cache_max_bytes,
         };
         fuse_mount::manager::server::run(cfg, shutdown_signal()).await?;
         return Ok(());
@@ -200,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
         start_profile: !cli.no_start_profile,
         profile_window,
         prefetch_layers: cli.prefetch_layers,
+        cache_max_bytes: cli.cache_max_bytes,
         ..Config::new(cli.root, cli.address)
     };
     daemon::run(cfg, shutdown_signal()).await?;

@@ -4,11 +4,83 @@
 use std::time::{Duration, Instant};
 
 use emulator::Digest;
-use reqwest::header::{HeaderValue, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderValue, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::layer::{LayerHandle, Source};
 use super::{Client, Error, LayerInfo, MountInfo, MountStatus, Result};
+
+/// Largest `/mount` answer accepted (a few hundred layers take well under 1 MiB).
+pub(crate) const MOUNT_BODY_MAX: u64 = 8 << 20;
+/// Largest start profile accepted (`emulator::profile::MAX_RANGES` ranges fit easily).
+const PROFILE_BODY_MAX: u64 = 8 << 20;
+/// Largest token answer accepted.
+const TOKEN_BODY_MAX: u64 = 256 << 10;
+
+/// True when `a` and `b` have the same scheme, host and port.
+pub(crate) fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.origin() == b.origin()
+}
+
+/// Reads a response body of at most `max` bytes: a larger one (by `Content-Length` or while
+/// streaming) is refused without buffering it.
+pub(crate) async fn read_capped(
+    mut resp: Response,
+    max: u64,
+    url: &str,
+) -> std::result::Result<Vec<u8>, CappedError> {
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(CappedError::TooLarge(Error::TooLarge {
+            url: url.to_string(),
+            max,
+        }));
+    }
+    let mut out = Vec::with_capacity(
+        usize::try_from(resp.content_length().unwrap_or(0).min(max)).unwrap_or(0),
+    );
+    while let Some(chunk) = resp.chunk().await.map_err(CappedError::Http)? {
+        if out.len() as u64 + chunk.len() as u64 > max {
+            return Err(CappedError::TooLarge(Error::TooLarge {
+                url: url.to_string(),
+                max,
+            }));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Why [`read_capped`] failed: the transfer (retryable) or the size (final).
+#[derive(Debug)]
+pub(crate) enum CappedError {
+    Http(reqwest::Error),
+    TooLarge(Error),
+}
+
+impl CappedError {
+    fn into_error(self, url: &str) -> Error {
+        match self {
+            CappedError::Http(source) => Error::Http {
+                url: url.to_string(),
+                source,
+            },
+            CappedError::TooLarge(e) => e,
+        }
+    }
+}
+
+/// Whether a `Content-Range: bytes a-b/total` header answers exactly `a..=b`.
+fn content_range_is(h: Option<&HeaderValue>, (a, b): (u64, u64)) -> bool {
+    let Some(v) = h.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let Some((span, _total)) = v.strip_prefix("bytes ").and_then(|r| r.split_once('/')) else {
+        return false;
+    };
+    span.split_once('-')
+        .and_then(|(x, y)| Some((x.trim().parse::<u64>().ok()?, y.trim().parse::<u64>().ok()?)))
+        == Some((a, b))
+}
 
 /// The parts of a `WWW-Authenticate: Bearer realm=..,service=..` challenge we use.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,11 +129,20 @@ enum Attempt<T> {
 }
 
 impl Client {
+    /// `path` (from a registry answer) against the base URL. Only same-origin URLs: an
+    /// absolute or `//host` URL elsewhere would receive the bearer token.
     fn url(&self, path: &str) -> Result<reqwest::Url> {
-        self.inner.base.join(path).map_err(|e| Error::Url {
+        let url = self.inner.base.join(path).map_err(|e| Error::Url {
             url: path.to_string(),
             reason: e.to_string(),
-        })
+        })?;
+        if !same_origin(&url, &self.inner.base) {
+            return Err(Error::Url {
+                url: path.to_string(),
+                reason: "not on the registry's origin".into(),
+            });
+        }
+        Ok(url)
     }
 
     async fn fetch_token(&self, repo: &str, actions: &str, ch: &Challenge) -> Result<String> {
@@ -85,14 +166,32 @@ impl Client {
             .get(realm.clone())
             .query(&[("service", service.as_str()), ("scope", scope.as_str())])
             .timeout(self.inner.opts.request_timeout);
-        if let Some(c) = &self.inner.creds {
-            req = req.basic_auth(&c.username, Some(&c.password));
+        // The password goes only to the registry's own origin: a challenge naming another
+        // realm (plain http or not) gets an anonymous token request.
+        let creds = self
+            .inner
+            .creds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match &creds {
+            Some(c) if same_origin(&realm, &self.inner.base) => {
+                req = req.basic_auth(&c.username, Some(&c.password));
+            }
+            Some(_) => {
+                tracing::warn!(realm = %realm.origin().ascii_serialization(), "token realm is on another origin: not sending credentials there");
+            }
+            None => {}
         }
         let resp = req.send().await.map_err(|e| auth_err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(auth_err(format!("token endpoint said {}", resp.status())));
         }
-        let body: TokenBody = resp.json().await.map_err(|e| auth_err(e.to_string()))?;
+        let bytes = read_capped(resp, TOKEN_BODY_MAX, realm.as_str())
+            .await
+            .map_err(|e| auth_err(e.into_error(realm.as_str()).to_string()))?;
+        let body: TokenBody =
+            serde_json::from_slice(&bytes).map_err(|e| auth_err(e.to_string()))?;
         body.access_token
             .or(body.token)
             .filter(|t| !t.is_empty())
@@ -172,10 +271,9 @@ impl Client {
             })?;
         match resp.status() {
             StatusCode::OK => {
-                let bytes = resp.bytes().await.map_err(|source| Error::Http {
-                    url: url.to_string(),
-                    source,
-                })?;
+                let bytes = read_capped(resp, MOUNT_BODY_MAX, url.as_str())
+                    .await
+                    .map_err(|e| e.into_error(url.as_str()))?;
                 let info: MountInfo =
                     serde_json::from_slice(&bytes).map_err(|source| Error::MountJson {
                         url: url.to_string(),
@@ -202,8 +300,9 @@ impl Client {
             Some(b) => b,
             None => {
                 let deadline = Instant::now() + self.inner.opts.read_deadline;
+                // The index's size is known from /mount: nothing larger is read.
                 let b = self
-                    .get_range(repo, &layer.index.url, None, deadline)
+                    .get_whole(repo, &layer.index.url, layer.index.size, deadline)
                     .await?;
                 let got = Digest::sha256_of(&b);
                 if got != *want {
@@ -228,6 +327,12 @@ impl Client {
             return Err(mismatch(format!(
                 "data size {} vs {}",
                 index.data_size, layer.data.size
+            )));
+        }
+        if index.diff_id != layer.diff_id {
+            return Err(mismatch(format!(
+                "diff ID {} vs {}",
+                index.diff_id, layer.diff_id
             )));
         }
         if index.data_digest != layer.data.digest {
@@ -278,7 +383,9 @@ impl Client {
                 })
             }
         }
-        let bytes = resp.bytes().await.map_err(http_err)?;
+        let bytes = read_capped(resp, PROFILE_BODY_MAX, url.as_str())
+            .await
+            .map_err(|e| e.into_error(url.as_str()))?;
         // The node knows the data size only later (replay skips ranges outside the index).
         let doc =
             emulator::profile::Profile::decode(&bytes, u64::MAX).map_err(|e| Error::Profile {
@@ -324,13 +431,36 @@ impl Client {
         }
     }
 
-    /// GET `path` (whole, or `range` = inclusive byte range), retrying network errors, 5xx and
-    /// 429 with exponential backoff until `deadline` or `max_attempts`.
+    /// GET the whole of `path`, at most `max` bytes; see [`Client::get_range`].
+    pub(crate) async fn get_whole(
+        &self,
+        repo: &str,
+        path: &str,
+        max: u64,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        self.get(repo, path, Err(max), deadline).await
+    }
+
+    /// GET the inclusive byte range `range` of `path`, retrying network errors, 5xx and 429
+    /// with exponential backoff until `deadline` or `max_attempts`. The answer must be exactly
+    /// that range (`Content-Range` and body length).
     pub(crate) async fn get_range(
         &self,
         repo: &str,
         path: &str,
-        range: Option<(u64, u64)>,
+        range: (u64, u64),
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        self.get(repo, path, Ok(range), deadline).await
+    }
+
+    /// `what`: a byte range, or the whole body capped at a size.
+    async fn get(
+        &self,
+        repo: &str,
+        path: &str,
+        what: std::result::Result<(u64, u64), u64>,
         deadline: Instant,
     ) -> Result<Vec<u8>> {
         let url = self.url(path)?;
@@ -346,7 +476,7 @@ impl Client {
                 break;
             }
             let timeout = remaining.min(opts.request_timeout);
-            match self.attempt(repo, &url, range, timeout).await? {
+            match self.attempt(repo, &url, what, timeout).await? {
                 Attempt::Done(b) => return Ok(b),
                 Attempt::Retry(why) => last = why,
             }
@@ -372,9 +502,10 @@ impl Client {
         &self,
         repo: &str,
         url: &reqwest::Url,
-        range: Option<(u64, u64)>,
+        what: std::result::Result<(u64, u64), u64>,
         timeout: Duration,
     ) -> Result<Attempt<Vec<u8>>> {
+        let range = what.ok();
         let build = || {
             let r = self.inner.http.get(url.clone());
             match range {
@@ -408,9 +539,33 @@ impl Client {
                 });
             }
         }
-        let body = match resp.bytes().await {
+        if let (Some((a, b)), true) = (range, partial) {
+            if !content_range_is(resp.headers().get(CONTENT_RANGE), (a, b)) {
+                return Err(Error::BadContentRange {
+                    url: url.to_string(),
+                    got: resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
+                    want: format!("{a}-{b}"),
+                });
+            }
+        }
+        if partial && range.is_none() {
+            // A partial answer to a request for the whole body.
+            return Err(Error::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let max = match what {
+            Ok((a, b)) => b.saturating_sub(a).saturating_add(1),
+            Err(max) => max,
+        };
+        let body = match read_capped(resp, max, url.as_str()).await {
             Ok(b) => b,
-            Err(e) => return Ok(Attempt::Retry(e.to_string())),
+            Err(CappedError::Http(e)) => return Ok(Attempt::Retry(e.to_string())),
+            Err(CappedError::TooLarge(e)) => return Err(e),
         };
         if let Some((a, b)) = range {
             let want = b.saturating_sub(a).saturating_add(1);
@@ -425,8 +580,7 @@ impl Client {
                 ));
             }
         }
-        // Usually reuses the buffer instead of copying.
-        Ok(Attempt::Done(Vec::from(body)))
+        Ok(Attempt::Done(body))
     }
 }
 
@@ -474,20 +628,152 @@ mod tests {
         };
         let c = Client::new(&url, None, dir.path(), opts).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let r = c.block_on(c.get_range("r", "/x", Some((0, 9)), deadline));
+        let r = c.block_on(c.get_range("r", "/x", (0, 9), deadline));
         assert!(matches!(r, Err(Error::GaveUp { attempts: 3, .. })), "{r:?}");
         assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
         // Not retryable: a 404 fails at once.
         let (url, n) = fake_server("404 Not Found");
         let c = Client::new(&url, None, dir.path(), Default::default()).unwrap();
-        let r = c.block_on(c.get_range("r", "/x", Some((0, 9)), deadline));
+        let r = c.block_on(c.get_range("r", "/x", (0, 9), deadline));
         assert!(matches!(r, Err(Error::Status { status: 404, .. })), "{r:?}");
         assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1);
         // A 200 with the whole blob to a Range request is refused, not buffered.
         let (url, _) = fake_server("200 OK");
         let c = Client::new(&url, None, dir.path(), Default::default()).unwrap();
-        let r = c.block_on(c.get_range("r", "/x", Some((5, 9)), deadline));
+        let r = c.block_on(c.get_range("r", "/x", (5, 9), deadline));
         assert!(matches!(r, Err(Error::Status { status: 200, .. })), "{r:?}");
+    }
+
+    use super::super::testserver::{partial, range_of, respond, serve};
+    use super::super::BlobRef;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    fn layer_info(index_url: &str, index: &[u8]) -> LayerInfo {
+        let d = Digest::sha256_of(b"x");
+        LayerInfo {
+            digest: d.clone(),
+            media_type: emulator::oci::MT_OCI_LAYER_TAR.into(),
+            size: 1,
+            diff_id: d.clone(),
+            uncompressed_size: 1,
+            index: BlobRef {
+                url: index_url.into(),
+                size: index.len() as u64,
+                digest: Digest::sha256_of(index),
+            },
+            data: BlobRef {
+                url: "/data".into(),
+                size: 1,
+                digest: d,
+            },
+            chunk_size: 16 << 10,
+            entries: 1,
+        }
+    }
+
+    #[test]
+    fn hostile_registry_answers_are_capped_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || super::super::ClientOptions {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        // Another origin that records whether anything (and which credentials) reached it.
+        let elsewhere_hits = Arc::new(AtomicU32::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = serve(move |req| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let basic = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|h| h.as_bytes().starts_with(b"Basic "));
+            let body = if basic {
+                r#"{"token":"stolen"}"#
+            } else {
+                r#"{"token":"anon"}"#
+            };
+            respond(200, &[], body.as_bytes().to_vec())
+        });
+        let other = elsewhere.url.clone();
+        let data: Vec<u8> = (0..100u8).collect();
+        let token_seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = token_seen.clone();
+        let (data2, other2) = (data.clone(), other.clone());
+        let reg = serve(move |req| {
+            let (data, other) = (&data2, &other2);
+            let path = req.uri().path().to_string();
+            if let Some(a) = req.headers().get("authorization") {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(a.as_bytes()).into_owned());
+            }
+            match path.as_str() {
+                // /mount: a body past the cap.
+                p if p.starts_with("/mount/v1/big/_manifests/") => {
+                    respond(200, &[], vec![b' '; (MOUNT_BODY_MAX + 1) as usize])
+                }
+                // The index is longer than /mount said.
+                "/index" => respond(200, &[], vec![7u8; 4096]),
+                p if p.starts_with("/mount/v1/r/_profiles/") => {
+                    respond(200, &[], vec![b' '; (PROFILE_BODY_MAX + 1) as usize])
+                }
+                // Content-Range of another range than asked for.
+                "/wrong-range" => {
+                    let (a, b) = range_of(req).unwrap_or((0, 0));
+                    let mut r = partial(data, (a + 1, b + 1));
+                    *r.status_mut() = hyper::StatusCode::PARTIAL_CONTENT;
+                    r
+                }
+                "/data" => match range_of(req) {
+                    Some(r) => partial(data, r),
+                    None => respond(400, &[], Vec::new()),
+                },
+                // Asks for a token from a realm on another origin.
+                "/authed" => respond(
+                    401,
+                    &[(
+                        "www-authenticate",
+                        format!(r#"Bearer realm="{other}/token",service="x""#),
+                    )],
+                    Vec::new(),
+                ),
+                _ => respond(404, &[], Vec::new()),
+            }
+        });
+        let creds = Some(super::super::Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        });
+        let c = Client::new(&reg.url, creds, dir.path().join("c"), opts()).unwrap();
+        let d = Digest::sha256_of(b"m");
+        let r = c.resolve_blocking("big", &d);
+        assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
+        let r = c.open_layer_blocking("r", &layer_info("/index", &[7u8; 100]));
+        assert!(matches!(r, Err(Error::TooLarge { max: 100, .. })), "{r:?}");
+        let r = c.block_on(c.get_profile("r", &d));
+        assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let r = c.block_on(c.get_range("r", "/wrong-range", (10, 19), deadline));
+        assert!(matches!(r, Err(Error::BadContentRange { .. })), "{r:?}");
+        let r = c.block_on(c.get_range("r", "/data", (10, 19), deadline));
+        assert_eq!(r.unwrap(), data[10..20]);
+        // URLs off the registry's origin are never requested (the bearer token would follow).
+        for url in [format!("{other}/index"), format!("//{}/index", &other[7..])] {
+            let r = c.open_layer_blocking("r", &layer_info(&url, &[7u8; 100]));
+            assert!(matches!(r, Err(Error::Url { .. })), "{url}: {r:?}");
+        }
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0);
+        // A token realm on another origin never gets the password.
+        let _ = c.block_on(c.get_range("r", "/authed", (0, 9), deadline));
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            1,
+            "anonymous token request"
+        );
+        let seen = token_seen.lock().unwrap();
+        assert!(seen.iter().all(|a| !a.contains("stolen")), "{seen:?}");
+        assert!(seen.iter().any(|a| a == "Bearer anon"), "{seen:?}");
     }
 
     #[test]

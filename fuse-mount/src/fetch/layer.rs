@@ -292,9 +292,9 @@ impl LayerHandle {
         } else {
             last
         };
-        self.ensure_chunks(first, fetch_last, counters, Purpose::Read)?;
+        self.ensure_chunks(first, fetch_last, last, counters, Purpose::Read)?;
         let cache = &self.inner.client.inner.cache;
-        for c in &self.inner.index.chunks[first..=last] {
+        for (i, c) in self.inner.index.chunks[first..=last].iter().enumerate() {
             let c_end = c.offset + u64::from(c.len);
             let a = offset.max(c.offset);
             let b = end.min(c_end);
@@ -302,7 +302,12 @@ impl LayerHandle {
                 continue;
             }
             let dst = &mut buf[(a - offset) as usize..(b - offset) as usize];
-            cache.read_chunk(&c.digest, a - c.offset, dst)?;
+            if cache.read_chunk(&c.digest, a - c.offset, dst).is_err() {
+                // Evicted since, or found corrupt on disk (and dropped): fetch it again.
+                let i = first + i;
+                self.ensure_chunks(i, i, i, counters, Purpose::Read)?;
+                cache.read_chunk(&c.digest, a - c.offset, dst)?;
+            }
         }
         counters.read(buf.len() as u64);
         self.record(offset, buf.len() as u64);
@@ -350,7 +355,7 @@ impl LayerHandle {
         let mut i = first;
         while i <= last && i < self.inner.index.chunks.len() {
             let j = last.min(i.saturating_add(per - 1));
-            self.ensure_chunks(i, j, counters, purpose)?;
+            self.ensure_chunks(i, j, j, counters, purpose)?;
             i = j + 1;
         }
         Ok(())
@@ -361,10 +366,13 @@ impl LayerHandle {
     /// for (single-flight).
     /// `purpose`: a reader waits for these (cache hits are counted only then), or a background
     /// prefetch / profile replay (its bytes counted as such).
+    /// Only chunks `first..=need_last` can fail the call: the ones after it are read-ahead,
+    /// fetched along in the same requests but neither waited for nor required.
     pub(crate) fn ensure_chunks(
         &self,
         first: usize,
         last: usize,
+        need_last: usize,
         counters: &Counters,
         purpose: Purpose,
     ) -> Result<()> {
@@ -394,7 +402,10 @@ impl LayerHandle {
                     reason: "flight table poisoned".into(),
                 })?;
             if let Some(f) = flights.get(&key) {
-                wait.push((c.digest.clone(), Arc::clone(f)));
+                // Read-ahead another thread is fetching is its business, not this read's.
+                if i <= need_last {
+                    wait.push((c.digest.clone(), Arc::clone(f)));
+                }
             } else if lead.iter().any(|(_, g)| g.key == key) {
                 // The same content twice in one range: fetched once by this call.
             } else if cache.contains(&c.digest) {
@@ -456,15 +467,17 @@ impl LayerHandle {
                 Err(e) => {
                     counters.error();
                     let msg = e.to_string();
-                    for (_, g) in run.iter_mut() {
-                        g.finish(Err(msg.clone()));
+                    for (i, g) in run.iter_mut() {
+                        // Chunks of the run that did arrive intact are stored: say so.
+                        if cache.contains(&chunks[*i].digest) {
+                            g.finish(Ok(()));
+                        } else {
+                            g.finish(Err(msg.clone()));
+                        }
                     }
                     first_err.get_or_insert(e);
                 }
             }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
         }
         // A leader elsewhere is bounded by its own budget; ours caps the wait regardless.
         let wait_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
@@ -472,7 +485,18 @@ impl LayerHandle {
             wait_flight(&f, &digest, wait_deadline)?;
             hit();
         }
-        Ok(())
+        match first_err {
+            // A failed run fails the call only if a chunk it needs did not arrive (a run's
+            // good chunks are stored even when one of its others failed).
+            Some(e)
+                if !chunks[first..=need_last.min(last)]
+                    .iter()
+                    .all(|c| cache.contains(&c.digest)) =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Fetch each run of chunks (consecutive indices) with one request, all runs at once;
@@ -494,7 +518,7 @@ impl LayerHandle {
                     match span(idxs) {
                         Some((start, end)) => {
                             client
-                                .get_range(repo, url, Some((start, end - 1)), deadline)
+                                .get_range(repo, url, (start, end - 1), deadline)
                                 .await
                         }
                         None => Ok(Vec::new()),
@@ -528,28 +552,38 @@ impl LayerHandle {
             .collect()
     }
 
-    /// Verify each chunk of a fetched run against the index and store it.
+    /// Verify each chunk of a fetched run against the index and store it; a bad chunk is not
+    /// stored (the first such error is returned) but does not keep the good ones out.
     fn store_run(&self, idxs: &[usize], start: u64, bytes: &[u8]) -> Result<()> {
         let chunks = &self.inner.index.chunks;
         let cache = &self.inner.client.inner.cache;
+        let mut first_err = None;
         for &i in idxs {
             let c: &ChunkInfo = &chunks[i];
             let from = (c.offset - start) as usize;
-            let part = bytes.get(from..from + c.len as usize).ok_or(Error::Range {
-                offset: c.offset,
-                len: u64::from(c.len),
-                size: start + bytes.len() as u64,
-            })?;
-            let got = Digest::sha256_of(part);
-            if got != c.digest {
-                return Err(Error::DigestMismatch {
-                    expected: c.digest.clone(),
-                    actual: got,
-                });
+            let res = match bytes.get(from..from + c.len as usize) {
+                None => Err(Error::Range {
+                    offset: c.offset,
+                    len: u64::from(c.len),
+                    size: start + bytes.len() as u64,
+                }),
+                Some(part) => {
+                    let got = Digest::sha256_of(part);
+                    if got == c.digest {
+                        cache.put_chunk(&c.digest, part)
+                    } else {
+                        Err(Error::DigestMismatch {
+                            expected: c.digest.clone(),
+                            actual: got,
+                        })
+                    }
+                }
+            };
+            if let Err(e) = res {
+                first_err.get_or_insert(e);
             }
-            cache.put_chunk(&c.digest, part)?;
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 }
 
@@ -599,3 +633,145 @@ const _: () = {
     const fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<LayerHandle>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::testserver::{partial, range_of, respond, serve};
+    use crate::fetch::{ClientOptions, Counters};
+
+    /// A layer with one file of `n` distinct 16 KiB chunks, expanded; returns its index and
+    /// data blob.
+    pub(crate) fn expanded(n: usize) -> (Index, Vec<u8>) {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let content: Vec<u8> = (0..n * (16 << 10))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "f", &content[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("d"))
+            .unwrap();
+        let opts = emulator::ExpandOptions {
+            chunk_size: 16 << 10,
+            ..Default::default()
+        };
+        let ex = emulator::expand_to_file(
+            &tar[..],
+            Some(emulator::oci::MT_OCI_LAYER_TAR),
+            None,
+            &mut f,
+            &opts,
+        )
+        .unwrap();
+        let data = std::fs::read(dir.path().join("d")).unwrap();
+        (ex.index, data)
+    }
+
+    #[test]
+    fn only_the_chunks_a_read_needs_can_fail_it() {
+        let (index, data) = expanded(4);
+        assert!(index.chunks.len() >= 4, "{}", index.chunks.len());
+        let bad = index.chunks[2].offset;
+        let served = data.clone();
+        // The registry fails every request for the range starting at chunk 2.
+        let srv = serve(move |req| match range_of(req) {
+            Some((a, _)) if a == bad => respond(500, &[], Vec::new()),
+            Some(r) => partial(&served, r),
+            None => respond(400, &[], Vec::new()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ClientOptions {
+            max_attempts: 1,
+            start_profile: false,
+            ..Default::default()
+        };
+        let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
+        let source = Source::Remote {
+            repo: "r".into(),
+            url: "/data".into(),
+            layer: Digest::sha256_of(b"layer"),
+        };
+        let layer = LayerHandle::new(client, index.clone(), source);
+        let counters = Counters::default();
+        let c = &index.chunks;
+        // Chunk 1 cached: a read of chunk 0 with read-ahead through chunk 2 makes two runs.
+        let mut buf = vec![0u8; 10];
+        layer.read_data(c[1].offset, &mut buf, &counters).unwrap();
+        let mut buf = vec![0u8; 100];
+        let ahead = c[2].offset + u64::from(c[2].len);
+        let r = layer.read_data_ahead(c[0].offset, &mut buf, ahead, &counters);
+        assert!(r.is_ok(), "the read's own bytes arrived: {r:?}");
+        assert_eq!(buf, data[c[0].offset as usize..][..100]);
+        // Chunk 2 itself really cannot be had.
+        let r = layer.read_data(c[2].offset, &mut buf, &counters);
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn corrupt_cached_bytes_are_fetched_again_after_a_restart() {
+        let (index, data) = expanded(2);
+        let served = data.clone();
+        let requests = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let n = requests.clone();
+        let srv = serve(move |req| {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match range_of(req) {
+                Some(r) => partial(&served, r),
+                None => respond(400, &[], Vec::new()),
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let opts = ClientOptions {
+                start_profile: false,
+                ..Default::default()
+            };
+            let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
+            let source = Source::Remote {
+                repo: "r".into(),
+                url: "/data".into(),
+                layer: Digest::sha256_of(b"layer"),
+            };
+            LayerHandle::new(client, index.clone(), source)
+        };
+        let counters = Counters::default();
+        let mut buf = vec![0u8; 1000];
+        {
+            let layer = open();
+            layer.read_data(0, &mut buf, &counters).unwrap();
+        }
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Rot the cached bytes on disk, then "restart".
+        for e in std::fs::read_dir(dir.path().join("packs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|e| e == "dat") {
+                let mut b = std::fs::read(&p).unwrap();
+                for x in &mut b[..100] {
+                    *x ^= 0x5a;
+                }
+                std::fs::write(&p, b).unwrap();
+            }
+        }
+        let layer = open();
+        let mut buf = vec![0u8; 1000];
+        layer.read_data(0, &mut buf, &counters).unwrap();
+        assert_eq!(buf, data[..1000], "the correct bytes, fetched again");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}

@@ -11,6 +11,8 @@ mod http;
 mod layer;
 mod mount_info;
 mod profile;
+#[cfg(test)]
+pub(crate) mod testserver;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use cache::ChunkCache;
 pub use counters::{Counters, CountersSnapshot};
+pub(crate) use http::{read_capped, CappedError, MOUNT_BODY_MAX};
 pub use layer::{LayerHandle, LocalSource};
 pub use mount_info::{BlobRef, LayerInfo, MountInfo, MountStatus};
 
@@ -85,6 +88,14 @@ pub enum Error {
     Join(String),
     #[error("{url}: invalid start profile: {reason}")]
     Profile { url: String, reason: String },
+    #[error("{url}: body larger than {max} bytes")]
+    TooLarge { url: String, max: u64 },
+    #[error("{url}: Content-Range {got:?} does not answer bytes={want}")]
+    BadContentRange {
+        url: String,
+        got: Option<String>,
+        want: String,
+    },
 }
 
 /// Registry credentials for the token endpoint (basic auth). `None` means anonymous.
@@ -132,6 +143,9 @@ pub struct ClientOptions {
     pub profile_request_max: u64,
     /// Runtime worker threads for HTTP.
     pub http_threads: usize,
+    /// Size cap of the chunk cache's pack files (least recently used packs are evicted);
+    /// `None`: unbounded.
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -148,6 +162,7 @@ impl Default for ClientOptions {
             profile_window: Duration::from_secs(10),
             profile_request_max: 1 << 20,
             http_threads: 2,
+            cache_max_bytes: None,
         }
     }
 }
@@ -187,7 +202,8 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) base: reqwest::Url,
-    pub(crate) creds: Option<Credentials>,
+    /// Replaceable while mounts are served (password rotation, see [`Client::set_credentials`]).
+    pub(crate) creds: std::sync::RwLock<Option<Credentials>>,
     pub(crate) http: reqwest::Client,
     /// Owned runtime; `Option` so Drop can shut it down without blocking (safe inside async code).
     pub(crate) rt: Option<tokio::runtime::Runtime>,
@@ -255,12 +271,12 @@ impl Client {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let cache = ChunkCache::open(cache_dir.into())?;
+        let cache = ChunkCache::open(cache_dir.into(), opts.cache_max_bytes)?;
         let (tx, rx) = mpsc::channel::<PrefetchJob>();
         let client = Client {
             inner: Arc::new(Inner {
                 base,
-                creds,
+                creds: std::sync::RwLock::new(creds),
                 http,
                 rt: Some(rt),
                 tokens: Mutex::new(HashMap::new()),
@@ -280,6 +296,15 @@ impl Client {
                 .map_err(Error::Runtime)?;
         }
         Ok(client)
+    }
+
+    /// New registry credentials for every later token request (tokens got with the old ones
+    /// are dropped); mounts keep being served.
+    pub fn set_credentials(&self, creds: Option<Credentials>) {
+        *self.inner.creds.write().unwrap_or_else(|p| p.into_inner()) = creds;
+        if let Ok(mut t) = self.inner.tokens.lock() {
+            t.clear();
+        }
     }
 
     /// The node-wide chunk cache.

@@ -267,8 +267,10 @@ fn mount_tree(
         MountOption::Subtype("teleport".into()),
         MountOption::RO,
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        // Overlayfs checks suid/dev against its own mount, not its lowers': a container's
+        // setuid binaries still work, while the FUSE mount itself grants nothing.
+        MountOption::NoDev,
+        MountOption::NoSuid,
         MountOption::Exec,
         MountOption::NoAtime,
     ];
@@ -332,6 +334,31 @@ impl MountHandle {
         self.unmount_inner()
     }
 
+    /// Unmount unless the mount is in use (overlayfs stacked on it, open files, a cwd): then
+    /// it stays mounted and served, and is handed back.
+    pub fn unmount_if_idle(mut self) -> std::result::Result<(), MountHandle> {
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) => Err(self),
+            // Unmounted (the session thread ends now), or not mounted any more.
+            Ok(()) | Err(_) => {
+                self.unmounter.take();
+                self.join_session();
+                Ok(())
+            }
+        }
+    }
+
+    fn join_session(&mut self) {
+        if self.finished.recv_timeout(self.join_timeout).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        } else {
+            tracing::warn!(path = %self.mountpoint.display(), "fuse threads did not stop in time");
+            self.thread.take();
+        }
+    }
+
     fn unmount_inner(&mut self) -> Result<()> {
         let Some(mut u) = self.unmounter.take() else {
             return Ok(());
@@ -350,13 +377,7 @@ impl MountHandle {
             self.thread.take();
             return Ok(());
         }
-        if self.finished.recv_timeout(self.join_timeout).is_ok() {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        } else {
-            tracing::warn!(path = %self.mountpoint.display(), "fuse threads did not stop in time");
-        }
+        self.join_session();
         Ok(())
     }
 }

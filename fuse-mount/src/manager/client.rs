@@ -97,7 +97,7 @@ async fn cleanup_blocking(root: &Path) -> Result<super::Cleanup> {
 fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     let m = &cfg.manager;
     let log_file = super::log_path(&m.root);
-    let log = std::fs::OpenOptions::new()
+    let log = crate::private::open_options()
         .create(true)
         .append(true)
         .open(&log_file)
@@ -126,6 +126,9 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
         .arg(m.profile_window.as_secs_f64().to_string());
     if m.prefetch_layers {
         cmd.arg("--prefetch-layers");
+    }
+    if let Some(max) = m.cache_max_bytes {
+        cmd.arg("--cache-max-bytes").arg(max.to_string());
     }
     cmd.arg(super::SUBCOMMAND)
         .stdin(Stdio::null())
@@ -164,11 +167,45 @@ impl ManagerClient {
                     keep_on_shutdown,
                 });
             }
+            Ok(info) if info.fingerprint.differs_only_in_credentials(&want) => {
+                // A rotated password: told over the socket, the mounts stay as they are.
+                let creds = cfg.manager.credentials.as_ref();
+                let req = Request::SetCredentials {
+                    user: creds.map(|c| c.username.clone()),
+                    password: creds.map(|c| c.password.clone()),
+                };
+                expect_ok(call_at(&socket, &req, QUICK).await?)?;
+                info!(
+                    pid = info.pid,
+                    "gave the running fuse manager its new credentials"
+                );
+                return Ok(ManagerClient {
+                    root,
+                    socket,
+                    pid: info.pid,
+                    child: Mutex::new(None),
+                    keep_on_shutdown,
+                });
+            }
             Ok(info) => {
                 info!(pid = info.pid, running = ?info.fingerprint, wanted = ?want,
                     "fuse manager runs with another configuration; replacing it");
-                if let Err(e) = call_at(&socket, &Request::Shutdown, SLOW).await {
-                    warn!(error = %e, "asking the old fuse manager to exit");
+                match call_at(&socket, &Request::Shutdown { force: false }, SLOW).await {
+                    Ok(_) => {}
+                    // Running containers read through it: replacing it would detach their
+                    // layers (ENOTCONN). Keep it; it is replaced once its mounts are released.
+                    Err(Error::Server(msg)) => {
+                        warn!(pid = info.pid, reason = %msg,
+                            "keeping the fuse manager with its old configuration: its mounts are in use");
+                        return Ok(ManagerClient {
+                            root,
+                            socket,
+                            pid: info.pid,
+                            child: Mutex::new(None),
+                            keep_on_shutdown,
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "asking the old fuse manager to exit"),
                 }
             }
             Err(e) => info!(reason = %e, "no fuse manager answers; starting one"),
@@ -241,9 +278,10 @@ impl ManagerClient {
         }
     }
 
-    /// Asks the manager to unmount everything and exit, then waits for its pid to go.
-    pub async fn shutdown_manager(&self) -> Result<()> {
-        expect_ok(self.call(&Request::Shutdown, SLOW).await?)?;
+    /// Asks the manager to unmount and exit, then waits for its pid to go. Without `force` a
+    /// manager whose mounts are in use refuses (an error) and keeps serving them.
+    pub async fn shutdown_manager(&self, force: bool) -> Result<()> {
+        expect_ok(self.call(&Request::Shutdown { force }, SLOW).await?)?;
         let pid = self.pid;
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         let gone = tokio::task::spawn_blocking(move || match child {
@@ -340,8 +378,11 @@ impl LayerMounter for ManagerClient {
                 );
                 return;
             }
-            if let Err(e) = self.shutdown_manager().await {
-                warn!(error = %e, "stopping the fuse manager");
+            match self.shutdown_manager(false).await {
+                Ok(()) => {}
+                Err(Error::Server(msg)) => warn!(pid = self.pid, reason = %msg,
+                    "the fuse manager keeps serving mounts in use; left running"),
+                Err(e) => warn!(error = %e, "stopping the fuse manager"),
             }
         })
     }

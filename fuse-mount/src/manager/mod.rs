@@ -177,6 +177,31 @@ pub fn mounts_below(root: &Path) -> Vec<MountEntry> {
     out
 }
 
+/// Every lower directory of the overlayfs mounts in this mount namespace (containerd's shim
+/// mounts a container's rootfs in the host's). Overlayfs keeps private clones of its lowers,
+/// so a FUSE lower under a running container unmounts without EBUSY: this is how such a use
+/// is seen.
+pub fn overlay_lowers() -> std::collections::HashSet<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = std::collections::HashSet::new();
+    for l in text.lines() {
+        let Some((_, after)) = l.split_once(" - ") else {
+            continue;
+        };
+        let mut f = after.split(' ');
+        if f.next() != Some("overlay") {
+            continue;
+        }
+        let Some(opts) = f.nth(1) else { continue };
+        for o in opts.split(',') {
+            if let Some(lowers) = o.strip_prefix("lowerdir=") {
+                out.extend(lowers.split(':').filter(|s| !s.is_empty()).map(unescape));
+            }
+        }
+    }
+    out
+}
+
 /// What [`kill_manager`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Cleanup {
@@ -186,12 +211,44 @@ pub struct Cleanup {
     pub detached: Vec<PathBuf>,
 }
 
-/// Stops the fuse manager of `root` (the pid in `ROOT/fuse-manager.pid`, only if its command
+/// Asks the manager of `root`, over its socket, to detach everything and exit (blocking, at
+/// most `timeout`); true when it agreed.
+fn force_shutdown(root: &Path, timeout: Duration) -> bool {
+    use std::io::{BufRead, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket_path(root)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let Ok(mut req) = serde_json::to_vec(&proto::Request::Shutdown { force: true }) else {
+        return false;
+    };
+    req.push(b'\n');
+    if s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    matches!(
+        serde_json::from_str::<proto::Response>(&line),
+        Ok(proto::Response::Ok)
+    )
+}
+
+/// Stops the fuse manager of `root`: first a forced shutdown request over its socket, then (the
+/// pid in `ROOT/fuse-manager.pid`, only if its command
 /// line is a teleportd fuse manager for this root): SIGTERM (it unmounts what it serves), then
 /// SIGKILL if it has not exited within `grace`. Then detaches (lazily) every mount left below
 /// `root` and removes the pid and socket files. Blocking; safe to call when nothing runs.
 pub fn kill_manager(root: &Path, grace: Duration) -> Result<Cleanup> {
     let mut done = Cleanup::default();
+    if let Some(pid) = read_pid(root).filter(|&p| p > 1 && is_manager_for(p, root)) {
+        // A manager refuses SIGTERM while its mounts are in use: this is the forced stop.
+        if force_shutdown(root, grace) && wait_gone(pid, grace) {
+            info!(pid, root = %root.display(), "fuse manager stopped (forced)");
+            done.stopped = Some(pid);
+        }
+    }
     if let Some(pid) = read_pid(root).filter(|&p| p > 1 && is_manager_for(p, root)) {
         let Ok(raw) = libc::pid_t::try_from(pid) else {
             return Err(Error::Stuck(pid));

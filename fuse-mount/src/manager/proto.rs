@@ -25,6 +25,16 @@ pub struct Fingerprint {
     /// sha256 of the password: a changed secret must restart the manager, without the secret
     /// travelling over the socket.
     pub password_sha256: Option<String>,
+    /// Start-profile, prefetch and cache settings: a manager kept with other ones would go on
+    /// serving with its old settings.
+    #[serde(default)]
+    pub start_profile: bool,
+    #[serde(default)]
+    pub profile_window_ms: u64,
+    #[serde(default)]
+    pub prefetch_layers: bool,
+    #[serde(default)]
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// One layer to mount, as the snapshotter's [`LayerRef`] names it (the registry's `/mount`
@@ -36,6 +46,19 @@ pub struct LayerSpec {
     pub manifest: String,
     pub digest: String,
     pub mount_info: MountInfo,
+}
+
+impl Fingerprint {
+    /// Whether `other` differs from this one in the credentials only (which a running manager
+    /// can take over its socket instead of being replaced).
+    pub fn differs_only_in_credentials(&self, other: &Fingerprint) -> bool {
+        let strip = |f: &Fingerprint| Fingerprint {
+            user: None,
+            password_sha256: None,
+            ..f.clone()
+        };
+        strip(self) == strip(other)
+    }
 }
 
 impl From<&LayerRef> for LayerSpec {
@@ -97,8 +120,19 @@ pub enum Request {
     List,
     /// Fetch counters per mount.
     Stats,
-    /// Unmount everything, answer, then exit.
-    Shutdown,
+    /// Serve on with these registry credentials (a rotated password): answered Ok, the
+    /// manager's fingerprint then says so. Mounts are not touched.
+    SetCredentials {
+        user: Option<String>,
+        password: Option<String>,
+    },
+    /// Unmount and exit. Without `force`, mounts in use (a running container's layers) are
+    /// neither detached nor given up: the manager unmounts the idle ones, answers an error
+    /// naming the busy ones and keeps serving. With `force`, everything is detached.
+    Shutdown {
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,6 @@
 //! future (SIGTERM) — then unmounts everything and exits.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +35,8 @@ pub struct ManagerConfig {
     pub profile_window: std::time::Duration,
     /// See [`MountOptions::prefetch_layers`].
     pub prefetch_layers: bool,
+    /// See [`ClientOptions::cache_max_bytes`].
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl ManagerConfig {
@@ -50,6 +51,10 @@ impl ManagerConfig {
                 .credentials
                 .as_ref()
                 .map(|c| hex::encode(sha2::Sha256::digest(c.password.as_bytes()))),
+            start_profile: self.start_profile,
+            profile_window_ms: u64::try_from(self.profile_window.as_millis()).unwrap_or(u64::MAX),
+            prefetch_layers: self.prefetch_layers,
+            cache_max_bytes: self.cache_max_bytes,
         }
     }
 }
@@ -64,29 +69,35 @@ async fn bind(socket: &Path) -> Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(format!("removing stale {socket:?}"))(e)),
     }
-    let l = UnixListener::bind(socket).map_err(io(format!("binding {socket:?}")))?;
-    // Mount requests act as root: only root may talk to the manager.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("chmod {socket:?}")))?;
-    Ok(l)
+    // Mount requests act as root: only root may talk to the manager (0600 from the start).
+    let l = crate::private::bind_unix(socket).map_err(io(format!("binding {socket:?}")))?;
+    l.set_nonblocking(true)
+        .map_err(io(format!("binding {socket:?}")))?;
+    UnixListener::from_std(l).map_err(io(format!("binding {socket:?}")))
 }
 
 fn write_pid(root: &Path) -> Result<()> {
     let (path, tmp) = (super::pid_path(root), root.join(".fuse-manager.pid.tmp"));
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+    crate::private::create(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{}", std::process::id())
+        })
         .map_err(io(format!("writing {tmp:?}")))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("renaming to {path:?}")))
 }
 
 struct State {
     layers: FuseLayers,
-    info: ManagerInfo,
+    info: std::sync::Mutex<ManagerInfo>,
+    /// The configuration served with (credentials replaceable).
+    cfg: std::sync::Mutex<ManagerConfig>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Runs a manager until `shutdown` resolves or a client asks it to exit.
 pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    std::fs::create_dir_all(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
+    crate::private::dir(&cfg.root).map_err(io(format!("creating {:?}", cfg.root)))?;
     let socket = super::socket_path(&cfg.root);
     let listener = bind(&socket).await?;
     let client = Client::new(
@@ -96,6 +107,7 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         ClientOptions {
             start_profile: cfg.start_profile,
             profile_window: cfg.profile_window,
+            cache_max_bytes: cfg.cache_max_bytes,
             ..ClientOptions::default()
         },
     )?;
@@ -109,32 +121,52 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
                 ..MountOptions::default()
             },
         ),
-        info: ManagerInfo {
+        info: std::sync::Mutex::new(ManagerInfo {
             pid: std::process::id(),
             root: cfg.root.clone(),
             fingerprint: cfg.fingerprint(),
-        },
+        }),
+        cfg: std::sync::Mutex::new(cfg.clone()),
         stop,
     });
     info!(socket = %socket.display(), registry = %cfg.registry, pid = std::process::id(), "fuse manager serving");
+    // Every SIGTERM is a polite request (the `shutdown` future only sees the first one).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let shutdown = futures::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, &state).await {
-                            debug!(error = %e, "fuse manager connection");
+                    // Mount requests act as root: only a peer of our own uid is served,
+                    // whatever the socket's file mode says.
+                    match stream.peer_cred() {
+                        Ok(c) if c.uid() == nix::unistd::geteuid().as_raw() => {
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = serve_conn(stream, &state).await {
+                                    debug!(error = %e, "fuse manager connection");
+                                }
+                            });
                         }
-                    });
+                        Ok(c) => warn!(uid = c.uid(), pid = ?c.pid(), "fuse manager: refused a connection from another user"),
+                        Err(e) => warn!(error = %e, "fuse manager: no peer credentials; connection refused"),
+                    }
                 }
                 Err(e) => warn!(error = %e, "fuse manager accept"),
             },
             _ = stopped.changed() => break,
             _ = &mut shutdown => {
                 info!("fuse manager: shutdown signal");
-                break;
+                if polite_stop(&state).await {
+                    break;
+                }
+            }
+            Some(()) = next_term(&mut term) => {
+                info!("fuse manager: SIGTERM");
+                if polite_stop(&state).await {
+                    break;
+                }
             }
         }
     }
@@ -153,6 +185,26 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
     }
     info!("fuse manager stopped");
     Ok(())
+}
+
+async fn next_term(t: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match t {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stop that detaches nothing in use: unmounts the idle mounts; true when none is left.
+/// Mounts in use belong to running containers, which would get ENOTCONN: they keep being
+/// served until they are released or a forced shutdown detaches them.
+async fn polite_stop(state: &State) -> bool {
+    let busy = state.layers.unmount_idle().await;
+    if busy.is_empty() {
+        return true;
+    }
+    warn!(in_use = busy.len(), mounts = ?busy,
+        "fuse manager: not exiting while mounts are in use by running containers (a forced shutdown request detaches them)");
+    false
 }
 
 async fn serve_conn(stream: UnixStream, state: &State) -> Result<()> {
@@ -190,7 +242,26 @@ fn error(e: impl std::fmt::Display) -> Response {
 async fn handle(req: Request, state: &State) -> (Response, bool) {
     let layers = &state.layers;
     let resp = match req {
-        Request::Info => Response::Info(state.info.clone()),
+        Request::Info => {
+            Response::Info(state.info.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        }
+        Request::SetCredentials { user, password } => {
+            let creds = user.map(|username| Credentials {
+                username,
+                password: password.unwrap_or_default(),
+            });
+            layers.client().set_credentials(creds.clone());
+            let mut cfg = state.cfg.lock().unwrap_or_else(|p| p.into_inner());
+            cfg.credentials = creds;
+            state
+                .info
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fingerprint = cfg.fingerprint();
+            info!(user = ?cfg.credentials.as_ref().map(|c| c.username.clone()),
+                "fuse manager: registry credentials replaced");
+            Response::Ok
+        }
         Request::MountLayer { target, layer } => {
             if layers.is_mounted(&target).await {
                 Response::Ok
@@ -225,9 +296,19 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         Request::Stats => Response::Stats {
             mounts: layers.stats().await,
         },
-        Request::Shutdown => {
-            info!("fuse manager: asked to unmount everything and exit");
-            layers.unmount_all().await;
+        Request::Shutdown { force } => {
+            if force {
+                info!("fuse manager: asked to detach everything and exit");
+                layers.unmount_all().await;
+            } else if !polite_stop(state).await {
+                let n = layers.mountpoints().len();
+                return (
+                    error(format!(
+                        "{n} mounts in use; not exiting (force to detach them)"
+                    )),
+                    false,
+                );
+            }
             // Before answering: whoever asked may stop this process right after the answer.
             layers
                 .client()
@@ -237,4 +318,148 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         }
     };
     (resp, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    /// In a forked child running as `uid`: connect, ask `Info`, exit 0 when answered, 1 when
+    /// the manager closed the connection unanswered, 2 when it could not connect.
+    fn ask_as(uid: u32, socket: &Path) -> i32 {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, setgid, setuid, ForkResult, Gid, Uid};
+        let req = b"{\"op\":\"info\"}\n";
+        // SAFETY: the child only makes plain syscalls (no locks held across fork are taken)
+        // and leaves with _exit.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = (|| {
+                    if setgid(Gid::from_raw(uid)).is_err() || setuid(Uid::from_raw(uid)).is_err() {
+                        return 3;
+                    }
+                    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+                        return 2;
+                    };
+                    let _ = s.write_all(req);
+                    let mut buf = [0u8; 64];
+                    match s.read(&mut buf) {
+                        Ok(n) if n > 0 => 0,
+                        _ => 1,
+                    }
+                })();
+                // SAFETY: _exit never returns; no destructors of the parent's state run.
+                unsafe { nix::libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
+                WaitStatus::Exited(_, code) => code,
+                other => panic!("child: {other:?}"),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn manager_socket_is_private_and_other_uids_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let cfg = ManagerConfig {
+            root: root.clone(),
+            registry: "http://127.0.0.1:9".into(),
+            credentials: None,
+            cache_dir: root.join("cache"),
+            start_profile: false,
+            profile_window: Duration::from_secs(1),
+            prefetch_layers: false,
+            cache_max_bytes: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cfg, async {
+            let _ = rx.await;
+        }));
+        let socket = super::super::socket_path(&root);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "manager did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&socket), 0o600);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(ask_as(0, &socket), 0, "root is served");
+        assert_eq!(ask_as(65534, &socket), 2, "file modes keep others out");
+        // With the file modes opened up, the peer check alone still refuses another uid.
+        for p in [t.path(), root.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(ask_as(65534, &socket), 1);
+        assert_eq!(ask_as(0, &socket), 0);
+        let _ = tx.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rotated_password_is_handed_to_the_running_manager() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let creds = |p: &str| {
+            Some(Credentials {
+                username: "u".into(),
+                password: p.into(),
+            })
+        };
+        let cfg = ManagerConfig {
+            root: root.clone(),
+            registry: "http://127.0.0.1:9".into(),
+            credentials: creds("old"),
+            cache_dir: root.join("cache"),
+            start_profile: true,
+            profile_window: Duration::from_secs(10),
+            prefetch_layers: false,
+            cache_max_bytes: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cfg.clone(), async {
+            let _ = rx.await;
+        }));
+        let socket = super::super::socket_path(&root);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "manager did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rotated = ManagerConfig {
+            credentials: creds("new"),
+            ..cfg.clone()
+        };
+        let spawn = super::super::client::SpawnConfig {
+            manager: rotated.clone(),
+            // Never started: the running manager takes the new password.
+            exe: PathBuf::from("/nonexistent/teleportd"),
+            start_timeout: Duration::from_secs(5),
+        };
+        let c = super::super::client::ManagerClient::connect_or_spawn(&spawn, false)
+            .await
+            .unwrap();
+        assert_eq!(c.pid(), std::process::id(), "the same manager");
+        let Response::Info(info) = c
+            .call(&Request::Info, Duration::from_secs(5))
+            .await
+            .unwrap()
+        else {
+            panic!("not an info answer")
+        };
+        assert_eq!(info.fingerprint, rotated.fingerprint());
+        assert_ne!(info.fingerprint, cfg.fingerprint());
+        let _ = tx.send(());
+        task.await.unwrap().unwrap();
+    }
 }

@@ -65,6 +65,39 @@ impl FuseLayers {
         m.keys().cloned().collect()
     }
 
+    /// Unmounts every mount not in use; returns the mount points left because they are.
+    pub async fn unmount_idle(&self) -> Vec<PathBuf> {
+        let all: Vec<MountHandle> = {
+            let mut m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
+            m.drain().map(|(_, h)| h).collect()
+        };
+        let mut busy = Vec::new();
+        let lowers = tokio::task::spawn_blocking(crate::manager::overlay_lowers)
+            .await
+            .unwrap_or_default();
+        for h in all {
+            let mp = h.mountpoint().to_owned();
+            let stacked = lowers.contains(&mp);
+            let res = if stacked {
+                Ok(Err(h))
+            } else {
+                tokio::task::spawn_blocking(move || h.unmount_if_idle()).await
+            };
+            match res {
+                Ok(Ok(())) => info!(mountpoint = %mp.display(), "layer unmounted"),
+                Ok(Err(h)) => {
+                    busy.push(mp.clone());
+                    self.mounts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(mp, h);
+                }
+                Err(e) => warn!(mountpoint = %mp.display(), error = %e, "unmount task"),
+            }
+        }
+        busy
+    }
+
     fn take(&self, target: &Path) -> Option<MountHandle> {
         let mut m = self.mounts.lock().unwrap_or_else(|p| p.into_inner());
         m.remove(target)

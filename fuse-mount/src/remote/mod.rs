@@ -33,6 +33,8 @@ pub enum RemoteError {
     },
     #[error("registry {url} answered {status}")]
     Status { url: String, status: u16 },
+    #[error("registry {url}: {reason}")]
+    Body { url: String, reason: String },
     #[error("token response from {0} has no token")]
     NoToken(String),
     #[error("image reference {0:?} is not valid")]
@@ -134,6 +136,36 @@ pub enum Decision {
 
 pub trait RemoteResolver: Send + Sync + 'static {
     fn resolve<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<Decision>>;
+    /// Whether `layer` may be committed as snapshot `target` on `parent` (containerd's chain
+    /// IDs): the image's config, fetched by digest and checked, must give the layer that chain
+    /// ID on that parent, and must claim for it the diff ID the registry's `/mount` reports for
+    /// its expanded content. `Err(why)` refuses the remote path for this layer. A resolver
+    /// that cannot check anything (test doubles) accepts.
+    fn verify<'a>(
+        &'a self,
+        _layer: &'a LayerRef,
+        _target: &'a str,
+        _parent: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// containerd's chain IDs of layers with these diff IDs (bottom → top).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    use sha2::Digest as _;
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(format!("{prev} {d}").as_bytes()))
+            ),
+        };
+        out.push(next);
+    }
+    out
 }
 
 /// Makes a remote layer's tree appear at `target` (the committed snapshot's `fs` dir), and
@@ -352,6 +384,17 @@ impl RemoteLayers {
         }
     }
 
+    /// Pull-time check that `layer` is what containerd will take snapshot `target` on `parent`
+    /// for; see [`RemoteResolver::verify`].
+    pub async fn verify(
+        &self,
+        layer: &LayerRef,
+        target: &str,
+        parent: &str,
+    ) -> std::result::Result<(), String> {
+        self.resolver.verify(layer, target, parent).await
+    }
+
     /// Pull-time check of a layer that is recorded now and mounted on first use.
     pub fn validate(&self, layer: &LayerRef) -> std::result::Result<(), SnapshotError> {
         Ok(self.mounter.validate(layer)?)
@@ -397,6 +440,32 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(c[0], a);
+        // sha256("sha256:aaa… sha256:bbb…"), computed independently with sha256sum.
+        let want = {
+            let out = std::process::Command::new("sha256sum")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut p| {
+                    use std::io::Write;
+                    p.stdin
+                        .take()
+                        .unwrap()
+                        .write_all(format!("{a} {b}").as_bytes())?;
+                    p.wait_with_output()
+                })
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()[..64].to_string()
+        };
+        assert_eq!(c[1], format!("sha256:{want}"));
+    }
 
     #[test]
     fn image_refs() {

@@ -33,8 +33,10 @@ impl OverlaySnapshotter {
     /// Opens (creating if needed) a snapshotter rooted at `root`. `remote` enables the
     /// remote-layer path (on whenever teleportd has `--registry`).
     pub fn open(root: &Path, remote: Option<RemoteLayers>) -> Result<Self> {
-        fs::create_dir_all(root.join("snapshots"))
-            .map_err(SnapshotError::io(format!("creating {root:?}")))?;
+        // 0700 (and fixed at start if wider): the FUSE mounts below are `allow_other`.
+        for d in [root.to_owned(), root.join("snapshots"), root.join("merged")] {
+            crate::private::dir(&d).map_err(SnapshotError::io(format!("creating {d:?}")))?;
+        }
         let store = MetaStore::open(root)?;
         info!(root = %root.display(), snapshots = store.iter().count(), "snapshotter opened");
         Ok(OverlaySnapshotter {
@@ -202,10 +204,7 @@ impl OverlaySnapshotter {
             }
         }
         let now = SystemTime::now();
-        store.transact(|t| {
-            let id = t.alloc_id();
-            let dir = self.snapshot_dir(id);
-            make_dirs(&dir, kind)?;
+        self.transact_with_dirs(&mut store, kind, |t, id| {
             let rec = Record {
                 id,
                 kind,
@@ -215,12 +214,37 @@ impl OverlaySnapshotter {
                 updated: now,
                 usage: None,
             };
-            t.insert(key.clone(), rec).inspect_err(|_| {
-                let _ = fs::remove_dir_all(&dir);
-            })
+            t.insert(key.clone(), rec)
         })?;
         debug!(%key, ?kind, "snapshot created");
         Ok(())
+    }
+
+    /// Allocates an id, makes its directories and records the snapshot `f` inserts, in one
+    /// metadata transaction. Any failure — `f`'s or the metadata write's — removes the
+    /// directories again, and leftovers of an earlier failure under the same id (the id was
+    /// not persisted, so it is handed out again) are cleared first: a failed write never
+    /// wedges the next Prepare.
+    fn transact_with_dirs<R>(
+        &self,
+        store: &mut MetaStore,
+        kind: Kind,
+        f: impl FnOnce(&mut super::store::Txn<'_>, u64) -> Result<R>,
+    ) -> Result<R> {
+        let mut made: Option<PathBuf> = None;
+        let r = store.transact(|t| {
+            let id = t.alloc_id();
+            let dir = self.snapshot_dir(id);
+            make_dirs(&dir, kind)?;
+            made = Some(dir);
+            f(t, id)
+        });
+        if let (Err(_), Some(dir)) = (&r, made) {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                warn!(dir = %dir.display(), error = %e, "leaving dir of a failed create for cleanup");
+            }
+        }
+        r
     }
 
     /// Creates committed snapshot `name` directly (remote layers: nothing to unpack).
@@ -234,9 +258,7 @@ impl OverlaySnapshotter {
             store.require(p)?;
         }
         let now = SystemTime::now();
-        store.transact(|t| {
-            let id = t.alloc_id();
-            make_dirs(&self.snapshot_dir(id), Kind::Committed)?;
+        self.transact_with_dirs(&mut store, Kind::Committed, |t, id| {
             t.insert(
                 name.to_owned(),
                 Record {
@@ -261,8 +283,16 @@ impl OverlaySnapshotter {
     ) -> Result<Vec<Mount>> {
         if let Some(remote) = &self.inner.remote {
             match remote.decide(&labels).await {
-                RemoteOutcome::Local => {}
-                RemoteOutcome::Remote { target, layer } => {
+                RemoteOutcome::Remote { target, layer }
+                    if remote
+                        .verify(&layer, &target, &parent)
+                        .await
+                        .inspect_err(|why| {
+                            warn!(%target, layer = %layer.digest, reason = %why,
+                                "remote layer refused: unpacking it normally (containerd checks its diff ID)");
+                        })
+                        .is_ok() =>
+                {
                     // A layer the registry cannot serve fails the pull, never a later start.
                     remote.validate(&layer)?;
                     let mut l = labels.clone();
@@ -280,6 +310,7 @@ impl OverlaySnapshotter {
                     }
                     return Err(SnapshotError::AlreadyExists(target));
                 }
+                RemoteOutcome::Local | RemoteOutcome::Remote { .. } => {}
             }
         }
         let this = self.clone();
@@ -289,17 +320,24 @@ impl OverlaySnapshotter {
     }
 
     async fn remove_impl(&self, key: String) -> Result<()> {
-        let rec = {
-            let mut store = self.store();
-            store.require(&key)?;
+        let has_children = |store: &MetaStore| -> Result<()> {
             if store.has_children(&key) {
                 return Err(SnapshotError::FailedPrecondition(format!(
                     "cannot remove snapshot {key:?}: it has children"
                 )));
             }
-            store.transact(|t| t.remove(&key))?
+            Ok(())
+        };
+        let rec = {
+            let store = self.store();
+            let rec = store.require(&key)?.clone();
+            has_children(&store)?;
+            rec
         };
         let dir = self.snapshot_dir(rec.id);
+        // Unmount first: a mount that cannot be taken away keeps its metadata, so a retried
+        // Remove (or the next start's restore) still knows it; deleting the record first would
+        // orphan the mount.
         if let (Some(remote), true) = (
             &self.inner.remote,
             rec.labels.contains_key(super::LABEL_REMOTE),
@@ -308,6 +346,19 @@ impl OverlaySnapshotter {
             let merged = self.merged_dir(rec.id);
             remote.unmount_layer(&merged).await?;
             let _ = fs::remove_dir(&merged);
+        }
+        {
+            let mut store = self.store();
+            has_children(&store)?;
+            store.transact(|t| {
+                let r = t.remove(&key)?;
+                if r.id != rec.id {
+                    return Err(SnapshotError::FailedPrecondition(format!(
+                        "snapshot {key:?} changed during remove"
+                    )));
+                }
+                Ok(())
+            })?;
         }
         // Metadata is authoritative; a directory we fail to delete now is an orphan Cleanup
         // removes later (ids are never reused).
@@ -328,11 +379,24 @@ fn snapshot_dir(root: &Path, id: u64) -> PathBuf {
 }
 
 fn make_dirs(dir: &Path, kind: Kind) -> Result<()> {
+    // Ids are never reused once recorded: anything here is the leftover of a failed create.
+    match fs::remove_dir_all(dir) {
+        Ok(()) => warn!(dir = %dir.display(), "removed leftover dir of a failed create"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(SnapshotError::io(format!("clearing {dir:?}"))(e)),
+    }
     let fs_dir = dir.join("fs");
-    fs::create_dir_all(&fs_dir).map_err(SnapshotError::io(format!("creating {fs_dir:?}")))?;
+    crate::private::dir(dir).map_err(SnapshotError::io(format!("creating {dir:?}")))?;
+    // The upper dir is the container's `/`: 0755 like containerd's overlay, whatever the
+    // umask (the snapshot dir above it is 0700).
+    let mk = |d: &Path, mode: u32| {
+        fs::create_dir(d)
+            .and_then(|()| crate::private::set_mode(d, mode))
+            .map_err(SnapshotError::io(format!("creating {d:?}")))
+    };
+    mk(&fs_dir, 0o755)?;
     if kind == Kind::Active {
-        let work = dir.join("work");
-        fs::create_dir(&work).map_err(SnapshotError::io(format!("creating {work:?}")))?;
+        mk(&dir.join("work"), 0o700)?;
     }
     Ok(())
 }
@@ -739,6 +803,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn failed_metadata_write_does_not_wedge_the_next_prepare() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OverlaySnapshotter::open(dir.path(), None).unwrap();
+        // A directory where the metadata temp file goes: the write fails after mkdir.
+        let tmp = dir.path().join("metadata.json.tmp");
+        fs::create_dir(&tmp).unwrap();
+        assert!(matches!(
+            s.prepare("k".into(), "".into(), labels(&[])).await,
+            Err(SnapshotError::Io { .. })
+        ));
+        assert!(s.stat("k".into()).await.is_err());
+        fs::remove_dir(&tmp).unwrap();
+        // The same id is handed out again; its leftover dirs must not get in the way.
+        let m = s.prepare("k".into(), "".into(), labels(&[])).await.unwrap();
+        assert_eq!(m[0].kind, "bind");
+        s.commit("c".into(), "k".into(), labels(&[])).await.unwrap();
+        let m = s.prepare("k2".into(), "c".into(), labels(&[])).await;
+        assert!(m.is_ok(), "{m:?}");
+        // And a leftover of an id that was never recorded is cleared the same way.
+        fs::create_dir_all(dir.path().join("snapshots/3/work")).unwrap();
+        s.prepare("k3".into(), "c".into(), labels(&[]))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn cleanup_removes_only_orphans() {
         let dir = tempfile::tempdir().unwrap();
         let s = OverlaySnapshotter::open(dir.path(), None).unwrap();
@@ -832,6 +922,13 @@ mod tests {
                 target: &'a Path,
             ) -> BoxFuture<'a, crate::remote::Result<()>> {
                 Box::pin(async move {
+                    if target.join("busy").exists() {
+                        return Err(RemoteError::Layer {
+                            digest: String::new(),
+                            manifest: String::new(),
+                            reason: "target is busy".into(),
+                        });
+                    }
                     let _ = fs::remove_file(target.join("layer"));
                     let _ = fs::remove_file(target.join("merged"));
                     Ok(())
@@ -953,6 +1050,28 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(e, SnapshotError::AlreadyExists(_)));
+        }
+
+        #[tokio::test]
+        async fn remove_unmounts_before_deleting_metadata() {
+            let (_d, s, _reg) = setup();
+            let _ = s
+                .prepare("k1".into(), "".into(), cri(M_REMOTE, "sha256:l1", "c1"))
+                .await;
+            s.prepare("ctr".into(), "c1".into(), labels(&[]))
+                .await
+                .unwrap();
+            s.remove("ctr".into()).await.unwrap();
+            let fs_dir = s.root().join("snapshots/1/fs");
+            assert!(fs_dir.join("layer").exists(), "mounted on first use");
+            fs::write(fs_dir.join("busy"), b"").unwrap();
+            assert!(s.remove("c1".into()).await.is_err(), "unmount failed");
+            // The mount is still known: a retried Remove can take it away.
+            assert_eq!(s.stat("c1".into()).await.unwrap().kind, Kind::Committed);
+            fs::remove_file(fs_dir.join("busy")).unwrap();
+            s.remove("c1".into()).await.unwrap();
+            assert!(s.stat("c1".into()).await.is_err());
+            assert!(!fs_dir.exists());
         }
 
         #[tokio::test]

@@ -197,7 +197,7 @@ fn write_atomic(path: &Path, doc: &Document) -> Result<()> {
     })?;
     let tmp = path.with_extension("json.tmp");
     let ctx = || format!("writing {tmp:?}");
-    let mut f = File::create(&tmp).map_err(SnapshotError::io(ctx()))?;
+    let mut f = crate::private::create(&tmp).map_err(SnapshotError::io(ctx()))?;
     f.write_all(&bytes).map_err(SnapshotError::io(ctx()))?;
     f.sync_all().map_err(SnapshotError::io(ctx()))?;
     drop(f);
