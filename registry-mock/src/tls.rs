@@ -115,6 +115,11 @@ impl Tls {
     /// A fresh CA (kept only in memory; its certificate is [`Tls::ca_pem`]) and a server
     /// certificate it signs for `127.0.0.1`, `::1` and `localhost`.
     pub fn self_signed() -> Result<Tls, TlsError> {
+        Tls::self_signed_for(&[])
+    }
+
+    /// [`Tls::self_signed`] with more names (IP addresses or DNS names) in the certificate.
+    pub fn self_signed_for(extra_names: &[String]) -> Result<Tls, TlsError> {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
             KeyUsagePurpose,
@@ -131,11 +136,13 @@ impl Tls {
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca.self_signed(&ca_key)?;
 
-        let mut leaf = CertificateParams::new(vec![
+        let mut names = vec![
             "127.0.0.1".to_string(),
             "::1".to_string(),
             "localhost".to_string(),
-        ])?;
+        ];
+        names.extend(extra_names.iter().cloned());
+        let mut leaf = CertificateParams::new(names)?;
         leaf.distinguished_name
             .push(DnType::CommonName, "registry-mock");
         leaf.key_usages = vec![

@@ -89,6 +89,12 @@ pub struct NodeConfig {
     /// Plain-HTTP registries (`host:port`) the node may pull from.
     pub registries: Vec<String>,
     pub containerd_bin: PathBuf,
+    /// CA certificate (PEM) of the registries: set, they are reached over HTTPS trusting it.
+    pub registry_ca: Option<PathBuf>,
+    /// A proxy snapshotter other than teleportd (name, gRPC socket) the CRI uses (peers).
+    pub proxy_snapshotter: Option<(String, PathBuf)>,
+    /// Program and arguments containerd is started under (e.g. `nsenter --mount=… --`).
+    pub command_prefix: Vec<std::ffi::OsString>,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
 }
@@ -102,6 +108,9 @@ impl NodeConfig {
             sandbox_image: String::new(),
             registries: Vec::new(),
             containerd_bin: PathBuf::from("containerd"),
+            registry_ca: None,
+            proxy_snapshotter: None,
+            command_prefix: Vec::new(),
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
         }
@@ -211,9 +220,10 @@ pub fn render_config(cfg: &NodeConfig, p: &NodePaths) -> String {
         path(&p.cni),
         path(&p.cni)
     );
-    let (snapshotter, annotations) = match cfg.kind {
-        NodeKind::Shuttle => ("overlayfs", true),
-        NodeKind::Teleporter { .. } => ("teleportd", false),
+    let (snapshotter, annotations) = match (&cfg.proxy_snapshotter, &cfg.kind) {
+        (Some((name, _)), _) => (name.as_str(), false),
+        (None, NodeKind::Shuttle) => ("overlayfs", true),
+        (None, NodeKind::Teleporter { .. }) => ("teleportd", false),
     };
     let _ = writeln!(s, "    [{cri}.containerd]");
     let _ = writeln!(s, "      snapshotter = \"{snapshotter}\"");
@@ -234,21 +244,33 @@ pub fn render_config(cfg: &NodeConfig, p: &NodePaths) -> String {
         "    [{cri}.registry]\n      config_path = {}",
         path(&p.certs)
     );
-    if let NodeKind::Teleporter { .. } = cfg.kind {
+    let proxy = match (&cfg.proxy_snapshotter, &cfg.kind) {
+        (Some((name, socket)), _) => Some((name.as_str(), socket.as_path())),
+        (None, NodeKind::Teleporter { .. }) => Some(("teleportd", p.teleportd_socket.as_path())),
+        (None, NodeKind::Shuttle) => None,
+    };
+    if let Some((name, socket)) = proxy {
         let _ = writeln!(
             s,
-            "[proxy_plugins]\n  [proxy_plugins.teleportd]\n    type = \"snapshot\"\n    address = {}",
-            path(&p.teleportd_socket)
+            "[proxy_plugins]\n  [proxy_plugins.{name}]\n    type = \"snapshot\"\n    address = {}",
+            path(socket)
         );
     }
     s
 }
 
-/// `hosts.toml` telling containerd to reach `host` over plain HTTP.
-pub fn render_hosts_toml(host: &str) -> String {
-    format!(
-        "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
-    )
+/// `hosts.toml` telling containerd to reach `host` over plain HTTP, or over HTTPS trusting
+/// `ca` when given.
+pub fn render_hosts_toml(host: &str, ca: Option<&Path>) -> String {
+    match ca {
+        None => format!(
+            "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
+        ),
+        Some(ca) => format!(
+            "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  ca = {}\n",
+            toml_str(&ca.to_string_lossy())
+        ),
+    }
 }
 
 /// A running node. Dropping it stops its processes, kills its shims and unmounts its mounts.
@@ -326,7 +348,7 @@ impl Node {
         if !self.cfg.registries.iter().any(|h| h == host) {
             self.cfg.registries.push(host.to_string());
         }
-        write_hosts(&self.paths.certs, host)
+        write_hosts(&self.paths.certs, host, self.cfg.registry_ca.as_deref())
     }
 
     fn write_files(&self) -> Result<()> {
@@ -339,7 +361,7 @@ impl Node {
         std::fs::write(&p.config, render_config(&self.cfg, p))
             .map_err(Error::io(format!("write {}", p.config.display())))?;
         for host in &self.cfg.registries {
-            write_hosts(&p.certs, host)?;
+            write_hosts(&p.certs, host, self.cfg.registry_ca.as_deref())?;
         }
         Ok(())
     }
@@ -379,7 +401,14 @@ impl Node {
             self.wait_for_socket_accepting().await?;
         }
         let _ = std::fs::remove_file(&self.paths.socket);
-        let mut cmd = Command::new(&self.cfg.containerd_bin);
+        let mut cmd = match self.cfg.command_prefix.split_first() {
+            None => Command::new(&self.cfg.containerd_bin),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.cfg.containerd_bin);
+                c
+            }
+        };
         cmd.arg("--config").arg(&self.paths.config);
         let d = Daemon::spawn("containerd", cmd, &self.paths.logs.join("containerd.log"))?;
         tracing::info!(node = %self.cfg.name, pid = d.pid(), socket = %self.paths.socket.display(), "containerd started");
@@ -537,11 +566,11 @@ impl Drop for Node {
     }
 }
 
-fn write_hosts(certs: &Path, host: &str) -> Result<()> {
+fn write_hosts(certs: &Path, host: &str, ca: Option<&Path>) -> Result<()> {
     let dir = certs.join(host);
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
     let file = dir.join("hosts.toml");
-    std::fs::write(&file, render_hosts_toml(host))
+    std::fs::write(&file, render_hosts_toml(host, ca))
         .map_err(Error::io(format!("write {}", file.display())))
 }
 
@@ -620,8 +649,12 @@ mod tests {
 
     #[test]
     fn hosts_toml_is_plain_http() {
-        let t = render_hosts_toml("127.0.0.1:5000");
+        let t = render_hosts_toml("127.0.0.1:5000", None);
         assert!(t.starts_with("server = \"http://127.0.0.1:5000\""));
         assert!(t.contains("[host.\"http://127.0.0.1:5000\"]"));
+        let t = render_hosts_toml("127.0.0.1:5000", Some(Path::new("/n/ca.crt")));
+        assert!(t.starts_with("server = \"https://127.0.0.1:5000\""));
+        assert!(t.contains("ca = \"/n/ca.crt\""));
+        assert!(!t.contains("skip_verify"));
     }
 }
