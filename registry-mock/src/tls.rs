@@ -30,7 +30,7 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("--tls-cert and --tls-key go together, and exclude --tls self-signed")]
+    #[error("--tls-cert and --tls-key go together and exclude --tls self-signed; --tls-name needs --tls self-signed")]
     Args,
 }
 
@@ -50,6 +50,10 @@ pub struct TlsArgs {
     /// With --tls self-signed: write the generated CA certificate (PEM) here.
     #[arg(long, value_name = "FILE")]
     pub tls_ca_out: Option<PathBuf>,
+    /// With --tls self-signed: one more IP address or DNS name for the certificate
+    /// (repeatable), e.g. a non-loopback address for clients that treat loopback as plain HTTP.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
 }
 
 impl TlsArgs {
@@ -57,10 +61,12 @@ impl TlsArgs {
     /// written to `--tls-ca-out`.
     pub fn load(&self) -> Result<Option<Tls>, TlsError> {
         match (&self.tls_cert, &self.tls_key, self.tls.is_some()) {
-            (None, None, false) => Ok(None),
-            (Some(c), Some(k), false) => Tls::from_pem_files(c, k).map(Some),
+            (None, None, false) if self.tls_names.is_empty() => Ok(None),
+            (Some(c), Some(k), false) if self.tls_names.is_empty() => {
+                Tls::from_pem_files(c, k).map(Some)
+            }
             (None, None, true) => {
-                let tls = Tls::self_signed()?;
+                let tls = Tls::self_signed_for(&self.tls_names)?;
                 if let (Some(path), Some(pem)) = (&self.tls_ca_out, &tls.ca_pem) {
                     std::fs::write(path, pem).map_err(|source| TlsError::WriteCa {
                         path: path.clone(),

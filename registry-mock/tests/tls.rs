@@ -174,6 +174,17 @@ fn bad_tls_arguments_are_refused() {
     std::fs::write(&empty, "").unwrap();
     assert!(Tls::from_pem_files(&empty, Path::new(&missing)).is_err());
     assert!(TlsArgs::default().load().unwrap().is_none());
+    let name_alone = TlsArgs {
+        tls_names: vec!["192.0.2.7".into()],
+        ..TlsArgs::default()
+    };
+    assert!(name_alone.load().is_err());
+    let named = TlsArgs {
+        tls: Some("self-signed".into()),
+        tls_names: vec!["192.0.2.7".into(), "registry.test".into()],
+        ..TlsArgs::default()
+    };
+    assert!(named.load().unwrap().is_some_and(|t| t.ca_pem.is_some()));
 }
 
 #[tokio::test]

@@ -245,6 +245,31 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
     );
     assert!(image_layer_bytes > 0, "no layer bytes at all: {served:?}");
 
+    // Recycle: a new SOCI (and namespace) and containerd, nothing learned is kept.
+    let (old_soci, old_containerd) = (
+        node.soci_pid().unwrap(),
+        node.node().containerd_pid().unwrap(),
+    );
+    let mut node = node;
+    node.recycle().await.unwrap();
+    for pid in [old_soci, old_containerd] {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} survived recycle"
+        );
+    }
+    assert!(
+        node.node().cri().list_images().await.unwrap().is_empty(),
+        "recycle kept images"
+    );
+    // SOCI's fixed /var/lib path landed in the node's private directory.
+    assert!(dir.join("soci/var-lib/soci-snapshotter-grpc").is_dir());
+    let snapshots = dir.join("soci/root/snapshotter/snapshots");
+    assert!(
+        !snapshots.exists() || std::fs::read_dir(&snapshots).unwrap().count() == 0,
+        "recycle kept SOCI snapshots"
+    );
+
     node.destroy().await.unwrap();
     assert!(common::mounts_under(&dir).is_empty());
     assert!(common::processes_mentioning(&dir).is_empty());

@@ -86,6 +86,23 @@ fn run_checked(what: &str, cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// [`run_checked`] for the long ones (`soci create` reads every layer): off the async workers.
+async fn run_async(what: &str, cmd: Command) -> Result<String> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    let out = cmd
+        .output()
+        .await
+        .map_err(Error::io(format!("{what}: spawn")))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl MountNs {
     pub fn create(dir: &Path, var_lib: &Path) -> Result<MountNs> {
         for d in [dir, var_lib] {
@@ -384,9 +401,9 @@ pub async fn build_index(
         c
     };
     let (min, span) = (opts.min_layer_size.to_string(), opts.span_size.to_string());
-    let create = run_checked(
+    let create = run_async(
         "soci create",
-        &mut soci(&[
+        soci(&[
             "create",
             "--min-layer-size",
             &min,
@@ -394,13 +411,11 @@ pub async fn build_index(
             &span,
             image,
         ]),
-    )?;
+    )
+    .await?;
     let ca_s = ca.to_string_lossy().into_owned();
-    let push = run_checked(
-        "soci push",
-        &mut soci(&["push", "--tlscacert", &ca_s, image]),
-    )?;
-    let list = run_checked("soci index list", &mut soci(&["index", "list"]))?;
+    let push = run_async("soci push", soci(&["push", "--tlscacert", &ca_s, image])).await?;
+    let list = run_async("soci index list", soci(&["index", "list"])).await?;
     drop(ns);
     mounts::remove_tree(work)?;
     tracing::info!(image, %create, %push, "SOCI index built and pushed");
