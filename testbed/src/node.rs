@@ -648,6 +648,19 @@ mod tests {
     }
 
     #[test]
+    fn peer_proxy_snapshotter_replaces_the_default() {
+        let dir = Path::new("/tmp/tb/soci");
+        let mut cfg = NodeConfig::new("soci", dir, NodeKind::Shuttle);
+        cfg.proxy_snapshotter = Some(("soci".into(), PathBuf::from("/tmp/tb/soci/s.sock")));
+        let text = render_config(&cfg, &NodePaths::new(dir));
+        assert!(text.contains("snapshotter = \"soci\""));
+        assert!(text.contains("disable_snapshot_annotations = false"));
+        assert!(text.contains("[proxy_plugins.soci]"));
+        assert!(text.contains("address = \"/tmp/tb/soci/s.sock\""));
+        assert!(!text.contains("teleportd"));
+    }
+
+    #[test]
     fn hosts_toml_is_plain_http() {
         let t = render_hosts_toml("127.0.0.1:5000", None);
         assert!(t.starts_with("server = \"http://127.0.0.1:5000\""));
