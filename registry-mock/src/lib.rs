@@ -260,12 +260,12 @@ pub fn read_users_file(path: &Path) -> Result<Vec<(String, String)>> {
 fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
     let store = Store::open(&cfg.root)?;
     let metrics = Arc::new(Metrics::default());
-    // Classify blobs served after a restart: every manifest's layers count as layer blobs.
+    // Classify blobs served after a restart: image layers, referrers' artifacts.
     for repo in store.all_repo_names()? {
         for d in store.manifests(&repo)? {
             if let Ok(Some((mt, b))) = store.read_manifest(&repo, &d) {
                 if let Ok(m) = manifest::parse(&b, Some(&mt)) {
-                    metrics.note_layers(m.layers().iter().map(|l| &l.digest));
+                    metrics.note_manifest(&m);
                 }
             }
         }
