@@ -51,7 +51,8 @@ pub struct TlsArgs {
     #[arg(long, value_name = "FILE")]
     pub tls_ca_out: Option<PathBuf>,
     /// With --tls self-signed: one more IP address or DNS name for the certificate
-    /// (repeatable), e.g. a non-loopback address for clients that treat loopback as plain HTTP.
+    /// (repeatable), e.g. a host name mapped to loopback for clients that speak plain HTTP to
+    /// `localhost` and loopback IP literals.
     #[arg(long = "tls-name", value_name = "NAME")]
     pub tls_names: Vec<String>,
 }

@@ -128,10 +128,6 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
     let Some(bins) = soci_bins() else {
         return;
     };
-    let Some(ip) = soci::non_loopback_ipv4() else {
-        eprintln!("SKIP: no non-loopback IPv4 address (SOCI pulls layers of a loopback registry over plain HTTP)");
-        return;
-    };
     common::init_tracing();
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("fixtures");
@@ -148,27 +144,59 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
         .await
         .unwrap();
 
-    // The registry, serving TLS with a CA generated for this run.
+    // The registry, serving TLS with a CA generated for this run, on loopback; SOCI and the
+    // containerds reach it as REGISTRY_HOST (a private hosts file maps it to 127.0.0.1), which
+    // they treat as HTTPS, unlike a loopback literal. skopeo and curl use 127.0.0.1 directly.
     let certs = tmp.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     let ca = certs.join("ca.crt");
-    let tls = registry_mock::tls::Tls::self_signed_for(&[ip.to_string()]).unwrap();
+    let tls = registry_mock::tls::Tls::self_signed_for(&[soci::REGISTRY_HOST.to_string()]).unwrap();
     std::fs::write(&ca, tls.ca_pem.as_deref().unwrap()).unwrap();
     let mut rc = registry_mock::Config::new(tmp.path().join("registry"));
-    rc.listen = std::net::SocketAddr::from((ip, 0));
+    rc.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     rc.tls = Some(tls);
     let registry = registry_mock::start(rc).await.unwrap();
-    let host = registry.addr().to_string();
-    let pause_ref = format!("{host}/{}:{}", bed::PAUSE_REPO, pause.info.tag);
-    let image_ref = format!("{host}/soci/avf:{}", fx.info.tag);
-    skopeo_push(&pause.layout, &pause.info.tag, &pause_ref, &certs).await;
-    skopeo_push(&fx.layout, &fx.info.tag, &image_ref, &certs).await;
+    let hosts = tmp.path().join("hosts");
+    soci::write_hosts_file(&hosts, soci::REGISTRY_HOST, registry.addr().ip()).unwrap();
+    let port = registry.addr().port();
+    let host = format!("{}:{port}", soci::REGISTRY_HOST);
+    let pause_path = format!("{}:{}", bed::PAUSE_REPO, pause.info.tag);
+    let image_path = format!("soci/avf:{}", fx.info.tag);
+    let (pause_ref, image_ref) = (
+        format!("{host}/{pause_path}"),
+        format!("{host}/{image_path}"),
+    );
+    // The registry keys nothing on the host part: what skopeo pushes by 127.0.0.1 is what the
+    // nodes pull by name.
+    let local = registry.addr().to_string();
+    skopeo_push(
+        &pause.layout,
+        &pause.info.tag,
+        &format!("{local}/{pause_path}"),
+        &certs,
+    )
+    .await;
+    skopeo_push(
+        &fx.layout,
+        &fx.info.tag,
+        &format!("{local}/{image_path}"),
+        &certs,
+    )
+    .await;
 
-    // The SOCI index, built on a helper containerd and pushed to the registry.
+    // The SOCI index, built on a helper containerd (in a namespace with the same hosts file)
+    // and pushed to the registry.
+    let helper_ns = soci::MountNs::create(
+        &tmp.path().join("helper-ns/ns"),
+        &tmp.path().join("helper-ns/var-lib"),
+        Some(&hosts),
+    )
+    .unwrap();
     let mut hc = NodeConfig::new("soci-helper", &tmp.path().join("helper"), NodeKind::Shuttle);
     hc.sandbox_image = pause_ref.clone();
     hc.registries = vec![host.clone()];
     hc.registry_ca = Some(ca.clone());
+    hc.command_prefix = helper_ns.prefix();
     let helper = Node::start(hc).await.unwrap();
     let opts = IndexOptions {
         min_layer_size: 0,
@@ -180,6 +208,7 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
         &image_ref,
         opts,
         &ca,
+        Some(&hosts),
         &tmp.path().join("index"),
     )
     .await
@@ -189,10 +218,12 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
         built.create, built.push, built.list
     );
     helper.destroy().await.unwrap();
+    drop(helper_ns);
 
     // The SOCI node; background fetch off so the bytes counted are the start's own.
     let dir = tmp.path().join("soci-node");
     let mut sc = SociConfig::new("soci", &dir, bins, &host, &ca);
+    sc.hosts = Some(hosts.clone());
     sc.sandbox_image = pause_ref.clone();
     sc.background_fetch = false;
     let node = SociNode::start(sc).await.unwrap();
@@ -275,5 +306,6 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
     node.destroy().await.unwrap();
     assert!(common::mounts_under(&dir).is_empty());
     assert!(common::processes_mentioning(&dir).is_empty());
+    assert!(common::mounts_under(tmp.path()).is_empty());
     registry.shutdown().await.unwrap();
 }

@@ -7,6 +7,12 @@
 //! the node's own; the node's containerd (and so its shims and runc) runs in the same namespace,
 //! because SOCI's FUSE mounts exist only there. SOCI fetches over HTTPS only: the registry must
 //! serve TLS, and SOCI trusts its CA through `SSL_CERT_FILE`.
+//!
+//! SOCI 0.4 (like containerd's docker resolver) speaks plain HTTP to `localhost` and loopback IP
+//! literals, while its index/zTOC fetches are always HTTPS; so the registry is named by a host
+//! name ([`REGISTRY_HOST`]) that a node-private hosts file ([`write_hosts_file`], bind-mounted
+//! over `/etc/hosts` inside the namespace) resolves to a loopback address. The machine's
+//! `/etc/hosts` is never touched, and no traffic leaves the loopback range.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -24,15 +30,24 @@ pub const SNAPSHOTTER: &str = "soci";
 /// Where `scripts/get-peers.sh soci` puts the binaries (relative to the workspace root).
 pub const PEER_DIR: &str = "out/peers/soci";
 
-/// An IPv4 address of this machine that is not loopback, for the registry SOCI pulls from.
-/// SOCI 0.4 fetches its index and zTOCs over HTTPS but layers of a loopback or `localhost`
-/// registry over plain HTTP (its resolver's localhost rule), so one registry cannot serve both
-/// on 127.0.0.1; on this address both go over HTTPS. Traffic still never leaves the machine.
-pub fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
-    crate::process::output_of("hostname", &["-I"])?
-        .split_whitespace()
-        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
-        .find(|a| !a.is_loopback() && !a.is_unspecified())
+/// The registry's host name for SOCI and the containerds around it: not `localhost` nor an IP
+/// literal, so both treat it as an ordinary HTTPS registry; [`write_hosts_file`] maps it to a
+/// loopback address. The registry's certificate must carry it (`--tls-name`).
+pub const REGISTRY_HOST: &str = "registry.testbed.internal";
+
+/// Write `dest`: a copy of the machine's `/etc/hosts` plus `ip name`, for [`MountNs::create`].
+pub fn write_hosts_file(dest: &Path, name: &str, ip: std::net::IpAddr) -> Result<()> {
+    if !ip.is_loopback() {
+        return Err(Error::Invalid(format!(
+            "{name} must resolve to a loopback address, not {ip}"
+        )));
+    }
+    let mut hosts = std::fs::read_to_string("/etc/hosts").map_err(Error::io("read /etc/hosts"))?;
+    if !hosts.is_empty() && !hosts.ends_with('\n') {
+        hosts.push('\n');
+    }
+    hosts.push_str(&format!("{ip} {name}\n"));
+    std::fs::write(dest, hosts).map_err(Error::io(format!("write {}", dest.display())))
 }
 
 /// The SOCI binaries: `soci` (the CLI) and `soci-snapshotter-grpc`.
@@ -62,7 +77,8 @@ impl SociBins {
     }
 }
 
-/// A persistent private mount namespace whose `/var/lib` is `var_lib`. It is held by a bind
+/// A persistent private mount namespace whose `/var/lib` is `var_lib` (and, if given, whose
+/// `/etc/hosts` is a node-private hosts file). It is held by a bind
 /// mount of its nsfs file (`<dir>/mnt`) on a private bind mount of `dir`; processes join it
 /// with [`MountNs::prefix`]. Dropping it unmounts both; the namespace goes away with its last
 /// process.
@@ -104,7 +120,7 @@ async fn run_async(what: &str, cmd: Command) -> Result<String> {
 }
 
 impl MountNs {
-    pub fn create(dir: &Path, var_lib: &Path) -> Result<MountNs> {
+    pub fn create(dir: &Path, var_lib: &Path, hosts: Option<&Path>) -> Result<MountNs> {
         for d in [dir, var_lib] {
             std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
         }
@@ -131,6 +147,15 @@ impl MountNs {
                 .arg(var_lib)
                 .arg("/var/lib"),
         )?;
+        if let Some(h) = hosts {
+            run_checked(
+                "bind the hosts file",
+                ns.command(Path::new("mount"))
+                    .arg("--bind")
+                    .arg(h)
+                    .arg("/etc/hosts"),
+            )?;
+        }
         Ok(ns)
     }
 
@@ -166,8 +191,10 @@ pub struct SociConfig {
     /// The node's own directory (containerd in `containerd/`, SOCI in `soci/`).
     pub dir: PathBuf,
     pub bins: SociBins,
-    /// `host:port` of the TLS registry.
+    /// `host:port` of the TLS registry (host: [`REGISTRY_HOST`], resolved through `hosts`).
     pub registry: String,
+    /// Bind-mounted over `/etc/hosts` in the node's namespace ([`write_hosts_file`]).
+    pub hosts: Option<PathBuf>,
     /// The registry's CA certificate (PEM).
     pub registry_ca: PathBuf,
     /// CRI `sandbox_image`.
@@ -185,6 +212,7 @@ impl SociConfig {
             dir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()),
             bins,
             registry: registry.into(),
+            hosts: None,
             registry_ca: ca.to_path_buf(),
             sandbox_image: String::new(),
             containerd_bin: PathBuf::from("containerd"),
@@ -254,7 +282,11 @@ impl SociNode {
 
     async fn boot(&mut self) -> Result<()> {
         let sd = self.cfg.soci_dir();
-        let ns = MountNs::create(&sd.join("ns"), &sd.join("var-lib"))?;
+        let ns = MountNs::create(
+            &sd.join("ns"),
+            &sd.join("var-lib"),
+            self.cfg.hosts.as_deref(),
+        )?;
         let config = sd.join("config.toml");
         std::fs::write(&config, render_soci_config(self.cfg.background_fetch))
             .map_err(Error::io(format!("write {}", config.display())))?;
@@ -358,11 +390,6 @@ pub struct IndexBuild {
     pub list: String,
 }
 
-/// Build and push the SOCI index of `image` (a `host:port/repo:tag` on the TLS registry whose
-/// CA is `ca`): the helper node pulls it over CRI, `soci create` indexes the layers of at
-/// least `opts.min_layer_size` bytes from the helper's content store, `soci push` uploads the index
-/// and zTOCs (the index names the image as its `subject`). SOCI's own store lives in a private
-/// namespace under `work`, which is removed afterwards.
 /// `soci create` options.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexOptions {
@@ -381,16 +408,23 @@ impl Default for IndexOptions {
     }
 }
 
+/// Build and push the SOCI index of `image` (a `host:port/repo:tag` on the TLS registry whose
+/// CA is `ca`): the helper node pulls it over CRI, `soci create` indexes the layers of at
+/// least `opts.min_layer_size` bytes from the helper's content store, `soci push` uploads the index
+/// and zTOCs (the index names the image as its `subject`). SOCI's own store lives in a private
+/// namespace under `work` (with `hosts` over `/etc/hosts`, so `soci push` resolves the
+/// registry's name as the helper does), which is removed afterwards.
 pub async fn build_index(
     bins: &SociBins,
     helper: &Node,
     image: &str,
     opts: IndexOptions,
     ca: &Path,
+    hosts: Option<&Path>,
     work: &Path,
 ) -> Result<IndexBuild> {
     helper.cri().pull_image(image).await?;
-    let ns = MountNs::create(&work.join("ns"), &work.join("var-lib"))?;
+    let ns = MountNs::create(&work.join("ns"), &work.join("var-lib"), hosts)?;
     let soci = |args: &[&str]| {
         let mut c = ns.command(&bins.soci);
         c.arg("--address")
