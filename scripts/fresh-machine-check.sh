@@ -82,7 +82,7 @@ git ls-files -z --cached --others --exclude-standard |
 echo "fresh-machine-check: inside the fresh root: setup + build" >&2
 chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
   PATH=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  CARGO_HOME=/root/.cargo CARGO_TERM_COLOR=never \
+  CARGO_HOME=/root/.cargo CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0 \
   /bin/bash -euo pipefail -c '
     cd /src/teleport-testbed
     echo "== packages before: $(dpkg-query -W -f=. | wc -c) installed; protoc: $(command -v protoc || echo none)"

@@ -129,8 +129,25 @@ pub struct NodeSettings {
     pub opt_dir: Option<PathBuf>,
     pub disabled_plugins: Vec<String>,
     pub cri: Option<CriSettings>,
-    /// teleportd's socket: registers it as proxy snapshotter [`SNAPSHOTTER`].
-    pub teleportd_socket: Option<PathBuf>,
+    /// A proxy snapshotter to register (teleportd, or a peer such as SOCI).
+    pub proxy_snapshotter: Option<ProxySnapshotter>,
+}
+
+/// A proxy snapshotter: `[proxy_plugins.NAME]` at a gRPC socket.
+#[derive(Debug, Clone)]
+pub struct ProxySnapshotter {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+impl ProxySnapshotter {
+    /// teleportd at `socket`, known to containerd as [`SNAPSHOTTER`].
+    pub fn teleportd(socket: impl Into<PathBuf>) -> ProxySnapshotter {
+        ProxySnapshotter {
+            name: SNAPSHOTTER.into(),
+            socket: socket.into(),
+        }
+    }
 }
 
 fn p(x: &Path) -> Value {
@@ -159,8 +176,8 @@ const CRI_V2: &str = "io.containerd.grpc.v1.cri";
 const CRI_IMAGES: &str = "io.containerd.cri.v1.images";
 const CRI_RUNTIME: &str = "io.containerd.cri.v1.runtime";
 
-fn proxy_plugin(doc: &mut Table, socket: &Path) {
-    let t = table(doc, &["proxy_plugins", SNAPSHOTTER]);
+fn proxy_plugin(doc: &mut Table, name: &str, socket: &Path) {
+    let t = table(doc, &["proxy_plugins", name]);
     t.insert("type".into(), "snapshot".into());
     t.insert("address".into(), p(socket));
 }
@@ -289,11 +306,12 @@ pub fn node_config(v: Version, s: &NodeSettings) -> String {
     if let Some(c) = &s.cri {
         cri_tables(v, &mut doc, c);
     }
-    if let Some(sock) = &s.teleportd_socket {
-        proxy_plugin(&mut doc, sock);
+    if let Some(proxy) = &s.proxy_snapshotter {
+        proxy_plugin(&mut doc, &proxy.name, &proxy.socket);
         if v.major >= 2 {
             transfer_unpack(
                 &mut doc,
+                &proxy.name,
                 s.cri
                     .as_ref()
                     .and_then(|c| c.registry_config_path.as_deref()),
@@ -305,7 +323,7 @@ pub fn node_config(v: Version, s: &NodeSettings) -> String {
 
 /// 2.x `ctr` pulls and imports through the Transfer Service, which unpacks only into the
 /// snapshotters listed here (and reads registry hosts from its own config_path).
-fn transfer_unpack(doc: &mut Table, config_path: Option<&Path>) {
+fn transfer_unpack(doc: &mut Table, snapshotter: &str, config_path: Option<&Path>) {
     let t = table(doc, &["plugins", "io.containerd.transfer.v1.local"]);
     let unpack = |snap: &str| {
         let mut u = Table::new();
@@ -315,7 +333,7 @@ fn transfer_unpack(doc: &mut Table, config_path: Option<&Path>) {
     };
     t.insert(
         "unpack_config".into(),
-        Value::Array(vec![unpack(SNAPSHOTTER), unpack("overlayfs")]),
+        Value::Array(vec![unpack(snapshotter), unpack("overlayfs")]),
     );
     if let Some(cp) = config_path {
         t.insert("config_path".into(), p(cp));
@@ -327,7 +345,7 @@ fn transfer_unpack(doc: &mut Table, config_path: Option<&Path>) {
 pub fn snippet(v: Version, socket: &Path) -> String {
     let mut doc = Table::new();
     doc.insert("version".into(), v.config_version().into());
-    proxy_plugin(&mut doc, socket);
+    proxy_plugin(&mut doc, SNAPSHOTTER, socket);
     let images: &[&str] = if v.major >= 2 {
         &["plugins", CRI_IMAGES]
     } else {
@@ -354,11 +372,22 @@ pub fn snippet(v: Version, socket: &Path) -> String {
     head + &render(&doc)
 }
 
-/// `hosts.toml` telling containerd to reach `host` over plain HTTP.
-pub fn hosts_toml(host: &str) -> String {
-    format!(
-        "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
-    )
+/// `hosts.toml` telling containerd to reach `host` over plain HTTP, or over HTTPS trusting
+/// `ca` when given.
+pub fn hosts_toml(host: &str, ca: Option<&Path>) -> String {
+    match ca {
+        None => format!(
+            "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
+        ),
+        Some(ca) => {
+            let mut t = Table::new();
+            t.insert("ca".into(), p(ca));
+            format!(
+                "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  {}",
+                render(&t)
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -409,7 +438,7 @@ mod tests {
                     runc_binary: Some("/usr/bin/runc".into()),
                     ..Default::default()
                 }),
-                teleportd_socket: Some("/n/t.sock".into()),
+                proxy_snapshotter: Some(ProxySnapshotter::teleportd("/n/t.sock")),
                 ..Default::default()
             },
         ))
@@ -544,7 +573,7 @@ mod tests {
 
     #[test]
     fn hosts_toml_is_plain_http() {
-        let t = parse(&hosts_toml("127.0.0.1:5000"));
+        let t = parse(&hosts_toml("127.0.0.1:5000", None));
         assert_eq!(get(&t, &["server"]), Some(&"http://127.0.0.1:5000".into()));
     }
 }

@@ -91,6 +91,8 @@ pub struct Auth {
     users: Vec<(String, String)>,
     anonymous_pull: bool,
     fails: FailLimiter,
+    /// `http` or `https`: how clients reach the token endpoint named in challenges.
+    scheme: &'static str,
 }
 
 /// The outcome of authenticating the caller of a token request.
@@ -109,7 +111,18 @@ impl Auth {
                 let l = crate::Limits::default();
                 FailLimiter::new(l.auth_fail_burst, l.auth_fail_refill)
             },
+            scheme: "http",
         }
+    }
+
+    /// The scheme (`http` / `https`) of the realm URL in challenges.
+    pub fn with_scheme(mut self, scheme: &'static str) -> Auth {
+        self.scheme = scheme;
+        self
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     /// Allow `burst` failed logins per client address and per user name, forgiving one every
@@ -227,7 +240,8 @@ impl Auth {
         }
         let challenge = |error: Option<&str>| {
             let mut c = format!(
-                "Bearer realm=\"http://{realm_host}/oauth2/token\",service=\"{realm_host}\""
+                "Bearer realm=\"{}://{realm_host}/oauth2/token\",service=\"{realm_host}\"",
+                self.scheme
             );
             if let Some(s) = need.scope() {
                 c.push_str(&format!(",scope=\"{s}\""));

@@ -21,6 +21,7 @@ pub mod routes;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -70,6 +71,8 @@ pub struct Config {
     pub expansion_max_attempts: u32,
     /// Limits against hostile or broken clients (the `serve` flags of the same names).
     pub limits: Limits,
+    /// HTTPS instead of plain HTTP (see [`tls::TlsArgs`]).
+    pub tls: Option<tls::Tls>,
 }
 
 /// Limits against hostile or broken clients. Defined once: these are both the library's
@@ -151,6 +154,7 @@ impl Config {
             expansion_chunk_size: expansion::DEFAULT_EXPANSION_CHUNK_SIZE,
             expansion_max_attempts: expansion::DEFAULT_MAX_ATTEMPTS,
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -158,6 +162,7 @@ impl Config {
 /// A running registry started by [`start`].
 pub struct Registry {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<()>>,
@@ -167,9 +172,9 @@ impl Registry {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS)
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
     /// Counters as `/metrics` shows them (for tests).
     pub fn metrics(&self) -> &Metrics {
@@ -198,11 +203,12 @@ pub async fn start(cfg: Config) -> Result<Registry> {
     let addr = listener.local_addr()?;
     let state = build_state(&cfg, addr)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, state.clone(), async move {
+    let task = tokio::spawn(run(listener, state.clone(), cfg.tls.clone(), async move {
         let _ = rx.await;
     }));
     Ok(Registry {
         addr,
+        scheme: scheme(&cfg),
         state,
         shutdown: Some(tx),
         task,
@@ -219,8 +225,17 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()
         })?;
     let addr = listener.local_addr()?;
     let state = build_state(&cfg, addr)?;
-    tracing::info!(%addr, root = ?cfg.root, "registry-mock listening on http://{addr}");
-    run(listener, state, shutdown).await
+    let scheme = scheme(&cfg);
+    tracing::info!(%addr, root = ?cfg.root, "registry-mock listening on {scheme}://{addr}");
+    run(listener, state, cfg.tls.clone(), shutdown).await
+}
+
+fn scheme(cfg: &Config) -> &'static str {
+    if cfg.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// Parse a bandwidth such as `1Gbit`, `200MiB/s`, `100Mbit/s`, `50MB/s` into bytes per second.
@@ -249,12 +264,12 @@ pub fn read_users_file(path: &Path) -> Result<Vec<(String, String)>> {
 fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
     let store = Store::open(&cfg.root)?;
     let metrics = Arc::new(Metrics::default());
-    // Classify blobs served after a restart: every manifest's layers count as layer blobs.
+    // Classify blobs served after a restart: image layers, referrers' artifacts.
     for repo in store.all_repo_names()? {
         for d in store.manifests(&repo)? {
             if let Ok(Some((mt, b))) = store.read_manifest(&repo, &d) {
                 if let Ok(m) = manifest::parse(&b, Some(&mt)) {
-                    metrics.note_layers(m.layers().iter().map(|l| &l.digest));
+                    metrics.note_manifest(&m);
                 }
             }
         }
@@ -284,7 +299,8 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         store,
         auth: Auth::new(cfg.users.clone(), cfg.anonymous_pull)
-            .with_fail_limit(cfg.limits.auth_fail_burst, cfg.limits.auth_fail_refill),
+            .with_fail_limit(cfg.limits.auth_fail_burst, cfg.limits.auth_fail_refill)
+            .with_scheme(scheme(cfg)),
         metrics,
         expander,
         uploads: Sessions::new(store_uploads, &cfg.limits),
@@ -302,6 +318,7 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
 async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<tls::Tls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -360,10 +377,27 @@ async fn run(
                     req.extensions_mut().insert(routes::Peer(peer));
                     async move { Ok::<_, Infallible>(routes::handle(st, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let fut = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
+                // A TLS handshake counts against the header-read timeout (it comes first).
+                let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = fut.await {
+                    let served = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                        Some(tls) => match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "connection ended with error");
                     }
                     drop(permit);

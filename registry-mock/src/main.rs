@@ -22,6 +22,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the serve flags does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Serve the registry until SIGINT/SIGTERM. Every flag can also be set in a TOML file
     /// (--config FILE; key = flag name, e.g. users_file = "/etc/registry-mock/users"); flags on
@@ -64,6 +66,8 @@ enum Cmd {
         chunk_size: Option<u32>,
         #[command(flatten)]
         limits: registry_mock::Limits,
+        #[command(flatten)]
+        tls: registry_mock::tls::TlsArgs,
     },
     /// Wait for an image's layers to be expanded, like ACR's check-expansion.sh.
     /// Exit codes: 0 ready, 1 error or expansion failed, 2 not teleport-enabled, 3 timeout.
@@ -147,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             expansion_workers,
             chunk_size,
             limits,
+            tls,
         } => {
             let root = match root {
                 Some(r) => r,
@@ -162,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let mut cfg = Config::new(root);
             cfg.listen = listen;
             cfg.limits = limits;
+            cfg.tls = tls.load().context("TLS")?;
             for u in &users {
                 cfg.users.push(registry_mock::parse_user(u)?);
             }

@@ -16,15 +16,18 @@ pub enum ServedKind {
     Manifest,
     ExpandedIndex,
     ExpandedData,
+    /// A layer of a referrer (a manifest with a `subject`): signatures, SOCI zTOCs.
+    ArtifactBlob,
 }
 
 impl ServedKind {
-    const ALL: [ServedKind; 5] = [
+    const ALL: [ServedKind; 6] = [
         ServedKind::LayerBlob,
         ServedKind::ConfigBlob,
         ServedKind::Manifest,
         ServedKind::ExpandedIndex,
         ServedKind::ExpandedData,
+        ServedKind::ArtifactBlob,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -33,6 +36,7 @@ impl ServedKind {
             ServedKind::Manifest => "manifest",
             ServedKind::ExpandedIndex => "expanded_index",
             ServedKind::ExpandedData => "expanded_data",
+            ServedKind::ArtifactBlob => "artifact_blob",
         }
     }
 }
@@ -42,13 +46,15 @@ const BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120
 
 #[derive(Default)]
 pub struct Metrics {
-    served: [AtomicU64; 5],
+    served: [AtomicU64; 6],
     received: AtomicU64,
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     expansion: Mutex<Histogram>,
     layer_states: Mutex<BTreeMap<&'static str, u64>>,
     /// Digests referenced as a layer by some manifest: decides layer_blob vs config_blob.
     layers: Mutex<HashSet<Digest>>,
+    /// Digests referenced as a layer by a referrer only (see [`ServedKind::ArtifactBlob`]).
+    artifacts: Mutex<HashSet<Digest>>,
 }
 
 #[derive(Default)]
@@ -101,9 +107,21 @@ impl Metrics {
             s.insert(d.clone());
         }
     }
+    /// Note the layers of a pushed manifest: an image's layers, or a referrer's artifacts.
+    pub fn note_manifest(&self, m: &crate::manifest::Manifest) {
+        let ds = m.layers().iter().map(|l| &l.digest);
+        if m.subject.is_some() {
+            let mut s = lock(&self.artifacts);
+            s.extend(ds.cloned());
+        } else {
+            self.note_layers(ds);
+        }
+    }
     pub fn blob_kind(&self, d: &Digest) -> ServedKind {
         if lock(&self.layers).contains(d) {
             ServedKind::LayerBlob
+        } else if lock(&self.artifacts).contains(d) {
+            ServedKind::ArtifactBlob
         } else {
             ServedKind::ConfigBlob
         }

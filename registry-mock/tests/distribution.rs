@@ -648,6 +648,20 @@ async fn referrers_and_subject_header() {
     assert_eq!(ms[0]["digest"], digest(s2.as_bytes()).as_str());
     assert_eq!(ms[0]["artifactType"], "application/vnd.example.sbom");
     assert_eq!(ms[0]["annotations"]["n"], "2");
+    // A referrer's layers are served as artifact blobs, not image layers.
+    let kind = |k: &str| format!("registry_bytes_served_total{{kind=\"{k}\"}}");
+    let (art0, layer0) = (
+        metric(&c, &t.url, &kind("artifact_blob")).await,
+        metric(&c, &t.url, &kind("layer_blob")).await,
+    );
+    let r = c
+        .get(format!("{}/v2/ref/blobs/{empty}", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"{}");
+    assert_eq!(metric(&c, &t.url, &kind("artifact_blob")).await, art0 + 2);
+    assert_eq!(metric(&c, &t.url, &kind("layer_blob")).await, layer0);
     // Unknown subject: an empty index, never 404.
     let r = c
         .get(format!("{}/v2/ref/referrers/{}", t.url, digest(b"q")))

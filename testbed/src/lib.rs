@@ -35,5 +35,6 @@ pub mod events;
 pub mod expansion;
 pub mod machine;
 pub mod metrics;
+pub mod peers;
 pub mod pod;
 pub mod report;

@@ -7,7 +7,7 @@ use crate::cri::Cri;
 use crate::error::{Error, Result};
 use crate::mounts;
 use crate::process::{self, Daemon};
-use fuse_mount::containerd_config::{self, CriSettings, NodeSettings, Version};
+use fuse_mount::containerd_config::{self, CriSettings, NodeSettings, ProxySnapshotter, Version};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -89,6 +89,12 @@ pub struct NodeConfig {
     /// Plain-HTTP registries (`host:port`) the node may pull from.
     pub registries: Vec<String>,
     pub containerd_bin: PathBuf,
+    /// CA certificate (PEM) of the registries: set, they are reached over HTTPS trusting it.
+    pub registry_ca: Option<PathBuf>,
+    /// A proxy snapshotter other than teleportd (name, gRPC socket) the CRI uses (peers).
+    pub proxy_snapshotter: Option<(String, PathBuf)>,
+    /// Program and arguments containerd is started under (e.g. `nsenter --mount=… --`).
+    pub command_prefix: Vec<std::ffi::OsString>,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
 }
@@ -102,6 +108,9 @@ impl NodeConfig {
             sandbox_image: String::new(),
             registries: Vec::new(),
             containerd_bin: containerd_bin_from_env(),
+            registry_ca: None,
+            proxy_snapshotter: None,
+            command_prefix: Vec::new(),
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
         }
@@ -167,10 +176,18 @@ impl NodePaths {
 /// version 2; 2.x: version 3 with the split CRI plugins). Rendered by the one renderer
 /// teleportd's `config-snippet` also uses.
 pub fn render_config(cfg: &NodeConfig, p: &NodePaths, version: Version) -> String {
-    let snapshotter = match cfg.kind {
-        NodeKind::Shuttle => "overlayfs",
-        NodeKind::Teleporter { .. } => containerd_config::SNAPSHOTTER,
+    // A peer's proxy snapshotter (SOCI) replaces the kind's default.
+    let proxy = match (&cfg.proxy_snapshotter, &cfg.kind) {
+        (Some((name, socket)), _) => Some(ProxySnapshotter {
+            name: name.clone(),
+            socket: socket.clone(),
+        }),
+        (None, NodeKind::Teleporter { .. }) => {
+            Some(ProxySnapshotter::teleportd(&p.teleportd_socket))
+        }
+        (None, NodeKind::Shuttle) => None,
     };
+    let snapshotter = proxy.as_ref().map_or("overlayfs", |x| x.name.as_str());
     let settings = NodeSettings {
         root: p.root.clone(),
         state: p.state.clone(),
@@ -196,10 +213,7 @@ pub fn render_config(cfg: &NodeConfig, p: &NodePaths, version: Version) -> Strin
             disable_apparmor: true,
             stream_server_local: true,
         }),
-        teleportd_socket: match cfg.kind {
-            NodeKind::Shuttle => None,
-            NodeKind::Teleporter { .. } => Some(p.teleportd_socket.clone()),
-        },
+        proxy_snapshotter: proxy,
     };
     containerd_config::node_config(version, &settings)
 }
@@ -221,9 +235,10 @@ pub fn containerd_bin_from_env() -> PathBuf {
     }
 }
 
-/// `hosts.toml` telling containerd to reach `host` over plain HTTP.
-pub fn render_hosts_toml(host: &str) -> String {
-    containerd_config::hosts_toml(host)
+/// `hosts.toml` telling containerd to reach `host` over plain HTTP, or over HTTPS trusting
+/// `ca` when given.
+pub fn render_hosts_toml(host: &str, ca: Option<&Path>) -> String {
+    containerd_config::hosts_toml(host, ca)
 }
 
 /// A running node. Dropping it stops its processes, kills its shims and unmounts its mounts.
@@ -301,7 +316,7 @@ impl Node {
         if !self.cfg.registries.iter().any(|h| h == host) {
             self.cfg.registries.push(host.to_string());
         }
-        write_hosts(&self.paths.certs, host)
+        write_hosts(&self.paths.certs, host, self.cfg.registry_ca.as_deref())
     }
 
     fn write_files(&self) -> Result<()> {
@@ -318,7 +333,7 @@ impl Node {
         std::fs::write(&p.config, render_config(&self.cfg, p, version))
             .map_err(Error::io(format!("write {}", p.config.display())))?;
         for host in &self.cfg.registries {
-            write_hosts(&p.certs, host)?;
+            write_hosts(&p.certs, host, self.cfg.registry_ca.as_deref())?;
         }
         Ok(())
     }
@@ -364,7 +379,14 @@ impl Node {
             self.wait_for_socket_accepting().await?;
         }
         let _ = std::fs::remove_file(&self.paths.socket);
-        let mut cmd = Command::new(&self.cfg.containerd_bin);
+        let mut cmd = match self.cfg.command_prefix.split_first() {
+            None => Command::new(&self.cfg.containerd_bin),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.cfg.containerd_bin);
+                c
+            }
+        };
         cmd.arg("--config").arg(&self.paths.config);
         // containerd finds its shim through PATH: the one beside the chosen containerd first.
         if let Some(dir) = self
@@ -535,11 +557,11 @@ impl Drop for Node {
     }
 }
 
-fn write_hosts(certs: &Path, host: &str) -> Result<()> {
+fn write_hosts(certs: &Path, host: &str, ca: Option<&Path>) -> Result<()> {
     let dir = certs.join(host);
     std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
     let file = dir.join("hosts.toml");
-    std::fs::write(&file, render_hosts_toml(host))
+    std::fs::write(&file, render_hosts_toml(host, ca))
         .map_err(Error::io(format!("write {}", file.display())))
 }
 
@@ -633,9 +655,26 @@ mod tests {
     }
 
     #[test]
+    fn peer_proxy_snapshotter_replaces_the_default() {
+        let dir = Path::new("/tmp/tb/soci");
+        let mut cfg = NodeConfig::new("soci", dir, NodeKind::Shuttle);
+        cfg.proxy_snapshotter = Some(("soci".into(), PathBuf::from("/tmp/tb/soci/s.sock")));
+        let text = render_config(&cfg, &NodePaths::new(dir), Version::V1_6);
+        assert!(text.contains("snapshotter = \"soci\""));
+        assert!(text.contains("disable_snapshot_annotations = false"));
+        assert!(text.contains("[proxy_plugins.soci]"));
+        assert!(text.contains("address = \"/tmp/tb/soci/s.sock\""));
+        assert!(!text.contains("teleportd"));
+    }
+
+    #[test]
     fn hosts_toml_is_plain_http() {
-        let t = render_hosts_toml("127.0.0.1:5000");
+        let t = render_hosts_toml("127.0.0.1:5000", None);
         assert!(t.starts_with("server = \"http://127.0.0.1:5000\""));
         assert!(t.contains("[host.\"http://127.0.0.1:5000\"]"));
+        let t = render_hosts_toml("127.0.0.1:5000", Some(Path::new("/n/ca.crt")));
+        assert!(t.starts_with("server = \"https://127.0.0.1:5000\""));
+        assert!(t.contains("ca = \"/n/ca.crt\""));
+        assert!(!t.contains("skip_verify"));
     }
 }

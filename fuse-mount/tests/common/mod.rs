@@ -226,7 +226,7 @@ impl Containerd {
         if let Some(h) = cri_registry {
             let d = dir.join("certs.d").join(h);
             fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("hosts.toml"), containerd_config::hosts_toml(h)).unwrap();
+            fs::write(d.join("hosts.toml"), containerd_config::hosts_toml(h, None)).unwrap();
         }
         let config = containerd_config::node_config(
             version,
@@ -245,7 +245,9 @@ impl Containerd {
                     cni_dir: Some(dir.join("cni")),
                     ..Default::default()
                 }),
-                teleportd_socket: Some(snap_socket.to_path_buf()),
+                proxy_snapshotter: Some(containerd_config::ProxySnapshotter::teleportd(
+                    snap_socket,
+                )),
                 ..Default::default()
             },
         );

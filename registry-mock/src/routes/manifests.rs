@@ -280,7 +280,7 @@ pub async fn put(
     })
     .await
     .map_err(|e| ApiError::Internal(crate::error::Error::Task(e.to_string())))??;
-    st.metrics.note_layers(m.layers().iter().map(|l| &l.digest));
+    st.metrics.note_manifest(&m);
     let enabled = touch_repo(st, name).await?.teleport_enabled;
     if enabled {
         // ACR: a push to a teleport-enabled repository queues its layers; the response does not wait.

@@ -12,9 +12,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::http_util::{header_str, json, now_secs, query_params, rfc3339, Resp};
 use crate::state::AppState;
 
-fn unauthorized(host: &str) -> ApiError {
+fn unauthorized(st: &AppState, host: &str) -> ApiError {
     ApiError::Unauthorized {
-        challenge: format!("Basic realm=\"http://{host}/oauth2/token\""),
+        challenge: format!("Basic realm=\"{}://{host}/oauth2/token\"", st.auth.scheme()),
         message: "invalid username or password".into(),
     }
 }
@@ -52,11 +52,11 @@ pub fn get(st: &Arc<AppState>, req: &Request<Incoming>, host: &str) -> ApiResult
         None => Caller::Anonymous,
         Some(h) => match Auth::basic(h) {
             Some((u, p)) if !st.auth.enabled() || st.auth.check_password(&u, &p) => Caller::User(u),
-            _ => return Err(unauthorized(host)),
+            _ => return Err(unauthorized(st, host)),
         },
     };
     if matches!(caller, Caller::Anonymous) && st.auth.enabled() && !st.auth.anonymous_pull() {
-        return Err(unauthorized(host));
+        return Err(unauthorized(st, host));
     }
     Ok(respond(st, caller, scopes_of(&q)))
 }
@@ -80,10 +80,10 @@ pub async fn post(st: &Arc<AppState>, req: Request<Incoming>, host: &str) -> Api
         }
     }
     let (Some(u), Some(p)) = (get("username"), get("password")) else {
-        return Err(unauthorized(host));
+        return Err(unauthorized(st, host));
     };
     if st.auth.enabled() && !st.auth.check_password(u, p) {
-        return Err(unauthorized(host));
+        return Err(unauthorized(st, host));
     }
     Ok(respond(st, Caller::User(u.to_string()), scopes_of(&form)))
 }
