@@ -260,7 +260,9 @@ impl Client {
         }
         let http = crate::config::client_builder()
             .connect_timeout(opts.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below registry-mock's keep-alive close (its 30 s header-read timeout): a pooled
+            // connection is dropped here before the server closes it under a request.
+            .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .build()
