@@ -33,6 +33,55 @@ impl Variant {
     }
 }
 
+/// Whether a teleporter learns and replays start profiles (teleportd `--no-start-profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartProfile {
+    /// Records what a first start reads; later starts replay the learned profile.
+    Learned,
+    /// `--no-start-profile`: nothing recorded or replayed.
+    Off,
+}
+
+/// The teleportd flag that turns start profiles off.
+pub const NO_START_PROFILE: &str = "--no-start-profile";
+
+impl StartProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartProfile::Learned => "learned",
+            StartProfile::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for StartProfile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "learned" | "on" => Ok(StartProfile::Learned),
+            "off" => Ok(StartProfile::Off),
+            other => Err(Error::Invalid(format!(
+                "unknown start profile {other:?} (learned or off)"
+            ))),
+        }
+    }
+}
+
+/// A teleporter's start-profile setting (from its teleportd flags); `None` for the shuttle.
+pub fn start_profile_of(node: &Node) -> Option<StartProfile> {
+    match node.kind() {
+        NodeKind::Shuttle => None,
+        NodeKind::Teleporter { extra_args, .. } => {
+            Some(if extra_args.iter().any(|a| a == NO_START_PROFILE) {
+                StartProfile::Off
+            } else {
+                StartProfile::Learned
+            })
+        }
+    }
+}
+
 /// Name of the pause image's repository and tag in the registry.
 pub const PAUSE_REPO: &str = "pause";
 pub const PAUSE_TAG: &str = "tb";
@@ -61,8 +110,14 @@ pub async fn fixture(
         .ok_or_else(|| Error::Invalid(format!("unknown fixture profile {profile:?}")))?;
     let squash = variant == Some(Variant::Squashed);
     let tag = variant.map_or(PAUSE_TAG, Variant::tag).to_string();
+    // The entrypoint inside the image is part of the key: a new tb-entrypoint means new images.
+    let ep = {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(fixtures::ENTRYPOINT_BIN);
+        format!("{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
+    };
     let dir = cache.join(format!(
-        "{profile}-s{}-{}",
+        "{profile}-s{}-{}-e{ep}",
         scale_tag(scale),
         variant.map_or("image", Variant::as_str)
     ));
@@ -174,6 +229,8 @@ pub fn find_teleportd(explicit: Option<&Path>) -> Option<PathBuf> {
 pub struct NodeSet {
     pub shuttle: bool,
     pub mount_modes: Vec<MountMode>,
+    /// Teleporters per mount mode: one per setting (`learned` keeps the plain node name).
+    pub start_profiles: Vec<StartProfile>,
     pub teleportd_bin: Option<PathBuf>,
     /// Extra flags passed to every teleportd.
     pub teleportd_args: Vec<String>,
@@ -196,16 +253,31 @@ pub async fn start_nodes(
             missing: "teleportd binary".into(),
             hint: "build it with `cargo build -p fuse-mount --bin teleportd`, or pass --teleportd PATH / set TELEPORTD_BIN".into(),
         })?;
+        let profiles = if set.start_profiles.is_empty() {
+            vec![StartProfile::Learned]
+        } else {
+            set.start_profiles.clone()
+        };
         for mode in &set.mount_modes {
-            kinds.push((
-                format!("teleporter-{}", mode.as_str()),
-                NodeKind::Teleporter {
-                    mount_mode: *mode,
-                    registry_url: registry.url(),
-                    teleportd_bin: bin.clone(),
-                    extra_args: set.teleportd_args.clone(),
-                },
-            ));
+            for sp in &profiles {
+                let mut extra_args = set.teleportd_args.clone();
+                let mut name = format!("teleporter-{}", mode.as_str());
+                if *sp == StartProfile::Off {
+                    name.push_str("-noprofile");
+                    if !extra_args.iter().any(|a| a == NO_START_PROFILE) {
+                        extra_args.push(NO_START_PROFILE.into());
+                    }
+                }
+                kinds.push((
+                    name,
+                    NodeKind::Teleporter {
+                        mount_mode: *mode,
+                        registry_url: registry.url(),
+                        teleportd_bin: bin.clone(),
+                        extra_args,
+                    },
+                ));
+            }
         }
     }
     let mut nodes = Vec::new();
