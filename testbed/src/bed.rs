@@ -289,3 +289,119 @@ pub async fn start_nodes(
     }
     Ok(nodes)
 }
+
+/// An image imported with skopeo (`--image`), as an OCI layout on disk.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub variant: Variant,
+    pub layout: PathBuf,
+    pub tag: String,
+    pub image: fixtures::squash::LayoutImage,
+    pub uncompressed_bytes: u64,
+}
+
+fn skopeo(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .map_err(Error::io("run skopeo (apt-get install skopeo)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "skopeo {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Import `reference` (`oci:DIR:TAG`, `docker-archive:FILE` or `docker://HOST/REPO:TAG`) into
+/// an OCI layout under `work` with skopeo; the squashed twin, when asked for, is built from it
+/// by [`fixtures::squash`].
+pub async fn import_image(
+    reference: &str,
+    work: &Path,
+    variants: &[Variant],
+) -> Result<Vec<Imported>> {
+    let ok = ["oci:", "docker-archive:", "docker://"]
+        .iter()
+        .any(|p| reference.starts_with(p));
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "--image {reference:?}: want oci:DIR:TAG, docker-archive:FILE or docker://HOST/REPO:TAG"
+        )));
+    }
+    let (reference, work, variants) =
+        (reference.to_string(), work.to_path_buf(), variants.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let layered = work.join("layered");
+        crate::mounts::remove_tree(&layered)?;
+        std::fs::create_dir_all(&layered)
+            .map_err(Error::io(format!("create {}", layered.display())))?;
+        let dest = format!("oci:{}:{}", layered.display(), Variant::Layered.tag());
+        let mut args = vec!["copy", "--insecure-policy", "--quiet"];
+        if reference.starts_with("docker://") {
+            args.push("--src-tls-verify=false");
+        }
+        args.extend([reference.as_str(), dest.as_str()]);
+        skopeo(&args)?;
+        let mut out = Vec::new();
+        for v in variants {
+            let dir = match v {
+                Variant::Layered => layered.clone(),
+                Variant::Squashed => {
+                    let dir = work.join("squashed");
+                    crate::mounts::remove_tree(&dir)?;
+                    std::fs::create_dir_all(&dir)
+                        .map_err(Error::io(format!("create {}", dir.display())))?;
+                    let s = fixtures::squash::squash_layout(
+                        &layered,
+                        Some(Variant::Layered.tag()),
+                        &dir,
+                        v.tag(),
+                    )
+                    .map_err(|e| Error::Invalid(format!("squash {reference}: {e}")))?;
+                    tracing::info!(layers_in = s.layers_in, entries = s.entries, digest = %s.manifest_digest, "squashed");
+                    dir
+                }
+            };
+            let image = fixtures::squash::read_layout(&dir, Some(v.tag()))
+                .map_err(|e| Error::Invalid(format!("{reference}: {e}")))?;
+            let uncompressed_bytes = fixtures::squash::uncompressed_sizes(&dir, &image)
+                .map_err(|e| Error::Invalid(format!("{reference}: {e}")))?
+                .iter()
+                .sum();
+            out.push(Imported {
+                variant: v,
+                layout: dir,
+                tag: v.tag().to_string(),
+                image,
+                uncompressed_bytes,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("import task: {e}")))?
+}
+
+/// Push an imported layout to `host/repo:tag` with skopeo.
+pub async fn push_imported(img: &Imported, host: &str, repo: &str) -> Result<String> {
+    let reference = format!("{host}/{repo}:{}", img.tag);
+    let src = format!("oci:{}:{}", img.layout.display(), img.tag);
+    let dest = format!("docker://{reference}");
+    tokio::task::spawn_blocking(move || {
+        skopeo(&[
+            "copy",
+            "--insecure-policy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &src,
+            &dest,
+        ])
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("push task: {e}")))??;
+    Ok(reference)
+}

@@ -54,6 +54,9 @@ pub struct CompareOptions {
     pub args: Option<Vec<String>>,
     /// Warm runs per node and variant (the row shows their median).
     pub warm_runs: u32,
+    /// Measure this image (`oci:DIR:TAG`, `docker-archive:FILE`, `docker://HOST/REPO:TAG`)
+    /// instead of a fixture profile; imported with skopeo.
+    pub image: Option<String>,
     /// `sync` and drop the page cache before each timed run (root).
     pub drop_caches: bool,
 }
@@ -85,6 +88,7 @@ impl CompareOptions {
             command: None,
             args: None,
             warm_runs: 3,
+            image: None,
             drop_caches: true,
         }
     }
@@ -186,27 +190,37 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     std::fs::create_dir_all(&opts.out)
         .map_err(Error::io(format!("create {}", opts.out.display())))?;
 
-    // Fixtures (cached across runs: same profile/scale/variant → same bytes).
+    // Fixtures (cached across runs: same profile/scale/variant → same bytes), or the image.
     let cache = work.join("fixtures");
     let mut images: Vec<Fixture> = Vec::new();
-    for v in &opts.variants {
-        images.push(
-            bed::fixture(
-                &cache,
-                &opts.profile,
-                opts.scale,
-                Some(*v),
-                opts.interactive,
-            )
-            .await?,
-        );
-    }
+    let imported = match &opts.image {
+        Some(r) => bed::import_image(r, &work.join("import"), &opts.variants).await?,
+        None => {
+            for v in &opts.variants {
+                images.push(
+                    bed::fixture(
+                        &cache,
+                        &opts.profile,
+                        opts.scale,
+                        Some(*v),
+                        opts.interactive,
+                    )
+                    .await?,
+                );
+            }
+            Vec::new()
+        }
+    };
     let pause = bed::fixture(&cache, "pause", 1.0, None, false).await?;
 
     // Registry: fresh root each run so expansion happens now, under our eyes.
     let reg_root = work.join("registry");
     crate::mounts::remove_tree(&reg_root)?;
-    let repo = opts.profile.clone();
+    let repo = if opts.image.is_some() {
+        "image".to_string()
+    } else {
+        opts.profile.clone()
+    };
     let registry = bed::start_registry(
         &reg_root,
         opts.bandwidth_bytes_per_sec,
@@ -238,6 +252,23 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             files: fx.info.files.clone(),
             working_set_files: ws.files,
             working_set_bytes: ws.bytes,
+        });
+    }
+    for im in &imported {
+        let reference = bed::push_imported(im, &host, &repo).await?;
+        bed::ensure_expanded(&registry.url(), &repo, &im.tag, opts.expansion_timeout).await?;
+        facts.push(ImageFacts {
+            variant: im.variant,
+            reference,
+            manifest_digest: im.image.manifest_digest.to_string(),
+            layers: im.image.layers.len(),
+            image_bytes: im.uncompressed_bytes,
+            compressed_bytes: im.image.compressed_bytes(),
+            working_set_hash: String::new(),
+            layer_digests: im.image.layers.iter().map(|l| l.0.to_string()).collect(),
+            files: Vec::new(),
+            working_set_files: 0,
+            working_set_bytes: 0,
         });
     }
 
@@ -385,8 +416,9 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         tracing::warn!(error = %e, "registry shutdown");
     }
 
+    let label = opts.image.clone().unwrap_or_else(|| opts.profile.clone());
     let report = Report::build(
-        &opts.profile,
+        &label,
         opts.scale,
         opts.working_set,
         LinkSettings {

@@ -116,6 +116,10 @@ struct CompareArgs {
     /// http:URL.
     #[arg(long, default_value = "fixture")]
     ready: String,
+    /// Measure this image instead of a fixture: oci:DIR:TAG, docker-archive:FILE or
+    /// docker://HOST/REPO:TAG (imported with skopeo; the squashed twin built by the project).
+    #[arg(long)]
+    image: Option<String>,
     /// Do not `sync` and drop the page cache before each cold run.
     #[arg(long)]
     keep_page_cache: bool,
@@ -298,6 +302,7 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.ready_timeout = a.ready_timeout;
     o.warm_runs = a.warm_runs;
     o.drop_caches = !a.keep_page_cache;
+    o.image = a.image;
     o.start_profiles = a
         .start_profiles
         .iter()

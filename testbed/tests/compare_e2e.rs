@@ -197,3 +197,64 @@ async fn shuttle_compare_writes_reports() {
     assert!(common::mounts_under(tmp.path()).is_empty());
     assert!(common::processes_mentioning(tmp.path()).is_empty());
 }
+
+/// `--image oci:DIR:TAG` of an image built here (a tiny fixture layout, used as any OCI image):
+/// imported with skopeo, squashed by the project, pushed, expanded and started on every node
+/// with a log probe. Teleport rows download no layer blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_compare_imports_any_oci_layout() {
+    if !common::prerequisites() {
+        return;
+    }
+    common::init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("img");
+    let mut b = fixtures::BuildOptions::new(fixtures::profile::by_name("redis").unwrap());
+    b.scale = 0.01;
+    b.tag = "t1".into();
+    let built = fixtures::build(&b, &layout).unwrap();
+    let out = tmp.path().join("out");
+    let mut o = CompareOptions::new(&out);
+    o.image = Some(format!("oci:{}:t1", layout.display()));
+    o.ready = "log:^TB-READY files=".parse().unwrap();
+    o.reps = 1;
+    o.warm_runs = 1;
+    o.mount_modes = vec![MountMode::PerLayer, MountMode::Merged];
+    o.start_profiles = vec![testbed::bed::StartProfile::Learned];
+    o.variants = vec![Variant::Layered, Variant::Squashed];
+    o.work_dir = Some(tmp.path().join("work"));
+    o.teleportd_bin = Some(common::teleportd());
+    o.interactive = false;
+    let report = compare(&o).await.unwrap();
+
+    let layered = &report.images[0];
+    let squashed = &report.images[1];
+    assert_eq!(layered.layers, built.layers.len());
+    assert_eq!(layered.manifest_digest, built.manifest_digest.to_string());
+    assert_eq!(squashed.layers, 1);
+    assert_eq!(layered.image_bytes, built.total_uncompressed);
+    // Shuttle + 2 teleporters + 2 first-start rows, per variant.
+    assert_eq!(report.rows.len(), 2 * 5);
+    for row in &report.rows {
+        let img = if row.variant == Variant::Layered {
+            layered
+        } else {
+            squashed
+        };
+        if row.mount_mode == "overlayfs" {
+            assert_eq!(
+                row.layer_blob_bytes_downloaded, img.compressed_bytes,
+                "{row:?}"
+            );
+        } else {
+            assert_eq!(row.layer_blob_bytes_downloaded, 0, "{row:?}");
+            assert!(row.expanded_bytes_fetched > 0, "{row:?}");
+        }
+        assert!(row.ready_seconds.is_some());
+    }
+    assert!(report.settings.ready.starts_with("log:"));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains(&format!("oci:{}:t1", layout.display())), "{md}");
+    assert!(common::mounts_under(tmp.path()).is_empty());
+    assert!(common::processes_mentioning(tmp.path()).is_empty());
+}
