@@ -234,6 +234,8 @@ pub struct NodeSet {
     pub teleportd_bin: Option<PathBuf>,
     /// Extra flags passed to every teleportd.
     pub teleportd_args: Vec<String>,
+    /// Each node's volatile dirs on a fresh loop-backed ext4 of this size at every recycle.
+    pub fresh_fs_bytes: Option<u64>,
 }
 
 /// Start the shuttle and one teleporter per mount mode under `dir`.
@@ -285,6 +287,7 @@ pub async fn start_nodes(
         let mut cfg = NodeConfig::new(&name, &dir.join(&name), kind);
         cfg.sandbox_image = sandbox_image.clone();
         cfg.registries = vec![host.clone()];
+        cfg.fresh_fs_bytes = set.fresh_fs_bytes;
         nodes.push(Node::start(cfg).await?);
     }
     Ok(nodes)

@@ -59,6 +59,8 @@ pub struct CompareOptions {
     pub image: Option<String>,
     /// `sync` and drop the page cache before each timed run (root).
     pub drop_caches: bool,
+    /// Each node's root/state/cache on a new loop-backed ext4 of this size at every recycle.
+    pub fresh_fs_bytes: Option<u64>,
 }
 
 impl CompareOptions {
@@ -90,6 +92,7 @@ impl CompareOptions {
             warm_runs: 3,
             image: None,
             drop_caches: true,
+            fresh_fs_bytes: Some(4 << 30),
         }
     }
 }
@@ -278,6 +281,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         start_profiles: opts.start_profiles.clone(),
         teleportd_bin: opts.teleportd_bin.clone(),
         teleportd_args: opts.teleportd_args.clone(),
+        fresh_fs_bytes: opts.fresh_fs_bytes,
     };
     let mut nodes = bed::start_nodes(&work.join("nodes"), &set, &registry).await?;
     let versions = Versions::detect();

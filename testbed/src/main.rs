@@ -120,6 +120,10 @@ struct CompareArgs {
     /// docker://HOST/REPO:TAG (imported with skopeo; the squashed twin built by the project).
     #[arg(long)]
     image: Option<String>,
+    /// Size of each node's fresh loop-backed ext4 (made anew at every recycle), e.g. 4GiB;
+    /// 0 keeps plain directories.
+    #[arg(long, default_value = "4GiB")]
+    node_fs_size: String,
     /// Do not `sync` and drop the page cache before each cold run.
     #[arg(long)]
     keep_page_cache: bool,
@@ -167,6 +171,23 @@ fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(anyhow::Error::from))
         .collect()
+}
+
+/// `4GiB`, `512MiB`, `4G`, `1000000` → bytes.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("size {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => bail!("size {s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
 }
 
 async fn shutdown_signal() {
@@ -264,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
                 shuttle: true,
                 mount_modes: mount_modes(&modes)?,
                 start_profiles: vec![testbed::bed::StartProfile::Learned],
+                fresh_fs_bytes: None,
                 teleportd_bin: teleportd,
                 teleportd_args,
             };
@@ -303,6 +325,10 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.warm_runs = a.warm_runs;
     o.drop_caches = !a.keep_page_cache;
     o.image = a.image;
+    o.fresh_fs_bytes = match parse_size(&a.node_fs_size)? {
+        0 => None,
+        n => Some(n),
+    };
     o.start_profiles = a
         .start_profiles
         .iter()

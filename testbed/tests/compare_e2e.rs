@@ -136,6 +136,15 @@ async fn scaled_compare_measures_both_nodes() {
         .starts_with("variant,node,"));
     let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+    // Nodes ran on fresh loop-backed ext4 filesystems (the default), all released now.
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("containerd"), "containerd version shown: {md}");
+    let loops: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("loop/backing_file")).ok())
+        .filter(|b| b.contains(&*tmp.path().to_string_lossy()))
+        .collect();
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
     // Nothing left behind.
     assert!(common::mounts_under(tmp.path()).is_empty());
     assert!(common::processes_mentioning(tmp.path()).is_empty());
