@@ -110,11 +110,14 @@ diff_layer() {
 
 mapfile -t order < <(in_root apt-get install -s --no-install-recommends "${packages[@]}" | awk '/^Inst /{print $2}')
 ((${#order[@]} > 0)) || { say "apt plans nothing to install for ${packages[*]}"; exit 1; }
-per=$(((${#order[@]} + ngroups - 1) / ngroups))
-say "${#order[@]} packages in $(((${#order[@]} + per - 1) / per)) groups"
+total=${#order[@]}
+((ngroups > total)) && ngroups=$total
+say "$total packages in $ngroups groups (one layer each, apt's install order)"
 n=0
-for ((i = 0; i < ${#order[@]}; i += per)); do
-  group=("${order[@]:i:per}")
+for ((g = 0; g < ngroups; g++)); do
+  # An even split: group g holds packages [g*total/ngroups, (g+1)*total/ngroups).
+  from=$((g * total / ngroups)); to=$(((g + 1) * total / ngroups))
+  group=("${order[@]:from:to-from}")
   in_root apt-get install -y -qq --no-install-recommends "${group[@]}" >"$work/apt.log" 2>&1 ||
     { tail -20 "$work/apt.log" >&2; exit 1; }
   in_root apt-get clean
