@@ -265,7 +265,8 @@ pub async fn start_nodes(
                 let mut extra_args = set.teleportd_args.clone();
                 let mut name = format!("teleporter-{}", mode.as_str());
                 if *sp == StartProfile::Off {
-                    name.push_str("-noprofile");
+                    // Short: teleportd keeps unix sockets under the node dir (108-byte limit).
+                    name.push_str("-off");
                     if !extra_args.iter().any(|a| a == NO_START_PROFILE) {
                         extra_args.push(NO_START_PROFILE.into());
                     }

@@ -70,7 +70,7 @@ pub struct Row {
     pub image_bytes: u64,
     /// Role: `shuttle` or `teleporter`.
     pub node: String,
-    /// The node's own name (`teleporter-merged-noprofile`, …).
+    /// The node's own name (`teleporter-merged-off`, …).
     #[serde(default)]
     pub node_name: String,
     pub mount_mode: String,
