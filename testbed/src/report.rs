@@ -500,12 +500,21 @@ impl Report {
              image* (CRI PullImage). For Teleport the pull records metadata only: layers are attached \
              and their bytes fetched during container create/start, so they are paid in ready — which is \
              why the speed-up is on ready. **Start profile**: `learned` = teleportd replays what the \
-             image's first start read (each cold run reads a different working set, {:.0}% in common \
-             with that first start, so the profile is a learned guess, not an oracle); `off` = \
+             image's first start read ({}); `off` = \
              `--no-start-profile`; `none yet (first start)` = the first start of the image, each rep \
              with the stored profile dropped. Warm ready = median of {} runs with the image present. \
              Bytes are registry `/metrics` deltas (median).\n",
-            self.settings.overlap * 100.0,
+            if self.settings.ready.is_empty() || self.settings.ready.starts_with("TB-READY") {
+                format!(
+                    "each cold run reads a different working set, {:.0}% in common with that first \
+                     start, so the profile is a learned guess, not an oracle",
+                    self.settings.overlap * 100.0
+                )
+            } else {
+                "this app chooses what it reads; if every start reads the same files, the replay \
+                 is exact"
+                    .to_string()
+            },
             self.settings.warm_runs,
         );
         let _ = writeln!(
