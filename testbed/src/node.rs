@@ -532,10 +532,23 @@ impl Node {
             return Ok(());
         };
         let dir = &self.paths.dir;
-        let (img, vol) = (dir.join("disk.img"), dir.join("vol"));
+        let vol = dir.join("vol");
         mounts::remove_tree(&vol)?;
         let io = |what: &Path| Error::io(format!("fresh filesystem {}", what.display()));
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // A new file name each time: mount(8) reuses a loop device still attached to the same
+        // backing file (released lazily after the last unmount), whose stale cache then makes
+        // the new filesystem look corrupt (EUCLEAN).
+        for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("disk.") && n.ends_with(".img") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let img = dir.join(format!("disk.{stamp}.img"));
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(bytes))
             .map_err(io(&img))?;
