@@ -1,10 +1,14 @@
 //! tb-entrypoint: the process every fixture image runs.
 //!
 //! * `tb-entrypoint pause`: sleep until SIGTERM/SIGINT, exit 0 (the pod sandbox "pause" process).
-//! * `tb-entrypoint` (default): read `/etc/tb/manifest.tsv`, pick the working set
-//!   (`TB_WORKING_SET`, default 0.06), read those files fully in parallel (`TB_THREADS`, default 8),
-//!   verify each sha256, print `TB-READY files=N bytes=B hash=sha256:… elapsed_ms=…`, then exit 0,
-//!   or keep running until SIGTERM when `TB_SERVE=1`.
+//! * `tb-entrypoint [run] [--readers N] [--seed S] [--overlap F] [--working-set F]` (default):
+//!   read `/etc/tb/manifest.tsv`, pick the working set (`TB_WORKING_SET`, default 0.06; seed
+//!   `TB_SEED`, default 0 = the learning set; `TB_OVERLAP`, default 0.8, the share kept from the
+//!   learning set for any other seed), read those files fully with N readers (`TB_READERS` or
+//!   `TB_THREADS`, default 8; `1` reads them one after another in manifest order, like a
+//!   program importing its modules), verify each sha256, print
+//!   `TB-READY files=N bytes=B hash=sha256:… elapsed_ms=…`, then exit 0, or keep running until
+//!   SIGTERM when `TB_SERVE=1`. Flags win over the environment.
 //!
 //! std + sha2 only; built static so it runs in any image, even one with no libc.
 
@@ -50,18 +54,67 @@ fn wait_for_stop() -> ! {
 }
 
 fn main() -> ExitCode {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
     match mode.as_str() {
         "pause" => wait_for_stop(),
-        "" | "run" => run(),
         "-h" | "--help" | "help" => {
-            println!("usage: tb-entrypoint [pause|run]\n  env TB_WORKING_SET (0.06), TB_THREADS (8), TB_SERVE=1, TB_MANIFEST");
+            println!("usage: tb-entrypoint [pause|run] [--readers N] [--seed S] [--overlap F] [--working-set F]\n  env TB_WORKING_SET (0.06), TB_READERS/TB_THREADS (8), TB_SEED (0), TB_OVERLAP (0.8), TB_SERVE=1, TB_MANIFEST");
             ExitCode::SUCCESS
         }
+        "run" => match Settings::parse(&args[1..]) {
+            Ok(s) => run(&s),
+            Err(e) => usage_error(&e),
+        },
+        m if m.is_empty() || m.starts_with("--") => match Settings::parse(&args) {
+            Ok(s) => run(&s),
+            Err(e) => usage_error(&e),
+        },
         other => {
             eprintln!("tb-entrypoint: unknown mode {other:?} (want pause or run)");
             ExitCode::from(2)
         }
+    }
+}
+
+fn usage_error(e: &str) -> ExitCode {
+    eprintln!("tb-entrypoint: {e}");
+    ExitCode::from(2)
+}
+
+/// How a run picks and reads its working set (flags over environment over defaults).
+struct Settings {
+    fraction: f64,
+    readers: usize,
+    seed: u64,
+    overlap: f64,
+}
+
+impl Settings {
+    fn parse(args: &[String]) -> Result<Settings, String> {
+        let mut s = Settings {
+            fraction: env_or("TB_WORKING_SET", select::DEFAULT_WORKING_SET),
+            readers: env_or("TB_READERS", env_or("TB_THREADS", 8usize)),
+            seed: env_or("TB_SEED", 0u64),
+            overlap: env_or("TB_OVERLAP", 0.8f64),
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} wants a value"))?
+                .trim();
+            let bad = || format!("bad value {value:?} for {flag}");
+            match flag.as_str() {
+                "--readers" => s.readers = value.parse().map_err(|_| bad())?,
+                "--seed" => s.seed = value.parse().map_err(|_| bad())?,
+                "--overlap" => s.overlap = value.parse().map_err(|_| bad())?,
+                "--working-set" => s.fraction = value.parse().map_err(|_| bad())?,
+                other => return Err(format!("unknown flag {other:?}")),
+            }
+        }
+        s.readers = s.readers.clamp(1, 256);
+        Ok(s)
     }
 }
 
@@ -72,7 +125,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn run() -> ExitCode {
+fn run(settings: &Settings) -> ExitCode {
     let start = Instant::now();
     let manifest_path = std::env::var("TB_MANIFEST").unwrap_or_else(|_| MANIFEST.to_string());
     let text = match std::fs::read_to_string(&manifest_path) {
@@ -89,9 +142,19 @@ fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let fraction = env_or("TB_WORKING_SET", select::DEFAULT_WORKING_SET);
-    let threads = env_or("TB_THREADS", 8usize).clamp(1, 256);
-    let set = select::select(&files, fraction);
+    let threads = settings.readers;
+    let set = select::select_varied(&files, settings.fraction, settings.seed, settings.overlap);
+    // Read order: one reader goes through the files in manifest order (import order); the
+    // aggregate hash is over the path-sorted set either way.
+    let mut read_order: Vec<&select::ManifestLine> = set.iter().collect();
+    if threads == 1 {
+        let index: std::collections::HashMap<&str, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_str(), i))
+            .collect();
+        read_order.sort_by_key(|f| index.get(f.path.as_str()).copied().unwrap_or(usize::MAX));
+    }
 
     let next = AtomicUsize::new(0);
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -102,7 +165,7 @@ fn run() -> ExitCode {
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(f) = set.get(i) else { break };
+                    let Some(f) = read_order.get(i) else { break };
                     match hash_file(&f.path, &mut buf) {
                         Ok((n, hex)) if hex == f.sha256 && n == f.size => {
                             bytes.fetch_add(n as usize, Ordering::Relaxed);

@@ -33,6 +33,55 @@ impl Variant {
     }
 }
 
+/// Whether a teleporter learns and replays start profiles (teleportd `--no-start-profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartProfile {
+    /// Records what a first start reads; later starts replay the learned profile.
+    Learned,
+    /// `--no-start-profile`: nothing recorded or replayed.
+    Off,
+}
+
+/// The teleportd flag that turns start profiles off.
+pub const NO_START_PROFILE: &str = "--no-start-profile";
+
+impl StartProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartProfile::Learned => "learned",
+            StartProfile::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for StartProfile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "learned" | "on" => Ok(StartProfile::Learned),
+            "off" => Ok(StartProfile::Off),
+            other => Err(Error::Invalid(format!(
+                "unknown start profile {other:?} (learned or off)"
+            ))),
+        }
+    }
+}
+
+/// A teleporter's start-profile setting (from its teleportd flags); `None` for the shuttle.
+pub fn start_profile_of(node: &Node) -> Option<StartProfile> {
+    match node.kind() {
+        NodeKind::Shuttle => None,
+        NodeKind::Teleporter { extra_args, .. } => {
+            Some(if extra_args.iter().any(|a| a == NO_START_PROFILE) {
+                StartProfile::Off
+            } else {
+                StartProfile::Learned
+            })
+        }
+    }
+}
+
 /// Name of the pause image's repository and tag in the registry.
 pub const PAUSE_REPO: &str = "pause";
 pub const PAUSE_TAG: &str = "tb";
@@ -61,8 +110,14 @@ pub async fn fixture(
         .ok_or_else(|| Error::Invalid(format!("unknown fixture profile {profile:?}")))?;
     let squash = variant == Some(Variant::Squashed);
     let tag = variant.map_or(PAUSE_TAG, Variant::tag).to_string();
+    // The entrypoint inside the image is part of the key: a new tb-entrypoint means new images.
+    let ep = {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(fixtures::ENTRYPOINT_BIN);
+        format!("{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
+    };
     let dir = cache.join(format!(
-        "{profile}-s{}-{}",
+        "{profile}-s{}-{}-e{ep}",
         scale_tag(scale),
         variant.map_or("image", Variant::as_str)
     ));
@@ -174,9 +229,13 @@ pub fn find_teleportd(explicit: Option<&Path>) -> Option<PathBuf> {
 pub struct NodeSet {
     pub shuttle: bool,
     pub mount_modes: Vec<MountMode>,
+    /// Teleporters per mount mode: one per setting (`learned` keeps the plain node name).
+    pub start_profiles: Vec<StartProfile>,
     pub teleportd_bin: Option<PathBuf>,
     /// Extra flags passed to every teleportd.
     pub teleportd_args: Vec<String>,
+    /// Each node's volatile dirs on a fresh loop-backed ext4 of this size at every recycle.
+    pub fresh_fs_bytes: Option<u64>,
 }
 
 /// Start the shuttle and one teleporter per mount mode under `dir`.
@@ -196,16 +255,32 @@ pub async fn start_nodes(
             missing: "teleportd binary".into(),
             hint: "build it with `cargo build -p fuse-mount --bin teleportd`, or pass --teleportd PATH / set TELEPORTD_BIN".into(),
         })?;
+        let profiles = if set.start_profiles.is_empty() {
+            vec![StartProfile::Learned]
+        } else {
+            set.start_profiles.clone()
+        };
         for mode in &set.mount_modes {
-            kinds.push((
-                format!("teleporter-{}", mode.as_str()),
-                NodeKind::Teleporter {
-                    mount_mode: *mode,
-                    registry_url: registry.url(),
-                    teleportd_bin: bin.clone(),
-                    extra_args: set.teleportd_args.clone(),
-                },
-            ));
+            for sp in &profiles {
+                let mut extra_args = set.teleportd_args.clone();
+                let mut name = format!("teleporter-{}", mode.as_str());
+                if *sp == StartProfile::Off {
+                    // Short: teleportd keeps unix sockets under the node dir (108-byte limit).
+                    name.push_str("-off");
+                    if !extra_args.iter().any(|a| a == NO_START_PROFILE) {
+                        extra_args.push(NO_START_PROFILE.into());
+                    }
+                }
+                kinds.push((
+                    name,
+                    NodeKind::Teleporter {
+                        mount_mode: *mode,
+                        registry_url: registry.url(),
+                        teleportd_bin: bin.clone(),
+                        extra_args,
+                    },
+                ));
+            }
         }
     }
     let mut nodes = Vec::new();
@@ -213,7 +288,124 @@ pub async fn start_nodes(
         let mut cfg = NodeConfig::new(&name, &dir.join(&name), kind);
         cfg.sandbox_image = sandbox_image.clone();
         cfg.registries = vec![host.clone()];
+        cfg.fresh_fs_bytes = set.fresh_fs_bytes;
         nodes.push(Node::start(cfg).await?);
     }
     Ok(nodes)
+}
+
+/// An image imported with skopeo (`--image`), as an OCI layout on disk.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub variant: Variant,
+    pub layout: PathBuf,
+    pub tag: String,
+    pub image: fixtures::squash::LayoutImage,
+    pub uncompressed_bytes: u64,
+}
+
+fn skopeo(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .map_err(Error::io("run skopeo (apt-get install skopeo)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "skopeo {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Import `reference` (`oci:DIR:TAG`, `docker-archive:FILE` or `docker://HOST/REPO:TAG`) into
+/// an OCI layout under `work` with skopeo; the squashed twin, when asked for, is built from it
+/// by [`fixtures::squash`].
+pub async fn import_image(
+    reference: &str,
+    work: &Path,
+    variants: &[Variant],
+) -> Result<Vec<Imported>> {
+    let ok = ["oci:", "docker-archive:", "docker://"]
+        .iter()
+        .any(|p| reference.starts_with(p));
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "--image {reference:?}: want oci:DIR:TAG, docker-archive:FILE or docker://HOST/REPO:TAG"
+        )));
+    }
+    let (reference, work, variants) =
+        (reference.to_string(), work.to_path_buf(), variants.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let layered = work.join("layered");
+        crate::mounts::remove_tree(&layered)?;
+        std::fs::create_dir_all(&layered)
+            .map_err(Error::io(format!("create {}", layered.display())))?;
+        let dest = format!("oci:{}:{}", layered.display(), Variant::Layered.tag());
+        let mut args = vec!["copy", "--insecure-policy", "--quiet"];
+        if reference.starts_with("docker://") {
+            args.push("--src-tls-verify=false");
+        }
+        args.extend([reference.as_str(), dest.as_str()]);
+        skopeo(&args)?;
+        let mut out = Vec::new();
+        for v in variants {
+            let dir = match v {
+                Variant::Layered => layered.clone(),
+                Variant::Squashed => {
+                    let dir = work.join("squashed");
+                    crate::mounts::remove_tree(&dir)?;
+                    std::fs::create_dir_all(&dir)
+                        .map_err(Error::io(format!("create {}", dir.display())))?;
+                    let s = fixtures::squash::squash_layout(
+                        &layered,
+                        Some(Variant::Layered.tag()),
+                        &dir,
+                        v.tag(),
+                    )
+                    .map_err(|e| Error::Invalid(format!("squash {reference}: {e}")))?;
+                    tracing::info!(layers_in = s.layers_in, entries = s.entries, digest = %s.manifest_digest, "squashed");
+                    dir
+                }
+            };
+            let image = fixtures::squash::read_layout(&dir, Some(v.tag()))
+                .map_err(|e| Error::Invalid(format!("{reference}: {e}")))?;
+            let uncompressed_bytes = fixtures::squash::uncompressed_sizes(&dir, &image)
+                .map_err(|e| Error::Invalid(format!("{reference}: {e}")))?
+                .iter()
+                .sum();
+            out.push(Imported {
+                variant: v,
+                layout: dir,
+                tag: v.tag().to_string(),
+                image,
+                uncompressed_bytes,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("import task: {e}")))?
+}
+
+/// Push an imported layout to `host/repo:tag` with skopeo.
+pub async fn push_imported(img: &Imported, host: &str, repo: &str) -> Result<String> {
+    let reference = format!("{host}/{repo}:{}", img.tag);
+    let src = format!("oci:{}:{}", img.layout.display(), img.tag);
+    let dest = format!("docker://{reference}");
+    tokio::task::spawn_blocking(move || {
+        skopeo(&[
+            "copy",
+            "--insecure-policy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &src,
+            &dest,
+        ])
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("push task: {e}")))??;
+    Ok(reference)
 }

@@ -3,15 +3,15 @@
 //! PullImage (timed) → RunPodSandbox → CreateContainer → StartContainer → ready line; plus one
 //! warm run per node and variant. Bytes come from the registry's `/metrics` deltas.
 
-use crate::bed::{self, Fixture, NodeSet, Variant, PAUSE_REPO, PAUSE_TAG};
+use crate::bed::{self, Fixture, NodeSet, StartProfile, Variant, PAUSE_REPO, PAUSE_TAG};
 use crate::cri::PodSpec;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::machine::{MachineInfo, Versions};
 use crate::metrics::{self, Served};
-use crate::node::{MountMode, Node, NodeKind};
-use crate::pod::{run_pod, RunOptions};
-use crate::report::{LinkSettings, Report};
+use crate::node::{MountMode, Node};
+use crate::pod::{run_pod, ReadyProbe, RunOptions};
+use crate::report::{LinkSettings, ProcessInfo, Report};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +39,28 @@ pub struct CompareOptions {
     pub expansion_timeout: Duration,
     /// Draw a progress bar and print events.
     pub interactive: bool,
+    /// Teleporter start-profile settings to measure: each mount mode × each of these.
+    pub start_profiles: Vec<StartProfile>,
+    /// Share of the learning run's working set each cold rep keeps (the rest is swapped).
+    pub overlap: f64,
+    /// Seed of the run: working sets per rep and node order derive from it.
+    pub seed: u64,
+    /// App readers (`tb-entrypoint --readers`); `None` = the entrypoint's default (8).
+    pub readers: Option<usize>,
+    /// When the app counts as ready.
+    pub ready: ReadyProbe,
+    /// Override the image's entrypoint / command (CRI `command` / `args`).
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    /// Warm runs per node and variant (the row shows their median).
+    pub warm_runs: u32,
+    /// Measure this image (`oci:DIR:TAG`, `docker-archive:FILE`, `docker://HOST/REPO:TAG`)
+    /// instead of a fixture profile; imported with skopeo.
+    pub image: Option<String>,
+    /// `sync` and drop the page cache before each timed run (root).
+    pub drop_caches: bool,
+    /// Each node's root/state/cache on a new loop-backed ext4 of this size at every recycle.
+    pub fresh_fs_bytes: Option<u64>,
 }
 
 impl CompareOptions {
@@ -46,7 +68,7 @@ impl CompareOptions {
         CompareOptions {
             profile: "azure-vote-front".into(),
             scale: 1.0,
-            reps: 3,
+            reps: 5,
             bandwidth_bytes_per_sec: None,
             bandwidth_label: None,
             latency: Duration::ZERO,
@@ -60,6 +82,17 @@ impl CompareOptions {
             ready_timeout: Duration::from_secs(600),
             expansion_timeout: Duration::from_secs(600),
             interactive: true,
+            start_profiles: vec![StartProfile::Learned, StartProfile::Off],
+            overlap: 0.8,
+            seed: 1,
+            readers: None,
+            ready: ReadyProbe::Fixture,
+            command: None,
+            args: None,
+            warm_runs: 3,
+            image: None,
+            drop_caches: true,
+            fresh_fs_bytes: Some(4 << 30),
         }
     }
 }
@@ -78,6 +111,21 @@ pub struct Sample {
     /// yet (teleportd records one). Reported on its own, not in the cold medians.
     #[serde(default)]
     pub first_start: bool,
+    /// Teleporters: `learned` (profiles on) or `off` (`--no-start-profile`); shuttle: empty.
+    #[serde(default)]
+    pub start_profile: String,
+    /// The app's working-set seed (0 = the learning set) and overlap with the learning set.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub overlap: f64,
+    /// Position of this node in the rep's (shuffled) node order.
+    #[serde(default)]
+    pub order: usize,
+    /// Machine state around the sample: 1-minute load average and CPU steal ticks
+    /// (`/proc/stat`), before and after.
+    #[serde(default)]
+    pub host: HostState,
     pub pull_seconds: Option<f64>,
     pub sandbox_seconds: f64,
     pub create_seconds: f64,
@@ -102,7 +150,14 @@ pub struct ImageFacts {
     pub layers: usize,
     pub image_bytes: u64,
     pub compressed_bytes: u64,
+    /// The learning run's hash (fixtures only; empty for an image without a manifest).
     pub working_set_hash: String,
+    /// Layer digests (to drop their start profiles before each first start).
+    #[serde(default)]
+    pub layer_digests: Vec<String>,
+    /// The image's regular files (fixtures: for each rep's expected hash); not serialised.
+    #[serde(skip)]
+    pub files: Vec<fixtures::RefFile>,
     pub working_set_files: u64,
     pub working_set_bytes: u64,
 }
@@ -138,27 +193,37 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     std::fs::create_dir_all(&opts.out)
         .map_err(Error::io(format!("create {}", opts.out.display())))?;
 
-    // Fixtures (cached across runs: same profile/scale/variant → same bytes).
+    // Fixtures (cached across runs: same profile/scale/variant → same bytes), or the image.
     let cache = work.join("fixtures");
     let mut images: Vec<Fixture> = Vec::new();
-    for v in &opts.variants {
-        images.push(
-            bed::fixture(
-                &cache,
-                &opts.profile,
-                opts.scale,
-                Some(*v),
-                opts.interactive,
-            )
-            .await?,
-        );
-    }
+    let imported = match &opts.image {
+        Some(r) => bed::import_image(r, &work.join("import"), &opts.variants).await?,
+        None => {
+            for v in &opts.variants {
+                images.push(
+                    bed::fixture(
+                        &cache,
+                        &opts.profile,
+                        opts.scale,
+                        Some(*v),
+                        opts.interactive,
+                    )
+                    .await?,
+                );
+            }
+            Vec::new()
+        }
+    };
     let pause = bed::fixture(&cache, "pause", 1.0, None, false).await?;
 
     // Registry: fresh root each run so expansion happens now, under our eyes.
     let reg_root = work.join("registry");
     crate::mounts::remove_tree(&reg_root)?;
-    let repo = opts.profile.clone();
+    let repo = if opts.image.is_some() {
+        "image".to_string()
+    } else {
+        opts.profile.clone()
+    };
     let registry = bed::start_registry(
         &reg_root,
         opts.bandwidth_bytes_per_sec,
@@ -181,56 +246,103 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             image_bytes: fx.info.total_uncompressed,
             compressed_bytes: fx.info.total_compressed,
             working_set_hash: ws.hash,
+            layer_digests: fx
+                .info
+                .layers
+                .iter()
+                .map(|l| l.digest.to_string())
+                .collect(),
+            files: fx.info.files.clone(),
             working_set_files: ws.files,
             working_set_bytes: ws.bytes,
+        });
+    }
+    for im in &imported {
+        let reference = bed::push_imported(im, &host, &repo).await?;
+        bed::ensure_expanded(&registry.url(), &repo, &im.tag, opts.expansion_timeout).await?;
+        facts.push(ImageFacts {
+            variant: im.variant,
+            reference,
+            manifest_digest: im.image.manifest_digest.to_string(),
+            layers: im.image.layers.len(),
+            image_bytes: im.uncompressed_bytes,
+            compressed_bytes: im.image.compressed_bytes(),
+            working_set_hash: String::new(),
+            layer_digests: im.image.layers.iter().map(|l| l.0.to_string()).collect(),
+            files: Vec::new(),
+            working_set_files: 0,
+            working_set_bytes: 0,
         });
     }
 
     let set = NodeSet {
         shuttle: true,
         mount_modes: opts.mount_modes.clone(),
+        start_profiles: opts.start_profiles.clone(),
         teleportd_bin: opts.teleportd_bin.clone(),
         teleportd_args: opts.teleportd_args.clone(),
+        fresh_fs_bytes: opts.fresh_fs_bytes,
     };
     let mut nodes = bed::start_nodes(&work.join("nodes"), &set, &registry).await?;
     let versions = Versions::detect();
 
-    let runs_per_node = u64::from(opts.reps) + 1;
-    let has_teleporter = nodes
+    let learners = nodes
         .iter()
-        .any(|n| matches!(n.kind(), NodeKind::Teleporter { .. }));
-    let firsts = if has_teleporter {
-        facts.len() as u64
-    } else {
-        0
-    };
-    let total = runs_per_node * (facts.len() as u64) * (nodes.len() as u64) + firsts;
+        .filter(|n| bed::start_profile_of(n) == Some(StartProfile::Learned))
+        .count() as u64;
+    let per_image = u64::from(opts.reps) * (nodes.len() as u64 + learners)
+        + u64::from(opts.warm_runs) * nodes.len() as u64;
+    let total = per_image * facts.len() as u64;
     let pb = bar(total, opts.interactive);
     let http = reqwest::Client::new();
     let metrics_url = format!("{}/metrics", registry.url());
+    let store = registry_mock::store::Store::open(&reg_root).map_err(|e| Error::Registry {
+        url: reg_root.display().to_string(),
+        reason: format!("open store: {e}"),
+    })?;
     let mut samples = Vec::new();
+    let mut node_orders = Vec::new();
 
     for img in &facts {
-        // The image's first start on a teleporter, while the registry holds no start profile
-        // for its layers: measured and reported apart, so every cold rep below (either mount
-        // mode) starts in the same state — a profile learned by an earlier start exists.
-        if let Some(node) = nodes
-            .iter_mut()
-            .find(|n| matches!(n.kind(), NodeKind::Teleporter { .. }))
-        {
-            pb.set_message(format!(
-                "{} {} first start",
-                img.variant.as_str(),
-                node.name()
-            ));
-            node.recycle().await?;
-            node.cri().pull_image(&pause_ref).await?;
-            let s = measure(node, img, Run::First, opts, &http, &metrics_url, &pb).await?;
-            samples.push(s);
-            pb.inc(1);
+        // The image's first start on a teleporter that learns profiles: the registry holds no
+        // start profile for its layers (dropped before each such rep). Reported as its own row.
+        // The node is recycled right after, so its profile upload is complete before the next.
+        for rep in 0..opts.reps {
+            for node in nodes
+                .iter_mut()
+                .filter(|n| bed::start_profile_of(n) == Some(StartProfile::Learned))
+            {
+                pb.set_message(format!(
+                    "{} {} first start {}",
+                    img.variant.as_str(),
+                    node.name(),
+                    rep + 1
+                ));
+                drop_profiles(&store, img)?;
+                node.recycle().await?;
+                node.cri().pull_image(&pause_ref).await?;
+                let run = Run::First(rep);
+                let s = measure(node, img, run, 0, opts, &http, &metrics_url, &pb).await?;
+                samples.push(s);
+                node.recycle().await?;
+                pb.inc(1);
+            }
         }
         for rep in 0..opts.reps {
-            for node in nodes.iter_mut() {
+            // Node order shuffled per rep (seeded, recorded): no node always runs right
+            // after the same other one.
+            let mut order: Vec<usize> = (0..nodes.len()).collect();
+            shuffle(
+                &mut order,
+                opts.seed ^ (u64::from(rep) + 1).wrapping_mul(0x9e37_79b9),
+            );
+            node_orders.push(NodeOrder {
+                variant: img.variant,
+                rep,
+                nodes: order.iter().map(|&i| nodes[i].name().to_string()).collect(),
+            });
+            for (pos, &i) in order.iter().enumerate() {
+                let node = &mut nodes[i];
                 pb.set_message(format!(
                     "{} {} rep {}",
                     img.variant.as_str(),
@@ -240,19 +352,66 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                 node.recycle().await?;
                 // The pause image is pre-loaded, not counted (and its bytes are outside the delta).
                 node.cri().pull_image(&pause_ref).await?;
-                let s = measure(node, img, Run::Cold(rep), opts, &http, &metrics_url, &pb).await?;
+                let run = Run::Cold(rep);
+                let s = measure(node, img, run, pos, opts, &http, &metrics_url, &pb).await?;
                 samples.push(s);
                 pb.inc(1);
-                if rep + 1 == opts.reps {
-                    pb.set_message(format!("{} {} warm", img.variant.as_str(), node.name()));
-                    let s = measure(node, img, Run::Warm, opts, &http, &metrics_url, &pb).await?;
-                    samples.push(s);
-                    pb.inc(1);
-                }
+            }
+        }
+        for node in nodes.iter_mut() {
+            for w in 0..opts.warm_runs {
+                pb.set_message(format!(
+                    "{} {} warm {}",
+                    img.variant.as_str(),
+                    node.name(),
+                    w + 1
+                ));
+                let s = measure(node, img, Run::Warm(w), 0, opts, &http, &metrics_url, &pb).await?;
+                samples.push(s);
+                pb.inc(1);
             }
         }
     }
     pb.finish_and_clear();
+
+    // Every process as it ran: the registry's settings, each node's containerd (arguments and
+    // config text) and teleportd.
+    let mut processes = vec![ProcessInfo {
+        name: "registry-mock (in-process)".into(),
+        args: vec![
+            format!("root={}", reg_root.display()),
+            format!("listen={host}"),
+            format!("bandwidth_bytes_per_sec={:?}", opts.bandwidth_bytes_per_sec),
+            format!("latency={:?}", opts.latency),
+            format!("teleport_repos={repo}"),
+            "anonymous_pull=true".into(),
+        ],
+        config: None,
+    }];
+    for n in &nodes {
+        let cmdline = |pid: Option<u32>| {
+            pid.and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+                .map(|raw| {
+                    raw.split(|b| *b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        processes.push(ProcessInfo {
+            name: format!("{} containerd", n.name()),
+            args: cmdline(n.containerd_pid()),
+            config: std::fs::read_to_string(&n.paths().config).ok(),
+        });
+        if n.teleportd_pid().is_some() {
+            processes.push(ProcessInfo {
+                name: format!("{} teleportd", n.name()),
+                args: cmdline(n.teleportd_pid()),
+                config: None,
+            });
+        }
+    }
 
     for node in nodes.drain(..) {
         node.destroy().await?;
@@ -261,8 +420,9 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         tracing::warn!(error = %e, "registry shutdown");
     }
 
+    let label = opts.image.clone().unwrap_or_else(|| opts.profile.clone());
     let report = Report::build(
-        &opts.profile,
+        &label,
         opts.scale,
         opts.working_set,
         LinkSettings {
@@ -276,22 +436,155 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         samples,
         format!("{pause_ref} ({PAUSE_TAG})"),
     );
+    let mut report = report;
+    report.settings = RunSettings {
+        seed: opts.seed,
+        overlap: opts.overlap,
+        reps: opts.reps,
+        warm_runs: opts.warm_runs,
+        readers: opts.readers,
+        ready: opts.ready.label(),
+        command: opts.command.clone(),
+        args: opts.args.clone(),
+        node_orders,
+    };
+    report.processes = processes;
     report.write(&opts.out)?;
     Ok(report)
+}
+
+/// Drop the learned start profiles of `img`'s layers, so the next start is a first start.
+fn drop_profiles(store: &registry_mock::store::Store, img: &ImageFacts) -> Result<()> {
+    for d in &img.layer_digests {
+        let digest: emulator::Digest = d
+            .parse()
+            .map_err(|e| Error::Invalid(format!("layer digest {d}: {e}")))?;
+        let p = store.profile_path(&digest);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", p.display()))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// `sync`, then drop clean page-cache pages, so a cold run reads from disk like a fresh node.
+/// Best effort: without root the write fails and is logged once per run.
+fn drop_page_cache() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "1") {
+        tracing::warn!(error = %e, "drop page cache");
+    }
+}
+
+/// Load average and CPU steal at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+struct HostProbe {
+    load1: f64,
+    steal_ticks: u64,
+}
+
+impl HostProbe {
+    fn now() -> HostProbe {
+        let load1 = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        // `cpu  user nice system idle iowait irq softirq steal ...`
+        let steal_ticks = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| {
+                let l = t.lines().find(|l| l.starts_with("cpu "))?;
+                l.split_whitespace().nth(8)?.parse().ok()
+            })
+            .unwrap_or(0);
+        HostProbe { load1, steal_ticks }
+    }
+}
+
+/// The machine around one sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostState {
+    pub load1_before: f64,
+    pub load1_after: f64,
+    pub steal_ticks_before: u64,
+    pub steal_ticks_after: u64,
+}
+
+impl HostState {
+    fn between(a: &HostProbe, b: &HostProbe) -> HostState {
+        HostState {
+            load1_before: a.load1,
+            load1_after: b.load1,
+            steal_ticks_before: a.steal_ticks,
+            steal_ticks_after: b.steal_ticks,
+        }
+    }
+}
+
+/// Fisher–Yates with a splitmix64 stream: the same seed gives the same order.
+pub fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut x = seed;
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..v.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// The order the nodes ran in one rep (recorded in the report).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeOrder {
+    pub variant: Variant,
+    pub rep: u32,
+    pub nodes: Vec<String>,
+}
+
+/// How the run was made (beside the link and machine) — recorded in report.json.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunSettings {
+    pub seed: u64,
+    pub overlap: f64,
+    pub reps: u32,
+    pub warm_runs: u32,
+    pub readers: Option<usize>,
+    pub ready: String,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub node_orders: Vec<NodeOrder>,
 }
 
 /// Which kind of start a measurement is.
 #[derive(Debug, Clone, Copy)]
 enum Run {
-    First,
+    First(u32),
     Cold(u32),
-    Warm,
+    Warm(u32),
 }
 
+/// The app's working-set seed for a run: 0 (the learning set) for a first start and the warm
+/// runs, a distinct non-zero seed per cold rep.
+fn working_set_seed(opts: &CompareOptions, run: Run) -> u64 {
+    match run {
+        Run::Cold(r) => (opts.seed << 16) | (u64::from(r) + 1),
+        _ => 0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     node: &Node,
     img: &ImageFacts,
     run_kind: Run,
+    order: usize,
     opts: &CompareOptions,
     http: &reqwest::Client,
     metrics_url: &str,
@@ -302,26 +595,44 @@ async fn measure(
         img.variant.as_str(),
         node.name(),
         match run_kind {
-            Run::First => "first".to_string(),
+            Run::First(r) => format!("first{}", r + 1),
             Run::Cold(r) => format!("r{}", r + 1),
-            Run::Warm => "warm".to_string(),
+            Run::Warm(r) => format!("warm{}", r + 1),
         }
     );
     let rep = match run_kind {
-        Run::Cold(r) => Some(r),
-        _ => None,
+        Run::Cold(r) | Run::First(r) => Some(r),
+        Run::Warm(_) => None,
     };
+    let seed = working_set_seed(opts, run_kind);
+    let mut env = vec![
+        ("TB_WORKING_SET".to_string(), opts.working_set.to_string()),
+        ("TB_SEED".to_string(), seed.to_string()),
+        ("TB_OVERLAP".to_string(), opts.overlap.to_string()),
+    ];
+    if let Some(r) = opts.readers {
+        env.push(("TB_READERS".into(), r.to_string()));
+    }
     let spec = PodSpec {
         name: pod.clone(),
         image: img.reference.clone(),
-        env: vec![("TB_WORKING_SET".into(), opts.working_set.to_string())],
+        env,
         log_dir: node.paths().pods.join(&pod),
         cgroup_parent: node.cgroup_parent(),
+        command: opts.command.clone(),
+        args: opts.args.clone(),
     };
+    // The fixture probe checks the hash of this run's own working set.
+    let expected_hash =
+        (matches!(opts.ready, ReadyProbe::Fixture) && !img.files.is_empty()).then(|| {
+            fixtures::image::working_set_varied(&img.files, opts.working_set, seed, opts.overlap)
+                .hash
+        });
     let run = RunOptions {
-        expected_hash: Some(img.working_set_hash.clone()),
+        expected_hash,
         ready_timeout: opts.ready_timeout,
         teardown: true,
+        probe: opts.ready.clone(),
     };
     let events = Events::new(node.name(), &pod, opts.interactive.then(|| pb.clone()));
     let events = if opts.interactive {
@@ -336,28 +647,41 @@ async fn measure(
             None => metrics::Scrape::default(),
         }
     };
+    if opts.drop_caches && !matches!(run_kind, Run::Warm(_)) {
+        drop_page_cache();
+    }
+    let host_before = HostProbe::now();
     let tp_before = tp_scrape(tp_url.clone()).await;
     let before = metrics::scrape(http, metrics_url).await?;
     let t = run_pod(node, &spec, &run, &events).await?;
     let after = metrics::scrape(http, metrics_url).await?;
     let tp_after = tp_scrape(tp_url).await;
+    let host = HostState::between(&host_before, &HostProbe::now());
+    let ready = t.ready.clone().unwrap_or_default();
     Ok(Sample {
         variant: img.variant,
         node: node.name().to_string(),
         role: node.kind().role().to_string(),
         mount_mode: node.kind().mount_mode_label().to_string(),
         rep,
-        warm: matches!(run_kind, Run::Warm),
-        first_start: matches!(run_kind, Run::First),
+        warm: matches!(run_kind, Run::Warm(_)),
+        first_start: matches!(run_kind, Run::First(_)),
+        start_profile: bed::start_profile_of(node)
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        seed,
+        overlap: opts.overlap,
+        order,
+        host,
         pull_seconds: t.pull_seconds,
         sandbox_seconds: t.sandbox_seconds,
         create_seconds: t.create_seconds,
         start_seconds: t.start_seconds,
         ready_seconds: t.ready_seconds,
-        entrypoint_elapsed_ms: t.ready.elapsed_ms,
-        ready_files: t.ready.files,
-        ready_bytes: t.ready.bytes,
-        ready_hash: t.ready.hash,
+        entrypoint_elapsed_ms: ready.elapsed_ms,
+        ready_files: ready.files,
+        ready_bytes: ready.bytes,
+        ready_hash: ready.hash,
         served: Served::between(&before, &after),
         teleportd_metrics: tp_before.delta(&tp_after),
     })

@@ -31,6 +31,9 @@ pub struct PodSpec {
     pub log_dir: PathBuf,
     /// Parent cgroup for the pod (cgroupfs path), so a recycle can clean it up.
     pub cgroup_parent: String,
+    /// Override the image's entrypoint (CRI `command`) and command (CRI `args`).
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
 }
 
 impl PodSpec {
@@ -206,6 +209,8 @@ impl Cri {
                     value: v.clone(),
                 })
                 .collect(),
+            command: spec.command.clone().unwrap_or_default(),
+            args: spec.args.clone().unwrap_or_default(),
             log_path: format!("{}.log", spec.name),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
@@ -336,13 +341,34 @@ impl Cri {
         prefix: &str,
         timeout: Duration,
     ) -> Result<String> {
+        self.wait_for_log(
+            container_id,
+            log_file,
+            prefix,
+            |m| m.starts_with(prefix),
+            timeout,
+        )
+        .await
+    }
+
+    /// Follow the container's CRI log file until a stdout/stderr message satisfies `wanted`
+    /// (`what` names it in errors); returns that message.
+    pub async fn wait_for_log(
+        &self,
+        container_id: &str,
+        log_file: &Path,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
+        let prefix = what;
         let deadline = Instant::now() + timeout;
         let mut follower = LogFollower::new(log_file);
         let mut last_status_check = Instant::now();
         loop {
             for line in follower.read_new().await? {
                 if let Some(msg) = parse_cri_log_line(&line) {
-                    if msg.starts_with(prefix) {
+                    if wanted(msg) {
                         return Ok(msg.to_string());
                     }
                 }
@@ -354,7 +380,7 @@ impl Cri {
                     // Read once more: the line may have landed just before exit.
                     for line in follower.read_new().await? {
                         if let Some(msg) = parse_cri_log_line(&line) {
-                            if msg.starts_with(prefix) {
+                            if wanted(msg) {
                                 return Ok(msg.to_string());
                             }
                         }

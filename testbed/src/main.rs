@@ -66,8 +66,17 @@ enum Cmd {
     /// Check (and, as root with apt, install) what real nodes need: containerd, runc, ctr,
     /// fusermount3, /dev/fuse, overlayfs, root.
     Provision,
-    /// The A/B comparison: every variant × node × rep on recycled nodes; writes report.{md,json,svg}.
-    Compare(CompareArgs),
+    /// The A/B comparison: every variant × node × rep on recycled nodes; writes
+    /// report.{md,json,csv,svg}.
+    Compare(Box<CompareArgs>),
+    /// Compare two report.json files row by row (median ready); exits 1 on a regression.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Largest allowed slow-down of a row's median ready, e.g. 10% or 0.1.
+        #[arg(long, default_value = "10%")]
+        max_regression: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,9 +113,45 @@ struct CompareArgs {
     /// Size factor for the fixture (1.0 = full size: 944 MB for azure-vote-front).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Cold repetitions per variant and node.
-    #[arg(long, default_value_t = 3)]
+    /// Cold repetitions per variant and node (and first starts per learning teleporter).
+    #[arg(long, default_value_t = 5)]
     reps: u32,
+    /// Warm runs per node and variant (the row shows their median).
+    #[arg(long, default_value_t = 3)]
+    warm_runs: u32,
+    /// Teleporter start-profile settings: learned (teleportd's default), off (--no-start-profile).
+    #[arg(long, value_delimiter = ',', default_value = "learned,off")]
+    start_profiles: Vec<String>,
+    /// Share of the learning run's working set each cold rep keeps (seeded per rep).
+    #[arg(long, default_value_t = 0.8)]
+    overlap: f64,
+    /// Seed of the run (working set per rep, node order per rep).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// App readers (tb-entrypoint --readers): 1 reads serially in manifest (import) order.
+    #[arg(long)]
+    readers: Option<usize>,
+    /// When the app is ready: fixture (TB-READY, hash checked), log:REGEX, exit, tcp:PORT,
+    /// http:URL.
+    #[arg(long, default_value = "fixture")]
+    ready: String,
+    /// Measure this image instead of a fixture: oci:DIR:TAG, docker-archive:FILE or
+    /// docker://HOST/REPO:TAG (imported with skopeo; the squashed twin built by the project).
+    #[arg(long)]
+    image: Option<String>,
+    /// Size of each node's fresh loop-backed ext4 (made anew at every recycle), e.g. 4GiB;
+    /// 0 keeps plain directories.
+    #[arg(long, default_value = "4GiB")]
+    node_fs_size: String,
+    /// Do not `sync` and drop the page cache before each cold run.
+    #[arg(long)]
+    keep_page_cache: bool,
+    /// Override the image's entrypoint (repeat for each word).
+    #[arg(long = "cmd", allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// Override the image's command / arguments (repeat for each word).
+    #[arg(long = "args", allow_hyphen_values = true)]
+    args: Vec<String>,
     /// Registry egress limit, e.g. 1Gbit, 200MiB/s, or "unlimited". The default with --latency
     /// is the "cloud-like" link: a node VM's 1 Gbit/s to an in-region registry.
     #[arg(long, default_value = "1Gbit")]
@@ -147,6 +192,23 @@ fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
         .collect()
 }
 
+/// `4GiB`, `512MiB`, `4G`, `1000000` → bytes.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("size {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => bail!("size {s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -176,7 +238,30 @@ async fn main() -> anyhow::Result<()> {
         use_containerd_dir(dir)?;
     }
     match cli.cmd {
-        Cmd::Compare(a) => run_compare(a).await,
+        Cmd::Compare(a) => run_compare(*a).await,
+        Cmd::Diff {
+            old,
+            new,
+            max_regression,
+        } => {
+            let load = |p: &PathBuf| -> anyhow::Result<testbed::report::Report> {
+                let bytes = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+                serde_json::from_slice(&bytes).with_context(|| format!("parse {}", p.display()))
+            };
+            let max = testbed::report::parse_fraction(&max_regression)
+                .with_context(|| format!("--max-regression {max_regression:?}"))?;
+            let d = testbed::report::diff(&load(&old)?, &load(&new)?, max);
+            print!("{}", d.text);
+            if d.regressions > 0 {
+                eprintln!(
+                    "{} row(s) slower by more than {:.0}%",
+                    d.regressions,
+                    max * 100.0
+                );
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Provision => {
             testbed::provision::ensure()?;
             println!("ready: containerd, runc, ctr, fusermount3, /dev/fuse, overlayfs, root");
@@ -221,6 +306,8 @@ async fn main() -> anyhow::Result<()> {
             let set = NodeSet {
                 shuttle: true,
                 mount_modes: mount_modes(&modes)?,
+                start_profiles: vec![testbed::bed::StartProfile::Learned],
+                fresh_fs_bytes: None,
                 teleportd_bin: teleportd,
                 teleportd_args,
             };
@@ -257,6 +344,25 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.teleportd_bin = a.teleportd;
     o.teleportd_args = a.teleportd_args;
     o.ready_timeout = a.ready_timeout;
+    o.warm_runs = a.warm_runs;
+    o.drop_caches = !a.keep_page_cache;
+    o.image = a.image;
+    o.fresh_fs_bytes = match parse_size(&a.node_fs_size)? {
+        0 => None,
+        n => Some(n),
+    };
+    o.start_profiles = a
+        .start_profiles
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<_>>()?;
+    o.overlap = a.overlap;
+    o.seed = a.seed;
+    o.readers = a.readers;
+    o.ready = a.ready.parse().context("--ready")?;
+    o.command = (!a.command.is_empty()).then_some(a.command);
+    o.args = (!a.args.is_empty()).then_some(a.args);
     let report = tokio::select! {
         r = compare(&o) => r?,
         _ = shutdown_signal() => {
@@ -267,7 +373,7 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         }
     };
     println!("{}", report.markdown());
-    println!("written: {}/report.{{md,json,svg}}", a.out.display());
+    println!("written: {}/report.{{md,json,csv,svg}}", a.out.display());
     Ok(())
 }
 

@@ -97,6 +97,10 @@ pub struct NodeConfig {
     pub command_prefix: Vec<std::ffi::OsString>,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
+    /// `Some(bytes)`: at each start and recycle the node's volatile directories move onto a new
+    /// loop-backed ext4 of this (sparse) size, made fresh, so no run inherits an aged
+    /// filesystem (deleted inodes, fragmentation) from the one before. `None`: plain dirs.
+    pub fresh_fs_bytes: Option<u64>,
 }
 
 impl NodeConfig {
@@ -113,6 +117,7 @@ impl NodeConfig {
             command_prefix: Vec::new(),
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
+            fresh_fs_bytes: None,
         }
     }
 }
@@ -265,6 +270,7 @@ impl Node {
             teleportd_metrics: None,
             cri,
         };
+        node.fresh_filesystem()?;
         node.boot().await?;
         Ok(node)
     }
@@ -533,7 +539,85 @@ impl Node {
         for d in self.paths.volatile() {
             mounts::remove_tree(d)?;
         }
+        self.fresh_filesystem()?;
         self.boot().await
+    }
+
+    /// With `fresh_fs_bytes`: a new sparse image, `mkfs.ext4` (inode tables written now, so no
+    /// lazy init runs in the background during a measurement), loop-mounted at `DIR/vol`, and
+    /// each volatile directory bind-mounted from it. `halt` unmounts them all (the loop device
+    /// is released with its last mount).
+    fn fresh_filesystem(&self) -> Result<()> {
+        let Some(bytes) = self.cfg.fresh_fs_bytes else {
+            return Ok(());
+        };
+        let dir = &self.paths.dir;
+        let vol = dir.join("vol");
+        mounts::remove_tree(&vol)?;
+        let io = |what: &Path| Error::io(format!("fresh filesystem {}", what.display()));
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // A new file name each time: mount(8) reuses a loop device still attached to the same
+        // backing file (released lazily after the last unmount), whose stale cache then makes
+        // the new filesystem look corrupt (EUCLEAN).
+        for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("disk.") && n.ends_with(".img") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let img = dir.join(format!("disk.{stamp}.img"));
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(bytes))
+            .map_err(io(&img))?;
+        let run = |prog: &str, args: &[&std::ffi::OsStr]| -> Result<()> {
+            let out = Command::new(prog).args(args).output().map_err(io(&img))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{prog} {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+        };
+        run(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-E".as_ref(),
+                "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
+                img.as_os_str(),
+            ],
+        )?;
+        std::fs::create_dir_all(&vol).map_err(io(&vol))?;
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                img.as_os_str(),
+                vol.as_os_str(),
+            ],
+        )?;
+        for d in self.paths.volatile() {
+            let name = d
+                .strip_prefix(dir)
+                .unwrap_or(d)
+                .to_string_lossy()
+                .replace('/', "_");
+            let src = vol.join(name);
+            std::fs::create_dir_all(&src).map_err(io(&src))?;
+            std::fs::create_dir_all(d).map_err(io(d))?;
+            run(
+                "mount",
+                &["--bind".as_ref(), src.as_os_str(), d.as_os_str()],
+            )?;
+        }
+        Ok(())
     }
 
     /// Stop the node and delete its directory.

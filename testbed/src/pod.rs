@@ -9,7 +9,7 @@ use crate::node::Node;
 use std::time::{Duration, Instant};
 
 /// The fixture entrypoint's ready line: `TB-READY files=N bytes=B hash=sha256:… elapsed_ms=…`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReadyLine {
     pub files: u64,
     pub bytes: u64,
@@ -47,6 +47,65 @@ impl std::str::FromStr for ReadyLine {
     }
 }
 
+/// When an app counts as ready (`--ready`).
+#[derive(Debug, Clone)]
+pub enum ReadyProbe {
+    /// The fixture entrypoint's `TB-READY` line, its hash checked (the default).
+    Fixture,
+    /// A stdout/stderr line matching the regex (`log:REGEX`).
+    Log(regex::Regex),
+    /// The container exits with code 0 (`exit`).
+    Exit,
+    /// A TCP connect to 127.0.0.1:PORT succeeds (`tcp:PORT`; pods use the host network).
+    Tcp(u16),
+    /// An HTTP GET of the URL answers 2xx (`http:URL`).
+    Http(String),
+}
+
+impl std::str::FromStr for ReadyProbe {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ReadyProbe> {
+        let bad = |why: String| Error::Invalid(format!("--ready {s:?}: {why}"));
+        match s.split_once(':') {
+            _ if s == "fixture" || s == READY_PREFIX => Ok(ReadyProbe::Fixture),
+            _ if s == "exit" => Ok(ReadyProbe::Exit),
+            Some(("log", re)) => regex::Regex::new(re)
+                .map(ReadyProbe::Log)
+                .map_err(|e| bad(e.to_string())),
+            Some(("tcp", port)) => port
+                .parse()
+                .map(ReadyProbe::Tcp)
+                .map_err(|e| bad(format!("port: {e}"))),
+            Some(("http", _)) => {
+                let url = &s["http:".len()..];
+                let url = if url.starts_with("//") {
+                    format!("http:{url}")
+                } else {
+                    url.to_string()
+                };
+                reqwest::Url::parse(&url).map_err(|e| bad(e.to_string()))?;
+                Ok(ReadyProbe::Http(url))
+            }
+            _ => Err(bad(
+                "want fixture, log:REGEX, exit, tcp:PORT or http:URL".into()
+            )),
+        }
+    }
+}
+
+impl ReadyProbe {
+    /// As given on the command line (for the report).
+    pub fn label(&self) -> String {
+        match self {
+            ReadyProbe::Fixture => format!("{READY_PREFIX} (fixture, hash checked)"),
+            ReadyProbe::Log(re) => format!("log:{}", re.as_str()),
+            ReadyProbe::Exit => "exit".into(),
+            ReadyProbe::Tcp(p) => format!("tcp:{p}"),
+            ReadyProbe::Http(u) => format!("http:{u}"),
+        }
+    }
+}
+
 /// How to run the pod.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -55,6 +114,8 @@ pub struct RunOptions {
     pub ready_timeout: Duration,
     /// Remove the pod after the ready line (the measured runs do; `nodes up` pokes may not).
     pub teardown: bool,
+    /// When the app counts as ready.
+    pub probe: ReadyProbe,
 }
 
 /// Timings of one pod start, all measured by the testbed.
@@ -67,8 +128,100 @@ pub struct PodTimings {
     pub start_seconds: f64,
     /// Scheduled → ready line seen.
     pub ready_seconds: f64,
-    pub ready: ReadyLine,
+    /// The fixture's ready line (`None` for other probes).
+    pub ready: Option<ReadyLine>,
     pub image_id: String,
+}
+
+/// Wait until `opts.probe` says the app is ready; the fixture probe's line is parsed and its
+/// hash checked.
+async fn wait_ready(
+    node: &Node,
+    container: &str,
+    spec: &PodSpec,
+    opts: &RunOptions,
+    events: &Events,
+) -> Result<Option<ReadyLine>> {
+    let cri = node.cri();
+    let log = spec.log_file();
+    let timeout = opts.ready_timeout;
+    match &opts.probe {
+        ReadyProbe::Fixture => {
+            let line = cri
+                .wait_for_log_line(container, &log, READY_PREFIX, timeout)
+                .await?;
+            let ready: ReadyLine = line.parse()?;
+            if let Some(want) = &opts.expected_hash {
+                if &ready.hash != want {
+                    events.warning(
+                        "Unhealthy",
+                        "testbed",
+                        &format!("ready line hash {} != expected {want}", ready.hash),
+                    );
+                    return Err(Error::Container {
+                        node: node.name().into(),
+                        container: container.into(),
+                        reason: format!("wrong content: hash {} != expected {want}", ready.hash),
+                    });
+                }
+            }
+            Ok(Some(ready))
+        }
+        ReadyProbe::Log(re) => {
+            cri.wait_for_log(container, &log, re.as_str(), |m| re.is_match(m), timeout)
+                .await?;
+            Ok(None)
+        }
+        ReadyProbe::Exit | ReadyProbe::Tcp(_) | ReadyProbe::Http(_) => {
+            let deadline = Instant::now() + timeout;
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| Error::Invalid(format!("http client: {e}")))?;
+            loop {
+                let st = cri.container_status(container).await?;
+                let exited = st.state == node_api::cri::ContainerState::ContainerExited as i32;
+                let up = match &opts.probe {
+                    ReadyProbe::Exit => exited && st.exit_code == 0,
+                    ReadyProbe::Tcp(p) => tokio::net::TcpStream::connect(("127.0.0.1", *p))
+                        .await
+                        .is_ok(),
+                    ReadyProbe::Http(u) => http
+                        .get(u)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                    _ => false,
+                };
+                if up {
+                    return Ok(None);
+                }
+                if exited {
+                    return Err(Error::Container {
+                        node: node.name().into(),
+                        container: container.into(),
+                        reason: format!(
+                            "exited with code {} ({}) before {}{}",
+                            st.exit_code,
+                            st.reason,
+                            opts.probe.label(),
+                            crate::process::log_tail(&log, 10)
+                        ),
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        node: node.name().into(),
+                        what: opts.probe.label(),
+                        timeout,
+                        log: crate::process::log_tail(&log, 10),
+                    });
+                }
+                // Poll interval of the probe; the loop checks the condition.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// Start `spec` on `node` like kubelet with `imagePullPolicy: IfNotPresent`.
@@ -146,40 +299,25 @@ pub async fn run_pod(
             &format!("Started container {}", spec.name),
         );
 
-        let line = cri
-            .wait_for_log_line(
-                &container,
-                &spec.log_file(),
-                READY_PREFIX,
-                opts.ready_timeout,
-            )
-            .await?;
+        let ready = wait_ready(node, &container, spec, opts, events).await?;
         let ready_seconds = t0.elapsed().as_secs_f64();
-        let ready: ReadyLine = line.parse()?;
-        if let Some(want) = &opts.expected_hash {
-            if &ready.hash != want {
-                events.warning(
-                    "Unhealthy",
-                    "testbed",
-                    &format!("ready line hash {} != expected {want}", ready.hash),
-                );
-                return Err(Error::Container {
-                    node: node.name().into(),
-                    container,
-                    reason: format!("wrong content: hash {} != expected {want}", ready.hash),
-                });
-            }
-        }
         events.normal(
             "Ready",
             "testbed",
-            &format!(
-                "{} in {} ({} files, {} bytes read, hash ok)",
-                READY_PREFIX,
-                go_duration(Duration::from_secs_f64(ready_seconds)),
-                ready.files,
-                ready.bytes
-            ),
+            &match &ready {
+                Some(r) => format!(
+                    "{} in {} ({} files, {} bytes read, hash ok)",
+                    READY_PREFIX,
+                    go_duration(Duration::from_secs_f64(ready_seconds)),
+                    r.files,
+                    r.bytes
+                ),
+                None => format!(
+                    "{} in {}",
+                    opts.probe.label(),
+                    go_duration(Duration::from_secs_f64(ready_seconds))
+                ),
+            },
         );
         Ok(PodTimings {
             pull_seconds,
@@ -216,5 +354,35 @@ mod tests {
         assert_eq!(r.elapsed_ms, 7);
         assert!("TB-READY files=x".parse::<ReadyLine>().is_err());
         assert!("nope".parse::<ReadyLine>().is_err());
+    }
+
+    #[test]
+    fn parses_ready_probes() {
+        assert!(matches!(
+            "fixture".parse::<ReadyProbe>(),
+            Ok(ReadyProbe::Fixture)
+        ));
+        assert!(matches!("exit".parse::<ReadyProbe>(), Ok(ReadyProbe::Exit)));
+        assert!(matches!(
+            "tcp:6379".parse::<ReadyProbe>(),
+            Ok(ReadyProbe::Tcp(6379))
+        ));
+        match "log:^READY( |$)".parse::<ReadyProbe>().unwrap() {
+            ReadyProbe::Log(re) => {
+                assert!(re.is_match("READY flask redis"));
+                assert!(!re.is_match("NOT READY"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match "http://127.0.0.1:8080/healthz"
+            .parse::<ReadyProbe>()
+            .unwrap()
+        {
+            ReadyProbe::Http(u) => assert_eq!(u, "http://127.0.0.1:8080/healthz"),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["log:(", "tcp:x", "tcp:70000", "http:not a url", "ready"] {
+            assert!(bad.parse::<ReadyProbe>().is_err(), "{bad}");
+        }
     }
 }

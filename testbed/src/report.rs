@@ -4,7 +4,7 @@
 //! under the table for comparison only; they are never inputs.
 
 use crate::bed::Variant;
-use crate::compare::{ImageFacts, Sample};
+use crate::compare::{ImageFacts, RunSettings, Sample};
 use crate::error::{Error, Result};
 use crate::machine::{MachineInfo, Versions};
 use std::fmt::Write as _;
@@ -16,6 +16,11 @@ pub struct Stat {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// Nearest-rank percentiles (p50 is the lower middle for an even count).
+    #[serde(default)]
+    pub p50: f64,
+    #[serde(default)]
+    pub p90: f64,
 }
 
 impl Stat {
@@ -31,10 +36,13 @@ impl Stat {
         } else {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         };
+        let rank = |p: f64| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
         Some(Stat {
             median,
             min: v[0],
             max: v[n - 1],
+            p50: rank(0.5),
+            p90: rank(0.9),
         })
     }
 
@@ -60,20 +68,68 @@ pub struct Row {
     pub variant: Variant,
     pub layers: usize,
     pub image_bytes: u64,
+    /// Role: `shuttle` or `teleporter`.
     pub node: String,
+    /// The node's own name (`teleporter-merged-off`, …).
+    #[serde(default)]
+    pub node_name: String,
     pub mount_mode: String,
+    /// `learned`, `off`, `none yet (first start)`; `–` for the shuttle.
+    #[serde(default)]
+    pub start_profile: String,
+    /// This row is the image's first start (no start profile stored yet), on its own reps.
+    #[serde(default)]
+    pub first_start: bool,
+    /// kubelet's *Pulled* (CRI PullImage). For Teleport: metadata only (attach and data are
+    /// paid in ready).
     pub pull_seconds: Option<Stat>,
     pub ready_seconds: Option<Stat>,
-    pub warm_ready_seconds: Option<f64>,
-    /// The image's first start on a fresh registry (no learned start profile yet), on the
-    /// teleporter that ran it; not part of the cold medians.
+    /// The headline: standard ready ÷ this row's ready (medians).
     #[serde(default)]
-    pub first_start_ready_seconds: Option<f64>,
+    pub speedup_ready: Option<f64>,
+    /// Median of the warm runs.
+    pub warm_ready_seconds: Option<f64>,
+    /// Median of each phase over the cold runs: pull, sandbox, create, start, app (to ready).
+    #[serde(default)]
+    pub phases: Phases,
     /// Median over the cold repetitions.
     pub layer_blob_bytes_downloaded: u64,
     pub expanded_bytes_fetched: u64,
     /// Cold repetitions in this row.
     pub samples: usize,
+}
+
+/// Median seconds of each phase of a start (the stacked bars of report.svg).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Phases {
+    pub pull: f64,
+    pub sandbox: f64,
+    pub create: f64,
+    pub start: f64,
+    /// Started → ready (the app reading its working set, or the probe).
+    pub app: f64,
+}
+
+impl Phases {
+    fn of(samples: &[&Sample]) -> Phases {
+        let med = |f: &dyn Fn(&Sample) -> f64| {
+            Stat::of(&samples.iter().map(|s| f(s)).collect::<Vec<_>>()).map_or(0.0, |s| s.median)
+        };
+        Phases {
+            pull: med(&|s| s.pull_seconds.unwrap_or(0.0)),
+            sandbox: med(&|s| s.sandbox_seconds),
+            create: med(&|s| s.create_seconds),
+            start: med(&|s| s.start_seconds),
+            app: med(&|s| {
+                (s.ready_seconds
+                    - s.pull_seconds.unwrap_or(0.0)
+                    - s.sandbox_seconds
+                    - s.create_seconds
+                    - s.start_seconds)
+                    .max(0.0)
+            }),
+        }
+    }
 }
 
 /// A published figure from the seed (Azure, 2021).
@@ -109,8 +165,26 @@ pub fn published() -> Vec<Published> {
     ]
 }
 
+/// Version of report.json's layout (bumped when fields change meaning).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// One process of the bed as it was started: its arguments and config text.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    pub name: String,
+    pub args: Vec<String>,
+    /// Config file text (containerd's config.toml), when it has one.
+    #[serde(default)]
+    pub config: Option<String>,
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
+    #[serde(default)]
+    pub schema_version: u32,
+    /// `git rev-parse HEAD` of the checkout that ran (`unknown` outside git).
+    #[serde(default)]
+    pub git_commit: String,
     pub created_unix: u64,
     pub profile: String,
     pub scale: f64,
@@ -118,6 +192,10 @@ pub struct Report {
     pub link: LinkSettings,
     pub machine: MachineInfo,
     pub versions: Versions,
+    #[serde(default)]
+    pub settings: RunSettings,
+    #[serde(default)]
+    pub processes: Vec<ProcessInfo>,
     pub pause_image: String,
     pub images: Vec<ImageFacts>,
     pub rows: Vec<Row>,
@@ -131,6 +209,20 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
     }
     v.sort_unstable();
     v[v.len() / 2]
+}
+
+/// `git rev-parse HEAD` in the source checkout, or `unknown`.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl Report {
@@ -148,26 +240,52 @@ impl Report {
     ) -> Report {
         let mut rows = Vec::new();
         for img in &images {
-            // Node order as first seen in the samples (shuttle first).
-            let mut nodes: Vec<(&str, &str)> = Vec::new();
-            for s in samples
-                .iter()
-                .filter(|s| s.variant == img.variant && !s.first_start)
-            {
-                if !nodes.iter().any(|(n, _)| *n == s.node) {
-                    nodes.push((&s.node, &s.mount_mode));
+            // Rows in node order as first seen (shuttle first), first starts after the cold rows.
+            let mut keys: Vec<(&str, &str, bool)> = Vec::new();
+            for first in [false, true] {
+                for s in samples
+                    .iter()
+                    .filter(|s| s.variant == img.variant && s.first_start == first && !s.warm)
+                {
+                    if !keys.iter().any(|(n, _, f)| *n == s.node && *f == first) {
+                        keys.push((&s.node, &s.mount_mode, first));
+                    }
                 }
             }
-            for (node, mode) in nodes {
+            // Shuttle first, then teleporters by name; first starts last (node order is
+            // shuffled per rep, so first-seen order is not stable).
+            keys.sort_by_key(|(n, m, f)| (*f, *m != "overlayfs", *n));
+            let std_ready = Stat::of(
+                &samples
+                    .iter()
+                    .filter(|s| {
+                        s.variant == img.variant && s.role == "shuttle" && !s.warm && !s.first_start
+                    })
+                    .map(|s| s.ready_seconds)
+                    .collect::<Vec<_>>(),
+            )
+            .map(|s| s.median);
+            for (node, mode, first) in keys {
                 let mine = move |s: &&Sample| s.variant == img.variant && s.node == node;
-                let of = |warm: bool| {
-                    samples
-                        .iter()
-                        .filter(mine)
-                        .filter(move |s| s.warm == warm && !s.first_start)
+                let cold: Vec<&Sample> = samples
+                    .iter()
+                    .filter(mine)
+                    .filter(|s| !s.warm && s.first_start == first)
+                    .collect();
+                let warm: Vec<f64> = samples
+                    .iter()
+                    .filter(mine)
+                    .filter(|s| s.warm && !first)
+                    .map(|s| s.ready_seconds)
+                    .collect();
+                let head = cold.first().copied();
+                let role = head.map_or("", |s| s.role.as_str());
+                let ready = Stat::of(&cold.iter().map(|s| s.ready_seconds).collect::<Vec<_>>());
+                let start_profile = match head.map_or("", |s| s.start_profile.as_str()) {
+                    "" => "–".to_string(),
+                    _ if first => "none yet (first start)".to_string(),
+                    p => p.to_string(),
                 };
-                let cold: Vec<&Sample> = of(false).collect();
-                let role = cold.first().map_or("", |s| s.role.as_str());
                 rows.push(Row {
                     variant: img.variant,
                     layers: img.layers,
@@ -177,22 +295,23 @@ impl Report {
                     } else {
                         role.to_string()
                     },
+                    node_name: node.to_string(),
                     mount_mode: mode.to_string(),
+                    start_profile,
+                    first_start: first,
                     pull_seconds: Stat::of(
                         &cold
                             .iter()
                             .filter_map(|s| s.pull_seconds)
                             .collect::<Vec<_>>(),
                     ),
-                    ready_seconds: Stat::of(
-                        &cold.iter().map(|s| s.ready_seconds).collect::<Vec<_>>(),
-                    ),
-                    warm_ready_seconds: of(true).map(|s| s.ready_seconds).next(),
-                    first_start_ready_seconds: samples
-                        .iter()
-                        .filter(mine)
-                        .find(|s| s.first_start)
-                        .map(|s| s.ready_seconds),
+                    ready_seconds: ready,
+                    speedup_ready: match (std_ready, ready) {
+                        (Some(a), Some(b)) if b.median > 0.0 => Some(a / b.median),
+                        _ => None,
+                    },
+                    warm_ready_seconds: Stat::of(&warm).map(|s| s.median),
+                    phases: Phases::of(&cold),
                     layer_blob_bytes_downloaded: median_u64(
                         cold.iter().map(|s| s.served.layer_blob).collect(),
                     ),
@@ -204,6 +323,8 @@ impl Report {
             }
         }
         Report {
+            schema_version: SCHEMA_VERSION,
+            git_commit: git_commit(),
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -213,6 +334,8 @@ impl Report {
             link,
             machine,
             versions,
+            settings: RunSettings::default(),
+            processes: Vec::new(),
             pause_image,
             images,
             rows,
@@ -221,37 +344,83 @@ impl Report {
         }
     }
 
-    /// Write `report.md`, `report.json` and `report.svg` into `dir`.
+    /// Write `report.md`, `report.json`, `report.csv` and `report.svg` into `dir`, and append
+    /// the table to `$GITHUB_STEP_SUMMARY` when it is set.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
         let json = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
             what: "report".into(),
             source,
         })?;
+        let md = self.markdown();
         let files = [
             ("report.json", json),
-            ("report.md", self.markdown()),
+            ("report.md", md.clone()),
+            ("report.csv", self.csv()),
             ("report.svg", self.svg()),
         ];
         for (name, body) in files {
             let p = dir.join(name);
             std::fs::write(&p, body).map_err(Error::io(format!("write {}", p.display())))?;
         }
+        if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+            use std::io::Write as _;
+            let p = std::path::PathBuf::from(summary);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(md.as_bytes()))
+                .map_err(Error::io(format!("append {}", p.display())))?;
+        }
         Ok(())
     }
 
-    fn row(&self, variant: Variant, mode: &str) -> Option<&Row> {
-        self.rows
-            .iter()
-            .find(|r| r.variant == variant && r.mount_mode == mode)
+    /// Every raw sample, one line each (the JSON's `samples` flattened).
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "variant,node,role,mount_mode,start_profile,first_start,warm,rep,order,seed,overlap,\
+             pull_seconds,sandbox_seconds,create_seconds,start_seconds,ready_seconds,\
+             layer_blob_bytes,expanded_bytes,load1_before,load1_after,steal_ticks\n",
+        );
+        for x in &self.samples {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{}",
+                x.variant.as_str(),
+                x.node,
+                x.role,
+                x.mount_mode,
+                x.start_profile,
+                x.first_start,
+                x.warm,
+                x.rep.map_or(String::new(), |r| r.to_string()),
+                x.order,
+                x.seed,
+                x.overlap,
+                x.pull_seconds.map_or(String::new(), |p| format!("{p:.6}")),
+                x.sandbox_seconds,
+                x.create_seconds,
+                x.start_seconds,
+                x.ready_seconds,
+                x.served.layer_blob,
+                x.served.expanded(),
+                x.host.load1_before,
+                x.host.load1_after,
+                x.host
+                    .steal_ticks_after
+                    .saturating_sub(x.host.steal_ticks_before),
+            );
+        }
+        s
     }
 
-    /// The Markdown table (the seed's columns and more).
+    /// The Markdown table: ready is the headline (speed-up = standard ready ÷ this ready).
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "# Standard pull vs Teleport: `{}` (scale {})\n",
+            "# Standard vs Teleport, time to ready: `{}` (scale {})\n",
             self.profile, self.scale
         );
         let l = self.link.latency_ms;
@@ -264,8 +433,9 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "Machine: {} ({} cores, {:.1} GiB, kernel {}). {}; {}. Link: {}. Working set {:.0}% of files. \
-             Median of {} cold runs (min–max); every cold run on a recycled node.\n",
+            "Machine: {} ({} cores, {:.1} GiB, kernel {}). {}; {}. Link: {}. Working set {:.0}% of files \
+             (overlap with the learning run {:.0}%, seed {}), ready = {}. \
+             Median of {} cold runs (min–max, p90); every cold run on a recycled node. Commit {}.\n",
             self.machine.cpu_model,
             self.machine.cores,
             self.machine.mem_bytes as f64 / (1u64 << 30) as f64,
@@ -274,103 +444,87 @@ impl Report {
             self.versions.runc,
             link,
             self.working_set * 100.0,
+            self.settings.overlap * 100.0,
+            self.settings.seed,
+            if self.settings.ready.is_empty() { READY_DEFAULT } else { &self.settings.ready },
             self.rows.first().map_or(0, |r| r.samples),
+            self.git_commit.get(..12).unwrap_or(&self.git_commit),
         );
         let _ = writeln!(
             s,
-            "| Size | Layers | Mount mode | Standard pull | Teleport pull | speed-up | Standard ready | Teleport ready | warm ready (std / teleport) | bytes downloaded (std / teleport) |"
+            "| Image | Size | Layers | Node | Mount mode | Start profile | Ready | p90 | speed-up (std ready ÷ ready) | Pull (kubelet *Pulled*) | warm ready | bytes downloaded |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-        let mut variants: Vec<Variant> = self.rows.iter().map(|r| r.variant).collect();
-        variants.dedup();
-        for v in variants {
-            let std = self.row(v, "overlayfs");
-            let teleports: Vec<&Row> = self
-                .rows
-                .iter()
-                .filter(|r| r.variant == v && r.mount_mode != "overlayfs")
-                .collect();
-            let lines: Vec<Option<&Row>> = if teleports.is_empty() {
-                vec![None]
-            } else {
-                teleports.into_iter().map(Some).collect()
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let speedup = match r.speedup_ready {
+                Some(x) if r.mount_mode == "overlayfs" => format!("{x:.1}× (baseline)"),
+                Some(x) => format!("**{x:.1}×**"),
+                None => "–".into(),
             };
-            for tp in lines {
-                let any = std.or(tp);
-                let (size, layers) = any.map_or((0, 0), |r| (r.image_bytes, r.layers));
-                let speedup = match (
-                    std.and_then(|r| r.pull_seconds),
-                    tp.and_then(|r| r.pull_seconds),
-                ) {
-                    (Some(a), Some(b)) if b.median > 0.0 => format!("{:.1}×", a.median / b.median),
-                    _ => "–".into(),
-                };
-                let warm = |r: Option<&Row>| {
-                    r.and_then(|r| r.warm_ready_seconds)
-                        .map_or("–".into(), |x| format!("{x:.2} s"))
-                };
-                let bytes = |r: Option<&Row>| {
-                    r.map_or("–".into(), |r| {
-                        if r.mount_mode == "overlayfs" {
-                            human_bytes(r.layer_blob_bytes_downloaded)
-                        } else {
-                            format!(
-                                "{} blobs + {} expanded",
-                                human_bytes(r.layer_blob_bytes_downloaded),
-                                human_bytes(r.expanded_bytes_fetched)
-                            )
-                        }
-                    })
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
-                    human_bytes(size),
-                    layers,
-                    tp.map_or("–", |r| r.mount_mode.as_str()),
-                    Stat::cell(std.and_then(|r| r.pull_seconds)),
-                    Stat::cell(tp.and_then(|r| r.pull_seconds)),
-                    speedup,
-                    Stat::cell(std.and_then(|r| r.ready_seconds)),
-                    Stat::cell(tp.and_then(|r| r.ready_seconds)),
-                    warm(std),
-                    warm(tp),
-                    bytes(std),
-                    bytes(tp),
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
-            "\n\"ready\" = Scheduled → the app's `TB-READY` line (pull + sandbox + create + start + reading the working set, hash checked). \
-             Bytes are registry `/metrics` deltas.\n"
-        );
-        let firsts: Vec<String> = self
-            .rows
-            .iter()
-            .filter_map(|r| {
-                r.first_start_ready_seconds.map(|x| {
-                    format!(
-                        "{} {:.2} s (teleporter {})",
-                        r.variant.as_str(),
-                        x,
-                        r.mount_mode
-                    )
-                })
-            })
-            .collect();
-        if !firsts.is_empty() {
+            let bytes = if r.mount_mode == "overlayfs" {
+                human_bytes(r.layer_blob_bytes_downloaded)
+            } else {
+                format!(
+                    "{} blobs + {} expanded",
+                    human_bytes(r.layer_blob_bytes_downloaded),
+                    human_bytes(r.expanded_bytes_fetched)
+                )
+            };
+            let pull = match (r.mount_mode.as_str(), Stat::cell(r.pull_seconds)) {
+                ("overlayfs", c) => c,
+                (_, c) => format!("{c} (metadata only)"),
+            };
             let _ = writeln!(
                 s,
-                "**First start** of each image on a fresh registry, before any start profile was learned \
-                 (teleportd records what this start reads; every cold run above replays it): {}.\n",
-                firsts.join(", ")
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.variant.as_str(),
+                human_bytes(r.image_bytes),
+                r.layers,
+                r.node_name,
+                r.mount_mode,
+                r.start_profile,
+                Stat::cell(r.ready_seconds),
+                r.ready_seconds
+                    .map_or("–".into(), |s| format!("{:.2} s", s.p90)),
+                speedup,
+                pull,
+                r.warm_ready_seconds
+                    .map_or("–".into(), |x| format!("{x:.2} s")),
+                bytes,
             );
         }
-        let _ = writeln!(s, "**published (Azure, 2021) — for comparison only**\n");
         let _ = writeln!(
             s,
-            "| Image | Size | Layers | Standard pull | Teleport pull | speed-up |"
+            "\n**Ready** = Scheduled → the app is ready (pull + sandbox + create + start + the app's own \
+             start, e.g. reading its working set, hash checked). **Pull** = kubelet's *Successfully pulled \
+             image* (CRI PullImage). For Teleport the pull records metadata only: layers are attached \
+             and their bytes fetched during container create/start, so they are paid in ready — which is \
+             why the speed-up is on ready. **Start profile**: `learned` = teleportd replays what the \
+             image's first start read ({}); `off` = \
+             `--no-start-profile`; `none yet (first start)` = the first start of the image, each rep \
+             with the stored profile dropped. Warm ready = median of {} runs with the image present. \
+             Bytes are registry `/metrics` deltas (median).\n",
+            if self.settings.ready.is_empty() || self.settings.ready.starts_with("TB-READY") {
+                format!(
+                    "each cold run reads a different working set, {:.0}% in common with that first \
+                     start, so the profile is a learned guess, not an oracle",
+                    self.settings.overlap * 100.0
+                )
+            } else {
+                "this app chooses what it reads; if every start reads the same files, the replay \
+                 is exact"
+                    .to_string()
+            },
+            self.settings.warm_runs,
+        );
+        let _ = writeln!(
+            s,
+            "**published (Azure, 2021) — for comparison only.** Their figure is kubelet's pull time \
+             on AKS; not comparable with the ready times above, so no ratio against ours.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| Image | Size | Layers | Standard pull | Teleport pull | their speed-up |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for p in &self.published {
@@ -393,27 +547,33 @@ impl Report {
         s
     }
 
-    /// Grouped bars: per variant, one bar per node/mount mode, for pull and ready medians.
+    /// Ready as stacked phases (pull, sandbox, create, start, app until ready), one horizontal
+    /// bar per row; a second panel shows the teleport rows on their own scale.
     pub fn svg(&self) -> String {
-        const W: f64 = 760.0;
-        const PANEL_H: f64 = 220.0;
-        const TOP: f64 = 40.0;
-        const LEFT: f64 = 60.0;
-        let colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
-        let mut modes: Vec<&str> = Vec::new();
-        for r in &self.rows {
-            if !modes.contains(&r.mount_mode.as_str()) {
-                modes.push(&r.mount_mode);
-            }
-        }
-        let mut variants: Vec<Variant> = self.rows.iter().map(|r| r.variant).collect();
-        variants.dedup();
-        type Pick = fn(&Row) -> Option<f64>;
-        let panels: [(&str, Pick); 2] = [
-            ("pull (s)", |r| r.pull_seconds.map(|s| s.median)),
-            ("ready (s)", |r| r.ready_seconds.map(|s| s.median)),
+        const W: f64 = 900.0;
+        const LABEL_W: f64 = 330.0;
+        const BAR_H: f64 = 16.0;
+        const GAP: f64 = 6.0;
+        type Phase = (&'static str, &'static str, fn(&Phases) -> f64);
+        let phases: [Phase; 5] = [
+            ("pull", "#4e79a7", |p| p.pull),
+            ("sandbox", "#f28e2b", |p| p.sandbox),
+            ("create", "#76b7b2", |p| p.create),
+            ("start", "#e15759", |p| p.start),
+            ("app until ready", "#59a14f", |p| p.app),
         ];
-        let height = TOP + panels.len() as f64 * (PANEL_H + 50.0) + 30.0;
+        let teleport: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.mount_mode != "overlayfs")
+            .collect();
+        let all: Vec<&Row> = self.rows.iter().collect();
+        let panels: Vec<(&str, Vec<&Row>)> = vec![
+            ("All rows: median seconds to ready, by phase", all),
+            ("Teleport rows on their own scale", teleport),
+        ];
+        let panel_h = |n: usize| 40.0 + n as f64 * (BAR_H + GAP) + 30.0;
+        let height = 60.0 + panels.iter().map(|(_, r)| panel_h(r.len())).sum::<f64>();
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -422,79 +582,146 @@ impl Report {
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="{LEFT}" y="20" font-size="15">{} (scale {}): standard pull vs Teleport, median seconds</text>"#,
+            r#"<text x="10" y="20" font-size="15">{} (scale {}): time to ready, standard vs Teleport</text>"#,
             xml(&self.profile),
             self.scale
         );
-        for (i, m) in modes.iter().enumerate() {
-            let x = LEFT + i as f64 * 130.0;
-            let c = colors[i % colors.len()];
+        for (i, (name, color, _)) in phases.iter().enumerate() {
+            let x = 10.0 + i as f64 * 130.0;
             let _ = writeln!(
                 s,
-                r#"<rect x="{x}" y="28" width="10" height="10" fill="{c}"/><text x="{}" y="37">{}</text>"#,
-                x + 14.0,
-                xml(if *m == "overlayfs" {
-                    "shuttle (overlayfs)"
-                } else {
-                    m
-                })
+                r#"<rect x="{x}" y="30" width="10" height="10" fill="{color}"/><text x="{}" y="39">{name}</text>"#,
+                x + 14.0
             );
         }
-        for (pi, (title, value)) in panels.iter().enumerate() {
-            let y0 = TOP + 20.0 + pi as f64 * (PANEL_H + 50.0);
-            let max = self
-                .rows
+        let mut y = 60.0;
+        for (title, rows) in &panels {
+            let _ = writeln!(s, r#"<text x="10" y="{}">{}</text>"#, y + 14.0, xml(title));
+            let max = rows
                 .iter()
-                .filter_map(value)
+                .filter_map(|r| r.ready_seconds.map(|s| s.median))
                 .fold(0.0_f64, f64::max)
                 .max(0.001);
-            let _ = writeln!(s, r#"<text x="10" y="{}">{}</text>"#, y0 + 10.0, xml(title));
-            let base = y0 + PANEL_H;
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" y1="{base}" x2="{}" y2="{base}" stroke="#333"/>"##,
-                W - 20.0
-            );
-            let group_w = (W - LEFT - 40.0) / variants.len().max(1) as f64;
-            for (vi, v) in variants.iter().enumerate() {
-                let gx = LEFT + vi as f64 * group_w + 20.0;
-                let bar_w = (group_w - 40.0) / modes.len().max(1) as f64;
-                for (mi, m) in modes.iter().enumerate() {
-                    let Some(val) = self.row(*v, m).and_then(value) else {
-                        continue;
-                    };
-                    let h = val / max * (PANEL_H - 20.0);
-                    let x = gx + mi as f64 * bar_w;
-                    let _ = writeln!(
-                        s,
-                        r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{val:.2}</text>"#,
-                        base - h,
-                        bar_w - 6.0,
-                        colors[mi % colors.len()],
-                        x + (bar_w - 6.0) / 2.0,
-                        base - h - 4.0
-                    );
-                }
-                let layers = self
-                    .rows
-                    .iter()
-                    .find(|r| r.variant == *v)
-                    .map_or(0, |r| r.layers);
+            let scale = (W - LABEL_W - 60.0) / max;
+            let mut by = y + 26.0;
+            for r in rows {
+                let label = format!(
+                    "{} {}{}",
+                    r.variant.as_str(),
+                    r.node_name,
+                    if r.first_start { " (first start)" } else { "" }
+                );
                 let _ = writeln!(
                     s,
-                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{} ({} layer{})</text>"#,
-                    gx + (group_w - 40.0) / 2.0,
-                    base + 16.0,
-                    v.as_str(),
-                    layers,
-                    if layers == 1 { "" } else { "s" }
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    LABEL_W - 6.0,
+                    by + BAR_H - 4.0,
+                    xml(&label)
                 );
+                let mut x = LABEL_W;
+                for (_, color, pick) in &phases {
+                    let w = pick(&r.phases) * scale;
+                    if w > 0.0 {
+                        let _ = writeln!(
+                            s,
+                            r#"<rect x="{x:.1}" y="{by:.1}" width="{w:.1}" height="{BAR_H}" fill="{color}"/>"#
+                        );
+                    }
+                    x += w;
+                }
+                if let Some(st) = r.ready_seconds {
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}">{:.2} s</text>"#,
+                        x + 4.0,
+                        by + BAR_H - 4.0,
+                        st.median
+                    );
+                }
+                by += BAR_H + GAP;
             }
+            y += panel_h(rows.len());
         }
         let _ = writeln!(s, "</svg>");
         s
     }
 }
+
+/// `10%` or `0.1` → 0.1.
+pub fn parse_fraction(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|x| x / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|e| Error::Invalid(format!("{s:?}: {e}")))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(Error::Invalid(format!("{s:?}: want a non-negative share")));
+    }
+    Ok(v)
+}
+
+/// What `testbed diff` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diff {
+    /// One line per row present in both reports (and a note for rows in only one).
+    pub text: String,
+    /// Rows whose median ready grew by more than the allowed share.
+    pub regressions: usize,
+}
+
+/// Row by row (variant, node, first start): the change of median ready from `old` to `new`.
+pub fn diff(old: &Report, new: &Report, max_regression: f64) -> Diff {
+    let key = |r: &Row| {
+        let name = if r.node_name.is_empty() {
+            format!("{}-{}", r.node, r.mount_mode)
+        } else {
+            r.node_name.clone()
+        };
+        format!(
+            "{} {}{}",
+            r.variant.as_str(),
+            name,
+            if r.first_start { " (first start)" } else { "" }
+        )
+    };
+    let mut text = String::new();
+    let mut regressions = 0;
+    for n in &new.rows {
+        let k = key(n);
+        let Some(o) = old.rows.iter().find(|o| key(o) == k) else {
+            let _ = writeln!(text, "{k}: new row");
+            continue;
+        };
+        match (o.ready_seconds, n.ready_seconds) {
+            (Some(a), Some(b)) if a.median > 0.0 => {
+                let change = b.median / a.median - 1.0;
+                let bad = change > max_regression;
+                regressions += usize::from(bad);
+                let _ = writeln!(
+                    text,
+                    "{k}: ready {:.3} s → {:.3} s ({:+.1}%){}",
+                    a.median,
+                    b.median,
+                    change * 100.0,
+                    if bad { "  REGRESSION" } else { "" }
+                );
+            }
+            _ => {
+                let _ = writeln!(text, "{k}: no ready median in one report");
+            }
+        }
+    }
+    for o in &old.rows {
+        let k = key(o);
+        if !new.rows.iter().any(|n| key(n) == k) {
+            let _ = writeln!(text, "{k}: row gone");
+        }
+    }
+    Diff { text, regressions }
+}
+
+const READY_DEFAULT: &str = "TB-READY (fixture, hash checked)";
 
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -537,6 +764,15 @@ mod tests {
             rep,
             warm: rep.is_none(),
             first_start: false,
+            start_profile: if role == "teleporter" {
+                "learned".into()
+            } else {
+                String::new()
+            },
+            seed: 0,
+            overlap: 0.8,
+            order: 0,
+            host: Default::default(),
             pull_seconds: rep.map(|_| pull),
             sandbox_seconds: 0.1,
             create_seconds: 0.1,
@@ -561,9 +797,14 @@ mod tests {
             Stat {
                 median: 2.0,
                 min: 1.0,
-                max: 3.0
+                max: 3.0,
+                p50: 2.0,
+                p90: 3.0,
             }
         );
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(Stat::of(&ten).unwrap().p90, 9.0);
+        assert_eq!(Stat::of(&ten).unwrap().p50, 5.0);
         assert_eq!(Stat::of(&[4.0, 1.0]).unwrap().median, 2.5);
         assert!(Stat::of(&[]).is_none());
 
@@ -619,6 +860,8 @@ mod tests {
             image_bytes: 944_000_000,
             compressed_bytes: 1,
             working_set_hash: "h".into(),
+            layer_digests: Vec::new(),
+            files: Vec::new(),
             working_set_files: 1,
             working_set_bytes: 1,
         };
@@ -637,33 +880,102 @@ mod tests {
             samples,
             "pause".into(),
         );
-        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows.len(), 3, "shuttle, teleporter, first start");
         assert_eq!(r.rows[0].node, "shuttle");
         assert_eq!(r.rows[0].pull_seconds.unwrap().median, 11.0);
         assert_eq!(r.rows[0].warm_ready_seconds, Some(0.5));
         assert_eq!(r.rows[0].layer_blob_bytes_downloaded, 900);
         assert_eq!(r.rows[1].node, "teleporter");
         assert_eq!(r.rows[1].mount_mode, "merged");
+        assert_eq!(r.rows[1].start_profile, "learned");
         assert_eq!(r.rows[1].samples, 2, "first start not in the cold runs");
         assert_eq!(r.rows[1].warm_ready_seconds, Some(0.6));
-        assert_eq!(r.rows[1].first_start_ready_seconds, Some(9.5));
-        assert_eq!(r.rows[0].first_start_ready_seconds, None);
+        // The headline is ready: 12.0 / 2.5 (medians), not pull.
+        assert_eq!(r.rows[1].speedup_ready, Some(12.0 / 2.5));
+        assert!(r.rows[2].first_start);
+        assert_eq!(r.rows[2].start_profile, "none yet (first start)");
+        assert_eq!(r.rows[2].ready_seconds.unwrap().median, 9.5);
         let md = r.markdown();
         assert!(
             md.contains(
-                "| 944.0 MB | 29 | merged | 11.00 s (10.00–12.00) | 1.50 s (1.00–2.00) | 7.3× |"
+                "| layered | 944.0 MB | 29 | teleporter-merged | merged | learned | 2.50 s (2.00–3.00) | 3.00 s | **4.8×** | 1.50 s (1.00–2.00) (metadata only) |"
             ),
             "{md}"
         );
+        assert!(md.contains("1.0× (baseline)"), "{md}");
         assert!(md.contains("published (Azure, 2021) — for comparison only"));
-        assert!(md.contains("layered 9.50 s (teleporter merged)"), "{md}");
-        assert!(md.contains("was learned (teleportd records"), "{md}");
+        assert!(md.contains("no ratio against ours"), "{md}");
         assert!(md.contains("34.7 s | 8.0 s"));
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+        assert!(!r.git_commit.is_empty());
+        let csv = r.csv();
+        assert_eq!(csv.lines().count(), 1 + r.samples.len());
+        assert!(csv
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("layered,teleporter-merged,"));
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(v["rows"][1]["mount_mode"], "merged");
+        assert!(svg.contains("Teleport rows on their own scale"));
+        assert!(svg.contains("app until ready"));
         assert_eq!(v["rows"][0]["pull_seconds"]["min"], 10.0);
+    }
+
+    #[test]
+    fn diff_fails_on_a_20_percent_regression() {
+        let mk = |teleport_ready: f64| {
+            let samples = vec![
+                sample("shuttle", "overlayfs", "shuttle", Some(0), 10.0, 11.0, 900),
+                sample(
+                    "teleporter-merged",
+                    "merged",
+                    "teleporter",
+                    Some(0),
+                    0.1,
+                    teleport_ready,
+                    0,
+                ),
+            ];
+            let img = ImageFacts {
+                variant: Variant::Layered,
+                reference: "r".into(),
+                manifest_digest: "d".into(),
+                layers: 1,
+                image_bytes: 1,
+                compressed_bytes: 1,
+                working_set_hash: "h".into(),
+                layer_digests: Vec::new(),
+                files: Vec::new(),
+                working_set_files: 1,
+                working_set_bytes: 1,
+            };
+            Report::build(
+                "p",
+                1.0,
+                0.06,
+                LinkSettings {
+                    bandwidth_bytes_per_sec: None,
+                    bandwidth: None,
+                    latency_ms: 0.0,
+                },
+                MachineInfo::detect(),
+                Versions::detect(),
+                vec![img],
+                samples,
+                "pause".into(),
+            )
+        };
+        let old = mk(1.0);
+        let d = diff(&old, &mk(1.2), parse_fraction("10%").unwrap());
+        assert_eq!(d.regressions, 1, "{}", d.text);
+        assert!(d.text.contains("(+20.0%)  REGRESSION"), "{}", d.text);
+        assert_eq!(diff(&old, &mk(1.05), 0.1).regressions, 0);
+        assert_eq!(diff(&old, &mk(1.2), 0.25).regressions, 0);
+        assert_eq!(parse_fraction("0.1").unwrap(), 0.1);
+        assert!(parse_fraction("x%").is_err());
     }
 }

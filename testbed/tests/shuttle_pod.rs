@@ -9,7 +9,7 @@ use testbed::cri::PodSpec;
 use testbed::events::Events;
 use testbed::metrics;
 use testbed::node::{Node, NodeConfig, NodeKind};
-use testbed::pod::{run_pod, RunOptions};
+use testbed::pod::{run_pod, ReadyProbe, RunOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuttle_pulls_runs_and_recycle_wipes() {
@@ -42,18 +42,21 @@ async fn shuttle_pulls_runs_and_recycle_wipes() {
         env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
         log_dir: node.paths().pods.join("vote"),
         cgroup_parent: node.cgroup_parent(),
+        command: None,
+        args: None,
     };
     let opts = RunOptions {
         expected_hash: Some(ws.hash.clone()),
         ready_timeout: Duration::from_secs(120),
         teardown: true,
+        probe: ReadyProbe::Fixture,
     };
     let t = run_pod(&node, &spec, &opts, &Events::new("shuttle", "vote", None))
         .await
         .unwrap();
     assert!(t.pull_seconds.is_some());
-    assert_eq!(t.ready.hash, ws.hash);
-    assert_eq!(t.ready.files, ws.files);
+    assert_eq!(t.ready.as_ref().unwrap().hash, ws.hash);
+    assert_eq!(t.ready.as_ref().unwrap().files, ws.files);
     let after = metrics::scrape(&http, &murl).await.unwrap();
     let served = metrics::Served::between(&before, &after);
     // A standard pull downloads every layer blob of the image.

@@ -11,7 +11,7 @@ use testbed::cri::PodSpec;
 use testbed::events::Events;
 use testbed::metrics;
 use testbed::node::{MountMode, Node, NodeConfig, NodeKind};
-use testbed::pod::{run_pod, RunOptions};
+use testbed::pod::{run_pod, ReadyProbe, RunOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teleporter_node_runs_pod_through_teleportd() {
@@ -123,14 +123,17 @@ async fn run_app(node: &Node, w: &common::World, teardown: bool) {
         env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
         log_dir: node.paths().pods.join("app"),
         cgroup_parent: node.cgroup_parent(),
+        command: None,
+        args: None,
     };
     let opts = RunOptions {
         expected_hash: Some(ws.hash.clone()),
         ready_timeout: Duration::from_secs(120),
         teardown,
+        probe: ReadyProbe::Fixture,
     };
     let t = run_pod(node, &spec, &opts, &Events::new("teleporter", "app", None))
         .await
         .unwrap();
-    assert_eq!(t.ready.hash, ws.hash);
+    assert_eq!(t.ready.as_ref().unwrap().hash, ws.hash);
 }
