@@ -44,6 +44,9 @@ fn a_forged_diff_id_never_replaces_a_base_layer() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut cfg = registry_mock::Config::new(dir.join("reg"));
     cfg.teleport_repos = vec!["tele/app".into()];
+    // A registry that does not check diff_ids (older, or lying): the node must refuse alone.
+    // (registry-mock's own check: registry-mock/tests/teleport.rs.)
+    cfg.check_diff_ids = false;
     let reg = rt.block_on(registry_mock::start(cfg)).unwrap();
 
     let busybox = std::fs::read(common::BUSYBOX).unwrap();

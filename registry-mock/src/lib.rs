@@ -69,6 +69,10 @@ pub struct Config {
     /// Expansion runs a layer gets before a crash during the last one fails it
     /// (see [`expansion::DEFAULT_MAX_ATTEMPTS`]).
     pub expansion_max_attempts: u32,
+    /// Refuse `/mount` for an image whose config's `rootfs.diff_ids` differ from its layers'
+    /// computed diff_ids. Always on in `serve`; off only in tests that play an older or lying
+    /// registry to show that nodes verify on their own.
+    pub check_diff_ids: bool,
     /// Limits against hostile or broken clients (the `serve` flags of the same names).
     pub limits: Limits,
     /// HTTPS instead of plain HTTP (see [`tls::TlsArgs`]).
@@ -153,6 +157,7 @@ impl Config {
                 .unwrap_or(2),
             expansion_chunk_size: expansion::DEFAULT_EXPANSION_CHUNK_SIZE,
             expansion_max_attempts: expansion::DEFAULT_MAX_ATTEMPTS,
+            check_diff_ids: true,
             limits: Limits::default(),
             tls: None,
         }
@@ -296,6 +301,7 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
         cfg.expansion_chunk_size,
         cfg.expansion_max_attempts,
     )?;
+    expander.set_check_diff_ids(cfg.check_diff_ids);
     Ok(Arc::new(AppState {
         store,
         auth: Auth::new(cfg.users.clone(), cfg.anonymous_pull)

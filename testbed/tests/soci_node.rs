@@ -17,7 +17,7 @@ use testbed::events::Events;
 use testbed::metrics;
 use testbed::node::{Node, NodeConfig, NodeKind};
 use testbed::peers::soci::{self, IndexOptions, SociBins, SociConfig, SociNode};
-use testbed::pod::{run_pod, RunOptions};
+use testbed::pod::{run_pod, ReadyProbe, RunOptions};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -238,16 +238,22 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
         env: vec![("TB_WORKING_SET".into(), ws.fraction.to_string())],
         log_dir: node.node().paths().pods.join("app"),
         cgroup_parent: node.node().cgroup_parent(),
+        command: None,
+        args: None,
     };
     let ro = RunOptions {
         expected_hash: Some(ws.hash.clone()),
         ready_timeout: Duration::from_secs(180),
         teardown: true,
+        probe: ReadyProbe::Fixture,
     };
     let t = run_pod(node.node(), &spec, &ro, &Events::new("soci", "app", None))
         .await
         .unwrap();
-    assert_eq!(t.ready.hash, ws.hash);
+    assert_eq!(
+        t.ready.as_ref().map(|r| r.hash.as_str()),
+        Some(ws.hash.as_str())
+    );
     let after = scrape(&murl, &ca).await;
     let served = metrics::Served::between(&before, &after);
     // The zTOCs (layers of the SOCI index, a referrer) are served as artifact blobs; their
