@@ -10,8 +10,9 @@
 //! repos/<name…>/_tags/<tag>             content = manifest digest
 //! repos/<name…>/_attrs.json             ACR attributes (created time, teleportEnabled)
 //! repos/<name…>/_expansion/<hex>.json   per-image expansion record
-//! expanded/sha256/<layer-hex>/          expansion output: index, data, state.json, and the
-//!                                       learned start profile.json (first writer wins)
+//! repos/<name…>/_profiles/<hex>.json    learned start profile of a layer, per repository
+//!                                       (see `profile.rs`)
+//! expanded/sha256/<layer-hex>/          expansion output: index, data, state.json
 //! ```
 //! Repository components never start with `_` (spec regex), so the `_` entries cannot collide.
 //! Every write is atomic (temp file, fsync, rename, fsync dir). The store never sees HTTP types.
@@ -399,46 +400,6 @@ impl Store {
 
     pub fn expanded_dir(&self, layer: &Digest) -> PathBuf {
         self.root.join("expanded/sha256").join(layer.hex())
-    }
-
-    /// The learned start profile of an expanded layer (beside its index and data).
-    pub fn profile_path(&self, layer: &Digest) -> PathBuf {
-        self.expanded_dir(layer).join("profile.json")
-    }
-
-    /// The stored start profile of `layer`, if any.
-    pub fn read_profile(&self, layer: &Digest) -> Result<Option<Vec<u8>>> {
-        let p = self.profile_path(layer);
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(p)(e)),
-        }
-    }
-
-    /// Store `bytes` as `layer`'s start profile unless one exists (first writer wins).
-    /// Returns whether this call stored it. Atomic and durable: the bytes are written to a temp
-    /// file, and `link(2)` publishes it only if the name is free, so racing writers never see or
-    /// leave a partial file.
-    pub fn create_profile(&self, layer: &Digest, bytes: &[u8]) -> Result<bool> {
-        let dest = self.profile_path(layer);
-        let parent = self.expanded_dir(layer);
-        let tmp = self.tmp_path();
-        let mut f = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(Error::io(&tmp))?;
-        drop(f);
-        let linked = fs::hard_link(&tmp, &dest);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {
-                sync_dir(&parent)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::io(dest)(e)),
-        }
     }
 
     /// Every layer directory under `expanded/` (for re-queueing at start).

@@ -146,6 +146,9 @@ pub struct Sample {
 pub struct ImageFacts {
     pub variant: Variant,
     pub reference: String,
+    /// The repository it was pushed to (start profiles are stored per repository).
+    #[serde(default)]
+    pub repo: String,
     pub manifest_digest: String,
     pub layers: usize,
     pub image_bytes: u64,
@@ -241,6 +244,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         facts.push(ImageFacts {
             variant: fx.variant.unwrap_or(Variant::Layered),
             reference,
+            repo: repo.clone(),
             manifest_digest: fx.info.manifest_digest.to_string(),
             layers: fx.info.layers.len(),
             image_bytes: fx.info.total_uncompressed,
@@ -263,6 +267,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         facts.push(ImageFacts {
             variant: im.variant,
             reference,
+            repo: repo.clone(),
             manifest_digest: im.image.manifest_digest.to_string(),
             layers: im.image.layers.len(),
             image_bytes: im.uncompressed_bytes,
@@ -453,18 +458,17 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     Ok(report)
 }
 
-/// Drop the learned start profiles of `img`'s layers, so the next start is a first start.
+/// Drop the learned start profiles of `img`'s layers in its repository, so the next start is a
+/// first start.
 fn drop_profiles(store: &registry_mock::store::Store, img: &ImageFacts) -> Result<()> {
+    let repo = registry_mock::names::RepoName::parse(&img.repo)
+        .ok_or_else(|| Error::Invalid(format!("repository name {:?}", img.repo)))?;
     for d in &img.layer_digests {
         let digest: emulator::Digest = d
             .parse()
             .map_err(|e| Error::Invalid(format!("layer digest {d}: {e}")))?;
-        let p = store.profile_path(&digest);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("remove {}", p.display()))(e)),
-        }
+        registry_mock::profile::delete(store, &repo, &digest)
+            .map_err(|e| Error::Invalid(format!("drop start profile of {d}: {e}")))?;
     }
     Ok(())
 }

@@ -855,6 +855,7 @@ mod tests {
         let img = ImageFacts {
             variant: Variant::Layered,
             reference: "r".into(),
+            repo: "tb/app".into(),
             manifest_digest: "d".into(),
             layers: 29,
             image_bytes: 944_000_000,
@@ -943,6 +944,7 @@ mod tests {
             let img = ImageFacts {
                 variant: Variant::Layered,
                 reference: "r".into(),
+                repo: "tb/app".into(),
                 manifest_digest: "d".into(),
                 layers: 1,
                 image_bytes: 1,
