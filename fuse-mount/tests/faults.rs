@@ -1,7 +1,8 @@
 //! Fault tests on the real node path (registry-mock → CRI pull through containerd → teleportd
 //! → fuse manager → per-layer FUSE mounts, read directly from the host): the registry down
 //! during a lazy read, the fuse manager SIGKILLed mid-read, the chunk cache on a full disk with
-//! 16 concurrent readers. Synchronisation: conditions polled with a deadline (mountinfo, a
+//! 16 concurrent readers; 16 fetch clients FUSE-mounting one layer and reading it at once.
+//! Synchronisation: conditions polled with a deadline (mountinfo, a
 //! reader's kernel wait channel, pids). Needs root, FUSE, containerd, skopeo.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -379,5 +380,93 @@ fn a_full_cache_disk_never_fails_or_corrupts_16_concurrent_lazy_readers() {
     eprintln!("{}", String::from_utf8_lossy(&used.stdout));
     node.finish();
     drop(tmpfs);
+    assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
+}
+
+/// 16 fetch clients (each its own node cache) FUSE-mounting the same expanded layer and reading
+/// the same never-cached file at once: all get the right bytes, each fetched them lazily.
+#[test]
+fn sixteen_lazy_readers_of_one_layer_all_get_correct_bytes() {
+    use fuse_mount::fetch::{Client, ClientOptions, MountStatus};
+    if !prerequisites() {
+        return;
+    }
+    let t = TestDir::new();
+    let dir = t.path();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt
+        .block_on(registry_mock::start(registry_config(dir)))
+        .unwrap();
+    let archive = dir.join("image.tar");
+    common::test_image(&archive, "unused.test/app:1");
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg("--digestfile")
+        .arg(dir.join("digest"))
+        .arg(format!("oci-archive:{}:1", archive.display()))
+        .arg(format!("docker://{}/{REPO}:1", reg.addr()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest: emulator::Digest = std::fs::read_to_string(dir.join("digest"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let url = reg.url();
+    let probe = Client::new(
+        &url,
+        None,
+        dir.join("cache-probe"),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let info = wait_for("the expansion", Duration::from_secs(60), || {
+        match probe.resolve_blocking(REPO, &digest).unwrap() {
+            MountStatus::Ready(info) => Some(info),
+            _ => None,
+        }
+    });
+    let want = busybox_sha();
+    let start = std::sync::Barrier::new(16);
+    let results: Vec<(String, u64)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let (url, info, start) = (&url, &info, &start);
+                s.spawn(move || {
+                    let c = Client::new(
+                        url,
+                        None,
+                        dir.join(format!("cache-{i}")),
+                        ClientOptions::default(),
+                    )
+                    .unwrap();
+                    let layer = c.open_layer_blocking(REPO, &info.layers[0]).unwrap();
+                    let mnt = dir.join(format!("mnt-{i}"));
+                    std::fs::create_dir_all(&mnt).unwrap();
+                    let opts = fuse_mount::fs::MountOptions {
+                        prefetch_on_open: false,
+                        ..Default::default()
+                    };
+                    let m = fuse_mount::fs::mount_layer(&mnt, layer, &opts).unwrap();
+                    start.wait();
+                    let got = std::fs::read(mnt.join("bin/busybox")).map(|b| sha(&b));
+                    let fetched = m.counters().snapshot().bytes_fetched;
+                    m.unmount().unwrap();
+                    (got.unwrap(), fetched)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (got, fetched)) in results.iter().enumerate() {
+        assert_eq!(got, &want, "reader {i}: wrong bytes");
+        assert!(*fetched > 0, "reader {i} fetched nothing: not a lazy read");
+    }
+    rt.block_on(reg.shutdown()).unwrap();
     assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
 }
