@@ -379,6 +379,8 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_thousand_concurrent_uploads_succeed_and_leave_descriptors_and_memory_bounded() {
     const N: usize = 1000;
+    // The client side holds N connections too (the registry raises its own limit at start).
+    registry_mock::raise_nofile_limit();
     let dir = tempfile::tempdir().unwrap();
     // Sessions capped at exactly N (per repository too), so the N+1st is the documented 429.
     let s = Server::start(
