@@ -1,6 +1,6 @@
 //! The library's typed errors: [`Error`] for internal failures (storage, startup), [`ApiError`] for
 //! what a client sees. An `ApiError` is turned into a response exactly once, in
-//! [`ApiError::into_response`]; internal causes are logged there and sent as a plain 500.
+//! [`ApiError::into_response`]; internal causes are logged there and sent as a plain 500 (a full disk: 507 `UNKNOWN`).
 
 use std::path::PathBuf;
 
@@ -55,6 +55,18 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
+
+    /// The registry's disk is full (or over quota): the client may retry elsewhere or later.
+    fn is_storage_full(&self) -> bool {
+        let io = match self {
+            Error::Io { source, .. } | Error::BareIo(source) => source,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
 }
 
 /// Distribution-spec error codes (plus the few this registry adds).
@@ -86,6 +98,8 @@ pub enum Code {
     ProfileInvalid,
     /// Ours: no start profile stored for this layer yet.
     ProfileUnknown,
+    /// docker/distribution's catch-all for a server-side failure (here: storage full).
+    Unknown,
 }
 
 impl Code {
@@ -112,6 +126,7 @@ impl Code {
             Code::ExpansionUnknown => "EXPANSION_UNKNOWN",
             Code::ProfileInvalid => "PROFILE_INVALID",
             Code::ProfileUnknown => "PROFILE_UNKNOWN",
+            Code::Unknown => "UNKNOWN",
         }
     }
 }
@@ -324,6 +339,15 @@ impl ApiError {
                 "method not allowed",
                 serde_json::Value::Null,
             ),
+            ApiError::Internal(e) if e.is_storage_full() => {
+                tracing::error!(error = %e, "storage full");
+                json_error(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    Code::Unknown,
+                    "registry storage is full",
+                    serde_json::Value::Null,
+                )
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "internal error");
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")

@@ -113,6 +113,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    registry_mock::raise_nofile_limit();
     // `serve --config FILE`: the file's settings go ahead of the command line's own flags.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let at = if argv.get(1).is_some_and(|a| a == "serve") {

@@ -11,9 +11,11 @@
 //! is ignored, and every loaded chunk is verified against its digest on its first read — a
 //! torn or rotted record is dropped and fetched again, never served. Chunks are verified before
 //! they are stored. With a size cap, whole packs are evicted, least recently used first. Layer
-//! indexes (few, larger) stay one file each (`ROOT/index/<hex>`).
+//! indexes (few, larger) stay one file each (`ROOT/index/<hex>`). A chunk the disk cannot take
+//! (full, read-only, I/O error) is kept in a bounded in-memory spill instead, so a failing
+//! cache disk costs re-fetches, never a read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -29,6 +31,16 @@ use super::{Error, Result};
 const PACK_MAX: u64 = 1 << 30;
 /// Records wait for one data fsync per this many before their log lines are written.
 const LOG_BATCH: usize = 64;
+/// Most bytes of chunks held in memory when the disk refuses them (oldest dropped first).
+const SPILL_MAX: u64 = 64 << 20;
+
+/// Verified chunks the disk could not store, by digest hex, oldest first.
+#[derive(Debug, Default)]
+struct Spill {
+    chunks: HashMap<String, Arc<Vec<u8>>>,
+    order: VecDeque<String>,
+    bytes: u64,
+}
 
 /// Where a cached chunk is.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +90,7 @@ pub struct ChunkCache {
     total: AtomicU64,
     /// LRU clock.
     tick: AtomicU64,
+    spill: Mutex<Spill>,
 }
 
 impl Drop for ChunkCache {
@@ -114,6 +127,7 @@ impl ChunkCache {
             pack_max,
             total: AtomicU64::new(0),
             tick: AtomicU64::new(1),
+            spill: Mutex::new(Spill::default()),
         };
         cache.load()?;
         cache.enforce_cap();
@@ -209,7 +223,33 @@ impl ChunkCache {
 
     /// Whether the chunk is cached.
     pub fn contains(&self, d: &Digest) -> bool {
-        self.loc(d).is_some()
+        self.loc(d).is_some() || self.spilled(d).is_some()
+    }
+
+    fn spilled(&self, d: &Digest) -> Option<Arc<Vec<u8>>> {
+        let spill = self.spill.lock().unwrap_or_else(|p| p.into_inner());
+        spill.chunks.get(d.hex()).cloned()
+    }
+
+    /// Keeps a verified chunk the disk refused in memory, dropping the oldest over [`SPILL_MAX`].
+    fn spill(&self, d: &Digest, bytes: &[u8]) {
+        let mut spill = self.spill.lock().unwrap_or_else(|p| p.into_inner());
+        if spill.chunks.contains_key(d.hex()) {
+            return;
+        }
+        spill.bytes += bytes.len() as u64;
+        spill
+            .chunks
+            .insert(d.hex().to_string(), Arc::new(bytes.to_vec()));
+        spill.order.push_back(d.hex().to_string());
+        while spill.bytes > SPILL_MAX {
+            let Some(old) = spill.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = spill.chunks.remove(&old) {
+                spill.bytes -= b.len() as u64;
+            }
+        }
     }
 
     /// Read `buf.len()` bytes at `offset` inside the cached chunk. A chunk loaded from disk is
@@ -224,7 +264,16 @@ impl ChunkCache {
             path: self.root.join("packs"),
             source,
         };
-        let loc = self.loc(d).ok_or_else(|| missing("not cached"))?;
+        let Some(loc) = self.loc(d) else {
+            let whole = self.spilled(d).ok_or_else(|| missing("not cached"))?;
+            let from = usize::try_from(offset).map_err(|_| missing("read past the chunk"))?;
+            let part = from
+                .checked_add(buf.len())
+                .and_then(|to| whole.get(from..to))
+                .ok_or_else(|| missing("read past the chunk"))?;
+            buf.copy_from_slice(part);
+            return Ok(());
+        };
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > u64::from(loc.len)) {
             return Err(missing("read past the chunk"));
@@ -298,11 +347,20 @@ impl ChunkCache {
 
     /// Store a verified chunk (a no-op when it is cached already). It is readable at once; its
     /// log record, which makes it visible to a later process, is written only after the pack's
-    /// data is fsynced (in batches of [`LOG_BATCH`]).
+    /// data is fsynced (in batches of [`LOG_BATCH`]). When the disk refuses it, it is kept in
+    /// the memory spill: a cache failure never fails the read that fetched the chunk.
     pub(crate) fn put_chunk(&self, d: &Digest, bytes: &[u8]) -> Result<()> {
         if self.contains(d) {
             return Ok(());
         }
+        if let Err(e) = self.put_chunk_on_disk(d, bytes) {
+            tracing::warn!(chunk = %d, error = %e, "chunk cache write failed; kept in memory");
+            self.spill(d, bytes);
+        }
+        Ok(())
+    }
+
+    fn put_chunk_on_disk(&self, d: &Digest, bytes: &[u8]) -> Result<()> {
         let len = u32::try_from(bytes.len()).map_err(|_| Error::Cache {
             path: self.root.join("packs"),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "chunk over 4 GiB"),

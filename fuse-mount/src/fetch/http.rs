@@ -311,7 +311,10 @@ impl Client {
                         actual: got,
                     });
                 }
-                self.inner.cache.put_index(want, &b)?;
+                // A cache that cannot take it (disk full) costs a re-fetch later, not the mount.
+                if let Err(e) = self.inner.cache.put_index(want, &b) {
+                    tracing::warn!(index = %want, error = %e, "layer index not cached");
+                }
                 b
             }
         };
