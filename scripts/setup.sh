@@ -15,6 +15,13 @@ need=(
   "/bin/busybox:busybox-static"
   "gcc:gcc"
   "/usr/include/stdio.h:libc6-dev"
+  # Fresh node filesystems (testbed), private test users and namespaces, the TLS test's server:
+  # present on most Debian installs, not on a minimal one.
+  "mkfs.ext4:e2fsprogs"
+  "losetup:mount"
+  "setpriv:util-linux"
+  "unshare:util-linux"
+  "openssl:openssl"
 )
 
 missing=()
