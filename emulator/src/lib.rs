@@ -24,6 +24,7 @@ pub mod profile;
 pub mod reader;
 pub mod settings_file;
 pub mod tar_reader;
+pub mod units;
 
 pub use digest::Digest;
 pub use entry::{Entry, EntryKind};

@@ -123,25 +123,7 @@ impl Default for Limits {
     }
 }
 
-/// `1048576`, `64KiB`, `512MiB`, `16GiB` (also `K`, `M`, `G`) → bytes.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let units: [(&str, u64); 6] = [
-        ("KiB", 1 << 10),
-        ("MiB", 1 << 20),
-        ("GiB", 1 << 30),
-        ("K", 1 << 10),
-        ("M", 1 << 20),
-        ("G", 1 << 30),
-    ];
-    let (num, mul) = units
-        .iter()
-        .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n, *m)))
-        .unwrap_or((t, 1));
-    let n: u64 = num.trim().parse().map_err(|e| format!("size {s:?}: {e}"))?;
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} too large"))
-}
+pub use emulator::units::parse_size;
 
 impl Config {
     pub fn new(root: impl Into<PathBuf>) -> Config {

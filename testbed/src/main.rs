@@ -192,23 +192,6 @@ fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
         .collect()
 }
 
-/// `4GiB`, `512MiB`, `4G`, `1000000` → bytes.
-fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().with_context(|| format!("size {s:?}"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        other => bail!("size {s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} too large"))
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -347,10 +330,11 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.warm_runs = a.warm_runs;
     o.drop_caches = !a.keep_page_cache;
     o.image = a.image;
-    o.fresh_fs_bytes = match parse_size(&a.node_fs_size)? {
-        0 => None,
-        n => Some(n),
-    };
+    o.fresh_fs_bytes =
+        match emulator::units::parse_size(&a.node_fs_size).map_err(anyhow::Error::msg)? {
+            0 => None,
+            n => Some(n),
+        };
     o.start_profiles = a
         .start_profiles
         .iter()
