@@ -52,28 +52,6 @@ const CONFIG_MAX: u64 = 16 << 20;
 const CHAINS_MAX: usize = 256;
 
 #[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    size: u64,
-}
-
-#[derive(Deserialize)]
-struct ManifestDoc {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ConfigDoc {
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
 struct TokenResponse {
     /// ACR/OAuth2 name; Docker token servers send `token` (often both).
     access_token: Option<String>,
@@ -196,7 +174,8 @@ impl HttpResolver {
                 MANIFEST_MAX,
             )
             .await?;
-        let m: ManifestDoc = serde_json::from_slice(&m).map_err(|e| format!("manifest: {e}"))?;
+        let m: emulator::oci::Manifest =
+            serde_json::from_slice(&m).map_err(|e| format!("manifest: {e}"))?;
         if m.config.size > CONFIG_MAX {
             return Err(format!("config of {} bytes", m.config.size));
         }
@@ -205,11 +184,12 @@ impl HttpResolver {
                 &format!("/v2/{}/blobs/{}", image.repo, m.config.digest),
                 token.as_deref(),
                 "*/*",
-                &m.config.digest,
+                m.config.digest.as_str(),
                 m.config.size,
             )
             .await?;
-        let c: ConfigDoc = serde_json::from_slice(&c).map_err(|e| format!("config: {e}"))?;
+        let c: emulator::oci::ImageConfig =
+            serde_json::from_slice(&c).map_err(|e| format!("config: {e}"))?;
         if c.rootfs.diff_ids.len() != m.layers.len() {
             return Err(format!(
                 "config lists {} diff IDs for {} layers",
@@ -217,10 +197,11 @@ impl HttpResolver {
                 m.layers.len()
             ));
         }
+        let diff_ids: Vec<String> = c.rootfs.diff_ids.iter().map(|d| d.to_string()).collect();
         let chain = Arc::new(ImageChain {
-            layers: m.layers.into_iter().map(|d| d.digest).collect(),
-            chain: super::chain_ids(&c.rootfs.diff_ids),
-            diff_ids: c.rootfs.diff_ids,
+            layers: m.layers.iter().map(|d| d.digest.to_string()).collect(),
+            chain: super::chain_ids(&diff_ids),
+            diff_ids,
         });
         let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
         if chains.len() >= CHAINS_MAX {
