@@ -1,10 +1,11 @@
 //! benches: benchmarks of the testbed's hot paths. Measures; never asserts correctness (tests do).
 //!
-//! Owns the criterion benches (`benches/expand.rs`, `benches/index.rs`), the `unpack-compare`
+//! Owns the criterion benches (`benches/expand.rs`, `benches/index.rs`, `benches/fuse_read.rs`), the `unpack-compare`
 //! binary (our expansion vs containerd's own unpack of the same image, on this machine) and the
 //! small support library both use: a fixture cache ([`fixture`]), the registry's expansion path
 //! replayed on local files ([`expansion`]) and a private containerd with its cleanup guard
-//! ([`containerd`]). May use `emulator` and `fixtures`; nothing else of the workspace.
+//! ([`containerd`]). The library may use `emulator` and `fixtures`; the FUSE bench also mounts
+//! through `fuse-mount` (a dev-dependency: nothing depends on benches).
 //!
 //! See `benches/README.md` for what each bench models and how to run it.
 
