@@ -11,6 +11,7 @@
 //! - [`merge()`]: the rootfs a standard pull produces from a layer stack; [`overlay_form()`]: one
 //!   layer as an overlayfs lower directory would hold it.
 //! - [`tar_reader`]: the streaming tar parser expansion uses (ustar, GNU, PAX).
+//! - [`mount`](mod@mount): the registry's `/mount` answer (typed, versioned) and its one status enum.
 //! - [`settings_file`]: the daemons' `--config FILE` (TOML keys = long flags), parsed as text.
 
 pub mod digest;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod expand;
 pub mod format;
 pub mod merge;
+pub mod mount;
 pub mod oci;
 pub mod profile;
 pub mod reader;

@@ -4,17 +4,13 @@
 //! of the process (teleportd and its fuse manager) is built with.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use base64::Engine as _;
+pub use registry_client::{Credentials, AUTH_FAILURES};
 
 /// Environment variable holding the registry password.
 pub const PASSWORD_ENV: &str = "TELEPORTD_PASSWORD";
-
-/// Registry logins refused (start-up check and token requests): `teleportd_auth_failures_total`.
-pub static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,21 +29,6 @@ pub enum ConfigError {
     PlainHttp(String),
     #[error("--ca-file {path}: {message}")]
     Ca { path: String, message: String },
-}
-
-/// A registry login. Debug never shows the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Login {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Login {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Where credentials may come from, in the order they are tried.
@@ -80,7 +61,7 @@ pub fn registry_host(url: &str) -> &str {
 pub fn resolve_login(
     src: &CredentialSources,
     registry: &str,
-) -> Result<Option<Login>, ConfigError> {
+) -> Result<Option<Credentials>, ConfigError> {
     if let Some(u) = &src.user {
         let (user, inline) = match u.split_once(':') {
             Some((n, p)) => (n.to_string(), Some(p.to_string())),
@@ -100,7 +81,7 @@ pub fn resolve_login(
         } else {
             return Err(ConfigError::NoPassword { user });
         };
-        return Ok(Some(Login { user, password }));
+        return Ok(Some(Credentials::new(user, password)));
     }
     let path = match &src.docker_config {
         Some(p) => p.clone(),
@@ -137,7 +118,7 @@ pub fn docker_config_login(
     text: &str,
     path: &str,
     host: &str,
-) -> Result<Option<Login>, ConfigError> {
+) -> Result<Option<Credentials>, ConfigError> {
     let bad = |message: String| ConfigError::DockerConfig {
         path: path.to_string(),
         message,
@@ -154,16 +135,10 @@ pub fn docker_config_login(
         let (user, password) = s
             .split_once(':')
             .ok_or_else(|| bad(format!("auths.{host}.auth: not user:password")))?;
-        return Ok(Some(Login {
-            user: user.into(),
-            password: password.into(),
-        }));
+        return Ok(Some(Credentials::new(user, password)));
     }
     match (&a.username, &a.password) {
-        (Some(u), Some(p)) => Ok(Some(Login {
-            user: u.clone(),
-            password: p.clone(),
-        })),
+        (Some(u), Some(p)) => Ok(Some(Credentials::new(u.clone(), p.clone()))),
         _ => Err(bad(format!("auths.{host}: no auth or username/password"))),
     }
 }
@@ -224,47 +199,40 @@ pub fn check_scheme(registry: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A reqwest client builder with the process's extra root certificate.
-pub fn client_builder() -> reqwest::ClientBuilder {
-    let b = reqwest::Client::builder();
-    match TLS.get() {
-        Some((_, Some(cert))) => b.add_root_certificate(cert.clone()),
-        _ => b,
-    }
+/// The process's extra root certificate (`--ca-file`), for every registry client it builds.
+pub fn extra_root() -> Option<reqwest::Certificate> {
+    TLS.get().and_then(|(_, c)| c.clone())
 }
 
 /// Tries `login` once against the registry's token endpoint. A refusal is logged as an ERROR
 /// and counted in [`AUTH_FAILURES`] (teleportd keeps serving: images fall back to a standard
 /// pull, visibly); returns whether the login works.
-pub async fn check_login(registry: &str, login: &Login) -> bool {
-    let url = format!("{}/oauth2/token", registry.trim_end_matches('/'));
-    let resp = match client_builder().timeout(Duration::from_secs(10)).build() {
-        Ok(c) => {
-            c.get(&url)
-                .query(&[("service", registry_host(registry))])
-                .basic_auth(&login.user, Some(&login.password))
-                .send()
-                .await
-        }
+pub async fn check_login(registry: &str, login: &Credentials) -> bool {
+    let opts = registry_client::Options {
+        request_timeout: std::time::Duration::from_secs(10),
+        extra_root: extra_root(),
+        ..Default::default()
+    };
+    let client = match registry_client::RegistryClient::new(registry, Some(login.clone()), opts) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "building the registry client");
             return false;
         }
     };
-    match resp {
-        Ok(r) if r.status().is_success() => {
-            tracing::info!(registry, user = %login.user, "registry login ok");
+    match client.login().await {
+        Ok(()) => {
+            tracing::info!(registry, user = %login.username, "registry login ok");
             true
         }
-        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-            AUTH_FAILURES.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(registry, user = %login.user, status = r.status().as_u16(), "registry refused the login: wrong user or password; teleport images will fall back to standard pulls");
+        Err(registry_client::Error::Status { status, .. }) if matches!(status, 401 | 403) => {
+            tracing::error!(registry, user = %login.username, status, "registry refused the login: wrong user or password; teleport images will fall back to standard pulls");
             false
         }
-        Ok(r) => {
+        Err(registry_client::Error::Status { status, .. }) => {
             tracing::warn!(
                 registry,
-                status = r.status().as_u16(),
+                status,
                 "token endpoint answered unexpectedly; login not verified"
             );
             false
@@ -294,15 +262,9 @@ mod tests {
         let l = docker_config_login(&text, "c.json", "reg.example:5000")
             .ok()
             .flatten();
-        assert_eq!(
-            l,
-            Some(Login {
-                user: "alice".into(),
-                password: "s3:cret".into()
-            })
-        );
+        assert_eq!(l, Some(Credentials::new("alice", "s3:cret")));
         let l2 = docker_config_login(&text, "c.json", "other").ok().flatten();
-        assert_eq!(l2.map(|l| l.user), Some("u2".into()));
+        assert_eq!(l2.map(|l| l.username), Some("u2".into()));
         assert!(matches!(
             docker_config_login(&text, "c.json", "none"),
             Ok(None)
@@ -356,17 +318,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve_login(&s, reg).ok().flatten().map(|l| l.user),
+            resolve_login(&s, reg).ok().flatten().map(|l| l.username),
             Some("bob".into())
         );
-        assert!(!format!(
-            "{:?}",
-            Login {
-                user: "u".into(),
-                password: "hunter2".into()
-            }
-        )
-        .contains("hunter2"));
+        assert!(!format!("{:?}", Credentials::new("u", "hunter2")).contains("hunter2"));
     }
 
     #[test]

@@ -16,9 +16,10 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
+use crate::fetch::Credentials;
 use crate::manager::client::{ManagerClient, SpawnConfig};
 use crate::manager::server::ManagerConfig;
-use crate::remote::http::{Credentials, HttpResolver, HttpResolverConfig};
+use crate::remote::http::{HttpResolver, HttpResolverConfig};
 use crate::remote::RemoteLayers;
 use crate::snapshot::overlay::OverlaySnapshotter;
 use crate::snapshot::{Kind, SnapshotError, Snapshotter};
@@ -230,10 +231,7 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
         manager: ManagerConfig {
             root: cfg.root.clone(),
             registry: registry.clone(),
-            credentials: cfg.credentials.as_ref().map(|c| crate::fetch::Credentials {
-                username: c.user.clone(),
-                password: c.password.clone(),
-            }),
+            credentials: cfg.credentials.clone(),
             cache_dir: cache,
             start_profile: cfg.start_profile,
             profile_window: cfg.profile_window,

@@ -427,7 +427,7 @@ fn sixteen_lazy_readers_of_one_layer_all_get_correct_bytes() {
     .unwrap();
     let info = wait_for("the expansion", Duration::from_secs(60), || {
         match probe.resolve_blocking(REPO, &digest).unwrap() {
-            MountStatus::Ready(info) => Some(info),
+            MountStatus::Ready(info) => Some(std::sync::Arc::unwrap_or_clone(info)),
             _ => None,
         }
     });

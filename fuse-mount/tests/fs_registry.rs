@@ -23,42 +23,29 @@ fn gzip(b: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-async fn put_blob(http: &reqwest::Client, base: &str, bytes: Vec<u8>) -> (Digest, u64) {
+async fn put_blob(reg: &registry_client::RegistryClient, bytes: Vec<u8>) -> (Digest, u64) {
     let d = Digest::sha256_of(&bytes);
-    let len = bytes.len() as u64;
-    let r = http
-        .post(format!("{base}/v2/{REPO}/blobs/uploads/?digest={d}"))
-        .basic_auth(USER.0, Some(USER.1))
-        .header("Content-Type", "application/octet-stream")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        201,
-        "blob upload: {}",
-        r.text().await.unwrap()
-    );
-    (d, len)
+    reg.push_blob(REPO, &d, &bytes).await.unwrap();
+    (d, bytes.len() as u64)
 }
 
 /// Push the test image (gzip layers); returns the manifest digest.
 async fn push(base: &str) -> Digest {
-    let http = reqwest::Client::new();
+    let creds = Credentials::new(USER.0, USER.1);
+    let http = registry_client::RegistryClient::new(base, Some(creds), Default::default()).unwrap();
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     let mut tars = test_layers();
     tars.push(extra_layer());
     for tar in tars {
         diff_ids.push(Digest::sha256_of(&tar).to_string());
-        layers.push(put_blob(&http, base, gzip(&tar)).await);
+        layers.push(put_blob(&http, gzip(&tar)).await);
     }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
-    let (cd, cs) = put_blob(&http, base, serde_json::to_vec(&config).unwrap()).await;
+    let (cd, cs) = put_blob(&http, serde_json::to_vec(&config).unwrap()).await;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -69,20 +56,14 @@ async fn push(base: &str) -> Digest {
     });
     let body = serde_json::to_vec(&manifest).unwrap();
     let md = Digest::sha256_of(&body);
-    let r = http
-        .put(format!("{base}/v2/{REPO}/manifests/v1"))
-        .basic_auth(USER.0, Some(USER.1))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        201,
-        "manifest put: {}",
-        r.text().await.unwrap()
-    );
+    http.put_manifest(
+        REPO,
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &body,
+    )
+    .await
+    .unwrap();
     md
 }
 
@@ -90,9 +71,11 @@ fn wait_ready(client: &Client, digest: &Digest) -> MountInfo {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match client.resolve_blocking(REPO, digest).unwrap() {
-            MountStatus::Ready(info) => return info,
+            MountStatus::Ready(info) => return std::sync::Arc::unwrap_or_clone(info),
             MountStatus::Expanding => {}
-            MountStatus::NotEnabled => panic!("/mount says 404 for a teleport-enabled repo"),
+            MountStatus::NotEnabled | MountStatus::Failed { .. } => {
+                panic!("/mount says 404 for a teleport-enabled repo")
+            }
         }
         assert!(
             Instant::now() < deadline,

@@ -9,8 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use fuse_mount::remote::http::{Credentials, HttpResolver, HttpResolverConfig};
-use fuse_mount::remote::{Decision, ImageRef};
+use fuse_mount::fetch::{Credentials, MountStatus};
+use fuse_mount::remote::http::{HttpResolver, HttpResolverConfig};
+use fuse_mount::remote::ImageRef;
 
 fn push(archive: &std::path::Path, dest: &str, digest_file: &std::path::Path) -> String {
     let out = Command::new("skopeo")
@@ -77,16 +78,13 @@ async fn resolver_talks_teleport_to_the_registry() {
         })
         .unwrap()
     };
-    let good = resolver(Some(Credentials {
-        user: "u".into(),
-        password: "p".into(),
-    }));
+    let good = resolver(Some(Credentials::new("u", "p")));
     assert_eq!(good.registry_host(), host);
 
     // Pushed moments ago: expansion may still run (409), the resolver waits it out.
     let img = ImageRef::parse(&format!("{host}/tele/app:1"), &tele).unwrap();
     match good.check(&img).await.unwrap() {
-        Decision::Remote(info) => {
+        MountStatus::Ready(info) => {
             assert_eq!(info.layers.len(), 2, "{info:?}");
             assert_eq!(info.manifest_digest.as_str(), tele);
             assert_eq!(info.repository, "tele/app");
@@ -96,19 +94,16 @@ async fn resolver_talks_teleport_to_the_registry() {
     let img = ImageRef::parse(&format!("{host}/plain/app:1"), &plain).unwrap();
     assert!(matches!(
         good.check(&img).await.unwrap(),
-        Decision::NotEnabled
+        MountStatus::NotEnabled
     ));
     // Another registry's image is never asked about.
     let other = ImageRef::parse("elsewhere.example/tele/app:1", &tele).unwrap();
     assert!(matches!(
         good.check(&other).await.unwrap(),
-        Decision::NotEnabled
+        MountStatus::NotEnabled
     ));
 
-    let bad = resolver(Some(Credentials {
-        user: "u".into(),
-        password: "wrong".into(),
-    }));
+    let bad = resolver(Some(Credentials::new("u", "wrong")));
     let img = ImageRef::parse(&format!("{host}/tele/app:1"), &tele).unwrap();
     let err = bad.check(&img).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");

@@ -46,8 +46,6 @@ pub enum Error {
     ChunkSize(u32),
     #[error("background task failed: {0}")]
     Task(String),
-    #[error("http client: {0}")]
-    Client(String),
 }
 
 impl Error {

@@ -20,7 +20,7 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+pub(crate) fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
     let len = body.len();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;

@@ -8,7 +8,6 @@
 //! Start it in-process with [`start`], or run the `registry-mock` binary ([`serve`]).
 
 pub mod auth;
-pub mod check;
 pub mod error;
 pub mod expansion;
 pub mod http_util;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use registry_mock::check::{check_expansion, CheckOptions};
+use registry_client::{Credentials, MountStatus, RegistryClient};
 use registry_mock::{Config, LinkConfig};
 
 #[derive(Parser)]
@@ -208,17 +208,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             timeout,
             interval,
         } => {
-            let user = user.as_deref().map(registry_mock::parse_user).transpose()?;
-            let opts = CheckOptions {
-                registry,
-                repo,
-                tag,
-                user,
-                timeout,
-                interval,
-            };
-            let outcome = check_expansion(&opts, |line| println!("{line}")).await?;
-            Ok(u8::try_from(outcome.exit_code()).unwrap_or(1))
+            let creds = user
+                .as_deref()
+                .map(registry_mock::parse_user)
+                .transpose()?
+                .map(|(u, p)| Credentials::new(u, p));
+            let client = RegistryClient::new(&registry, creds, Default::default())
+                .with_context(|| format!("registry {registry}"))?;
+            let (_, status) = client
+                .check_expansion(&repo, &tag, interval, timeout, |line| println!("{line}"))
+                .await?;
+            Ok(match status {
+                MountStatus::Ready(_) => 0,
+                MountStatus::Failed { .. } => 1,
+                MountStatus::NotEnabled => 2,
+                MountStatus::Expanding => 3,
+            })
         }
     }
 }

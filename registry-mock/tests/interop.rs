@@ -292,12 +292,12 @@ async fn skopeo_and_pusher_with_credentials() {
     );
 
     let mut o = PushOptions::new(dir, format!("{host}/secure/ours:1").parse().unwrap());
-    o.user = Some((USER.into(), "wrong".into()));
+    o.user = Some(registry_client::Credentials::new(USER, "wrong"));
     assert!(
         fixtures::push(&o).await.is_err(),
         "pusher with a wrong password must fail"
     );
-    o.user = Some((USER.into(), PASS.into()));
+    o.user = Some(registry_client::Credentials::new(USER, PASS));
     let r = fixtures::push(&o).await.unwrap();
     assert_eq!(r.manifest_digest, info.manifest_digest);
     assert_eq!(
@@ -448,7 +448,7 @@ async fn containerd_pulls_plain_http_with_and_without_credentials() {
         dir,
         format!("{}/ctr/secure:1", secure.host()).parse().unwrap(),
     );
-    o.user = Some((USER.into(), PASS.into()));
+    o.user = Some(registry_client::Credentials::new(USER, PASS));
     fixtures::push(&o).await.unwrap();
     let image_ref = format!("{}/ctr/secure:1", secure.host());
     let anon = run(ctrd
@@ -578,7 +578,7 @@ async fn teleport_with_credentials_check_expansion_cli() {
     let (dir, info) = image();
     let reg = Reg::start(true, &["tp/secure"]).await;
     let mut o = PushOptions::new(dir, format!("{}/tp/secure:1", reg.host()).parse().unwrap());
-    o.user = Some((USER.into(), PASS.into()));
+    o.user = Some(registry_client::Credentials::new(USER, PASS));
     let r = fixtures::push(&o).await.unwrap();
     assert_eq!(r.manifest_digest, info.manifest_digest);
 

@@ -513,7 +513,7 @@ async fn expansion_state_survives_restart_and_unfinished_layers_are_requeued() {
 
 #[tokio::test]
 async fn check_expansion_library_flow() {
-    use registry_mock::check::{check_expansion, CheckOptions, CheckOutcome};
+    use registry_client::{Credentials, MountStatus, RegistryClient};
     let t = start_with(|c| {
         c.users = vec![("bob".into(), "pw".into())];
         c.anonymous_pull = false;
@@ -545,32 +545,41 @@ async fn check_expansion_library_flow() {
         &[gzip_tar(&[("x", b"z")])],
     )
     .await;
-    let opts = |repo: &str| CheckOptions {
-        registry: t.url.clone(),
-        repo: repo.into(),
-        tag: "v1".into(),
-        user: Some(("bob".into(), "pw".into())),
-        timeout: Duration::from_secs(60),
-        interval: Duration::from_millis(50),
-    };
-    let mut lines = Vec::new();
-    let out = check_expansion(&opts("ready"), |l| lines.push(l.to_string()))
-        .await
-        .unwrap();
-    assert_eq!(
-        out,
-        CheckOutcome::Ready {
-            digest: p.manifest.to_string()
+    let check = |repo: &'static str, password: &'static str| {
+        let url = t.url.clone();
+        async move {
+            let c = RegistryClient::new(
+                &url,
+                Some(Credentials::new("bob", password)),
+                Default::default(),
+            )
+            .unwrap();
+            let mut lines = Vec::new();
+            let r = c
+                .check_expansion(
+                    repo,
+                    "v1",
+                    Duration::from_millis(50),
+                    Duration::from_secs(60),
+                    |l| lines.push(l.to_string()),
+                )
+                .await;
+            (r, lines)
         }
-    );
-    assert_eq!(out.exit_code(), 0);
+    };
+    let (out, lines) = check("ready", "pw").await;
+    let (digest, status) = out.unwrap();
+    assert_eq!(digest, p.manifest);
+    match &status {
+        MountStatus::Ready(info) => assert_eq!(info.manifest_digest, p.manifest),
+        other => panic!("want Ready, got {other:?}"),
+    }
+    assert_eq!(lines.first().unwrap(), &format!("digest: {}", p.manifest));
     assert_eq!(lines.last().unwrap(), "layers ready");
-    let out = check_expansion(&opts("notenabled"), |_| {}).await.unwrap();
-    assert!(matches!(out, CheckOutcome::NotEnabled { .. }));
-    assert_eq!(out.exit_code(), 2);
-    let mut bad = opts("ready");
-    bad.user = Some(("bob".into(), "wrong".into()));
-    assert!(check_expansion(&bad, |_| {}).await.is_err());
+    let (out, _) = check("notenabled", "pw").await;
+    assert_eq!(out.unwrap().1, MountStatus::NotEnabled);
+    let (out, _) = check("ready", "wrong").await;
+    assert!(out.is_err(), "{out:?}");
 }
 
 #[tokio::test]
@@ -772,23 +781,15 @@ async fn a_layer_crashing_every_attempt_is_failed_after_max_attempts() {
     let reason = v["errors"][0]["detail"]["reason"].as_str().unwrap();
     assert!(reason.contains("did not finish in 3 attempts"), "{reason}");
     // check-expansion shows the reason too.
-    let opts = registry_mock::check::CheckOptions {
-        registry: reg.url(),
-        repo: "crash".into(),
-        tag: "v1".into(),
-        user: None,
-        timeout: WAIT,
-        interval: Duration::from_millis(50),
-    };
-    match registry_mock::check::check_expansion(&opts, |_| {})
+    let c2 = registry_client::RegistryClient::new(&reg.url(), None, Default::default()).unwrap();
+    match c2
+        .check_expansion("crash", "v1", Duration::from_millis(50), WAIT, |_| {})
         .await
         .unwrap()
+        .1
     {
-        registry_mock::check::CheckOutcome::Failed { message, .. } => {
-            assert!(
-                message.contains("did not finish in 3 attempts"),
-                "{message}"
-            )
+        registry_client::MountStatus::Failed { reason } => {
+            assert!(reason.contains("did not finish in 3 attempts"), "{reason}")
         }
         other => panic!("want Failed, got {other:?}"),
     }

@@ -2,8 +2,8 @@
 //! in-process registry-mock with link emulation and teleport-enabled repos, and the nodes.
 
 use crate::error::{Error, Result};
-use crate::expansion::{self, Expansion};
 use crate::node::{MountMode, Node, NodeConfig, NodeKind};
+use registry_client::{MountStatus, RegistryClient};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -186,6 +186,27 @@ pub async fn start_registry(
         })
 }
 
+/// ACR's check-expansion: `repo:tag`'s digest and the registry's `/mount` answer, polled every
+/// 100 ms while it says "expanding", at most `timeout`.
+pub async fn check_expansion(
+    registry_url: &str,
+    repo: &str,
+    tag: &str,
+    timeout: Duration,
+) -> Result<(emulator::Digest, MountStatus)> {
+    let err = |e: registry_client::Error| Error::Registry {
+        url: registry_url.into(),
+        reason: format!("check-expansion {repo}:{tag}: {e}"),
+    };
+    let client = RegistryClient::new(registry_url, None, Default::default()).map_err(err)?;
+    client
+        .check_expansion(repo, tag, Duration::from_millis(100), timeout, |line| {
+            tracing::debug!(repo, tag, line, "check-expansion")
+        })
+        .await
+        .map_err(err)
+}
+
 /// Wait until the registry says every layer of `repo:tag` is expanded.
 pub async fn ensure_expanded(
     registry_url: &str,
@@ -193,10 +214,10 @@ pub async fn ensure_expanded(
     tag: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let (digest, state) = expansion::check_expansion(registry_url, repo, tag, timeout).await?;
+    let (digest, state) = check_expansion(registry_url, repo, tag, timeout).await?;
     tracing::info!(repo, tag, %digest, %state, "check-expansion");
     match state {
-        Expansion::Ready => Ok(()),
+        MountStatus::Ready(_) => Ok(()),
         other => Err(Error::Registry {
             url: registry_url.into(),
             reason: format!("{repo}:{tag} ({digest}): {other}"),

@@ -17,7 +17,7 @@
 //! recycle), [`mounts`] and [`process`] (teardown by PID and mountinfo), [`cri`] (k8s-cri client
 //! over the node socket), [`pod`] and [`events`] (kubelet's path with `kubectl describe`-style
 //! events), [`bed`] (fixtures, registry, node set), [`compare`] (the plan), [`metrics`]
-//! (registry `/metrics` deltas), [`report`] (md / json / svg), [`expansion`] (check-expansion),
+//! (registry `/metrics` deltas), [`report`] (md / json / svg),
 //! [`control`] (the `nodes up` control socket).
 
 pub mod cri;
@@ -32,7 +32,6 @@ pub mod bed;
 pub mod compare;
 pub mod control;
 pub mod events;
-pub mod expansion;
 pub mod machine;
 pub mod metrics;
 pub mod peers;

@@ -257,9 +257,9 @@ async fn main() -> anyhow::Result<()> {
             timeout,
         } => {
             let (digest, state) =
-                testbed::expansion::check_expansion(&registry, &repo, &tag, timeout).await?;
+                testbed::bed::check_expansion(&registry, &repo, &tag, timeout).await?;
             println!("{repo}:{tag} {digest}: {state}");
-            if state != testbed::expansion::Expansion::Ready {
+            if !matches!(state, registry_client::MountStatus::Ready(_)) {
                 std::process::exit(1);
             }
             Ok(())

@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use registry_client::MountStatus;
 use std::time::Duration;
+use testbed::bed::check_expansion;
 use testbed::bed::{self, Variant};
-use testbed::expansion::{check_expansion, Expansion};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enabled_repo_is_ready_and_other_is_not_enabled() {
@@ -34,12 +35,15 @@ async fn enabled_repo_is_ready_and_other_is_not_enabled() {
     let (digest, state) = check_expansion(&reg.url(), "tp", "v1", Duration::from_secs(120))
         .await
         .unwrap();
-    assert_eq!(state, Expansion::Ready);
-    assert_eq!(digest, fx.info.manifest_digest.to_string());
+    assert!(
+        matches!(&state, MountStatus::Ready(i) if i.manifest_digest == digest),
+        "{state:?}"
+    );
+    assert_eq!(digest, fx.info.manifest_digest);
     let (_, state) = check_expansion(&reg.url(), "plain", "v1", Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(state, Expansion::NotEnabled);
+    assert_eq!(state, MountStatus::NotEnabled);
     assert!(
         check_expansion(&reg.url(), "tp", "nope", Duration::from_secs(1))
             .await

@@ -8,7 +8,6 @@ use fuse_mount::config;
 use fuse_mount::containerd_config::{self, Version};
 use fuse_mount::daemon::{self, Config, MountMode};
 use fuse_mount::manager::server::ManagerConfig;
-use fuse_mount::remote::http::Credentials;
 
 #[derive(Parser)]
 #[command(
@@ -105,7 +104,7 @@ enum Command {
 }
 
 /// TLS settings for every registry client of this process, the scheme check, and the login.
-fn registry_setup(cli: &Cli, registry: &str) -> anyhow::Result<Option<config::Login>> {
+fn registry_setup(cli: &Cli, registry: &str) -> anyhow::Result<Option<config::Credentials>> {
     config::init_tls(config::Tls {
         ca_file: cli.ca_file.clone(),
         insecure_registry: cli.insecure_registry,
@@ -164,10 +163,7 @@ async fn main() -> anyhow::Result<()> {
             cache_dir: cli.cache_dir.unwrap_or_else(|| cli.root.join("cache")),
             root: cli.root,
             registry,
-            credentials: login.map(|l| fuse_mount::fetch::Credentials {
-                username: l.user,
-                password: l.password,
-            }),
+            credentials: login,
             start_profile: !cli.no_start_profile,
             profile_window,
             prefetch_layers: cli.prefetch_layers,
@@ -191,10 +187,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = Config {
         remote,
-        credentials: login.map(|l| Credentials {
-            user: l.user,
-            password: l.password,
-        }),
+        credentials: login,
         registry: cli.registry,
         mount_mode: cli.mount_mode,
         cache_dir: cli.cache_dir,

@@ -637,8 +637,8 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::testserver::{partial, range_of, respond, serve};
     use crate::fetch::{ClientOptions, Counters};
+    use registry_client::testserver::{partial, range_of, respond, serve};
 
     /// A layer with one file of `n` distinct 16 KiB chunks, expanded; returns its index and
     /// data blob.

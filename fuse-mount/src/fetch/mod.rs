@@ -9,10 +9,7 @@ mod cache;
 mod counters;
 mod http;
 mod layer;
-mod mount_info;
 mod profile;
-#[cfg(test)]
-pub(crate) mod testserver;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,9 +18,9 @@ use std::time::Duration;
 
 pub use cache::ChunkCache;
 pub use counters::{Counters, CountersSnapshot};
-pub(crate) use http::{read_capped, CappedError, MOUNT_BODY_MAX};
+pub use emulator::mount::{BlobRef, LayerInfo, MountInfo, MountStatus};
 pub use layer::{LayerHandle, LocalSource};
-pub use mount_info::{BlobRef, LayerInfo, MountInfo, MountStatus};
+pub use registry_client::Credentials;
 
 use emulator::Digest;
 
@@ -32,30 +29,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("invalid registry url {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    #[error("http client: {0}")]
-    Client(#[source] reqwest::Error),
-    #[error("{url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url}: unexpected status {status}")]
-    Status { url: String, status: u16 },
-    #[error("token for repository {repo}: {reason}")]
-    Auth { repo: String, reason: String },
-    #[error("{url}: invalid /mount body: {source}")]
-    MountJson {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Registry(#[from] registry_client::Error),
     #[error("blob {expected}: digest mismatch (got {actual})")]
     DigestMismatch { expected: Digest, actual: Digest },
-    #[error("{url}: short body ({got} of {want} bytes)")]
-    ShortBody { url: String, got: u64, want: u64 },
     #[error("index of layer {layer}: {source}")]
     Index {
         layer: String,
@@ -66,12 +43,6 @@ pub enum Error {
     IndexMismatch { layer: String, reason: String },
     #[error("range {offset}+{len} outside the data blob ({size} bytes)")]
     Range { offset: u64, len: u64, size: u64 },
-    #[error("{url}: gave up after {attempts} attempts: {last}")]
-    GaveUp {
-        url: String,
-        attempts: u32,
-        last: String,
-    },
     #[error("chunk {digest}: fetch failed: {reason}")]
     ChunkFailed { digest: Digest, reason: String },
     #[error("chunk cache {path:?}: {source}")]
@@ -86,31 +57,6 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
     #[error("client task failed: {0}")]
     Join(String),
-    #[error("{url}: invalid start profile: {reason}")]
-    Profile { url: String, reason: String },
-    #[error("{url}: body larger than {max} bytes")]
-    TooLarge { url: String, max: u64 },
-    #[error("{url}: Content-Range {got:?} does not answer bytes={want}")]
-    BadContentRange {
-        url: String,
-        got: Option<String>,
-        want: String,
-    },
-}
-
-/// Registry credentials for the token endpoint (basic auth). `None` means anonymous.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Tunables of a [`Client`].
@@ -201,14 +147,10 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    pub(crate) base: reqwest::Url,
-    /// Replaceable while mounts are served (password rotation, see [`Client::set_credentials`]).
-    pub(crate) creds: std::sync::RwLock<Option<Credentials>>,
-    pub(crate) http: reqwest::Client,
+    /// The registry: tokens, retries, size caps, same-origin URLs (see `registry_client`).
+    pub(crate) registry: registry_client::RegistryClient,
     /// Owned runtime; `Option` so Drop can shut it down without blocking (safe inside async code).
     pub(crate) rt: Option<tokio::runtime::Runtime>,
-    /// Bearer tokens per repository.
-    pub(crate) tokens: Mutex<HashMap<String, String>>,
     pub(crate) cache: ChunkCache,
     /// Chunk hex digest → in-flight fetch.
     pub(crate) flights: Mutex<HashMap<String, Arc<Flight>>>,
@@ -233,7 +175,7 @@ impl Drop for Inner {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.inner.base.as_str())
+            .field("registry", &self.inner.registry.base().as_str())
             .field("cache", &self.inner.cache.root())
             .finish_non_exhaustive()
     }
@@ -248,25 +190,18 @@ impl Client {
         cache_dir: impl Into<PathBuf>,
         opts: ClientOptions,
     ) -> Result<Client> {
-        let base = reqwest::Url::parse(registry_url).map_err(|e| Error::Url {
-            url: registry_url.to_string(),
-            reason: e.to_string(),
-        })?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(Error::Url {
-                url: registry_url.to_string(),
-                reason: "scheme must be http or https".into(),
-            });
-        }
-        let http = crate::config::client_builder()
-            .connect_timeout(opts.connect_timeout)
-            // Below registry-mock's keep-alive close (its 30 s header-read timeout): a pooled
-            // connection is dropped here before the server closes it under a request.
-            .pool_idle_timeout(Duration::from_secs(20))
-            .pool_max_idle_per_host(32)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(Error::Client)?;
+        let registry = registry_client::RegistryClient::new(
+            registry_url,
+            creds,
+            registry_client::Options {
+                request_timeout: opts.request_timeout,
+                connect_timeout: opts.connect_timeout,
+                max_attempts: opts.max_attempts,
+                retry_backoff: opts.retry_backoff,
+                extra_root: crate::config::extra_root(),
+                ..Default::default()
+            },
+        )?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(opts.http_threads.max(1))
             .thread_name("teleport-http")
@@ -277,11 +212,8 @@ impl Client {
         let (tx, rx) = mpsc::channel::<PrefetchJob>();
         let client = Client {
             inner: Arc::new(Inner {
-                base,
-                creds: std::sync::RwLock::new(creds),
-                http,
+                registry,
                 rt: Some(rt),
-                tokens: Mutex::new(HashMap::new()),
                 cache,
                 flights: Mutex::new(HashMap::new()),
                 opts: opts.clone(),
@@ -303,10 +235,7 @@ impl Client {
     /// New registry credentials for every later token request (tokens got with the old ones
     /// are dropped); mounts keep being served.
     pub fn set_credentials(&self, creds: Option<Credentials>) {
-        *self.inner.creds.write().unwrap_or_else(|p| p.into_inner()) = creds;
-        if let Ok(mut t) = self.inner.tokens.lock() {
-            t.clear();
-        }
+        self.inner.registry.set_credentials(creds);
     }
 
     /// The node-wide chunk cache.

@@ -1,22 +1,15 @@
-//! HTTP side of the remote decision: ACR-style token + `/mount/v1/{repo}/_manifests/{digest}`.
+//! HTTP side of the remote decision, through `registry_client`: `/mount/v1/{repo}/_manifests/{digest}`
+//! and the image's manifest and config (verified by digest) for the layer check.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use emulator::Digest;
 use futures::future::BoxFuture;
-use reqwest::StatusCode;
-use serde::Deserialize;
+use registry_client::{Credentials, MountStatus, RegistryClient};
 use tracing::debug;
 
-use crate::fetch::{read_capped, CappedError, MountInfo, MOUNT_BODY_MAX};
-
-use super::{Decision, ImageRef, LayerRef, RemoteError, RemoteResolver, Result};
-
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
+use super::{ImageRef, LayerRef, RemoteError, RemoteResolver, Result};
 
 #[derive(Debug, Clone)]
 pub struct HttpResolverConfig {
@@ -31,7 +24,9 @@ pub struct HttpResolverConfig {
 
 pub struct HttpResolver {
     cfg: HttpResolverConfig,
-    client: reqwest::Client,
+    client: RegistryClient,
+    /// `host[:port]` of the registry.
+    host: String,
     /// Verified manifest layers and config diff IDs per image (host/repo@manifest).
     chains: std::sync::Mutex<std::collections::HashMap<String, Arc<ImageChain>>>,
 }
@@ -51,23 +46,19 @@ const CONFIG_MAX: u64 = 16 << 20;
 /// Images whose chains are remembered (a pull asks once per layer).
 const CHAINS_MAX: usize = 256;
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    /// ACR/OAuth2 name; Docker token servers send `token` (often both).
-    access_token: Option<String>,
-    token: Option<String>,
-}
-
 impl HttpResolver {
     pub fn new(cfg: HttpResolverConfig) -> Result<Self> {
-        let client = crate::config::client_builder()
-            .timeout(cfg.request_timeout)
-            .build()
-            .map_err(|source| RemoteError::Http {
-                url: cfg.registry.clone(),
-                source,
-            })?;
+        let client = RegistryClient::new(
+            &cfg.registry,
+            cfg.credentials.clone(),
+            registry_client::Options {
+                request_timeout: cfg.request_timeout,
+                extra_root: crate::config::extra_root(),
+                ..Default::default()
+            },
+        )?;
         Ok(HttpResolver {
+            host: client.host(),
             cfg,
             client,
             chains: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -76,79 +67,7 @@ impl HttpResolver {
 
     /// The registry host[:port] this resolver talks to (images from elsewhere stay local).
     pub fn registry_host(&self) -> &str {
-        let r = self.cfg.registry.as_str();
-        let r = r.split_once("://").map_or(r, |(_, rest)| rest);
-        r.trim_end_matches('/')
-    }
-
-    async fn token(&self, repo: &str) -> Result<Option<String>> {
-        let Some(c) = &self.cfg.credentials else {
-            return Ok(None);
-        };
-        let url = format!("{}/oauth2/token", self.cfg.registry.trim_end_matches('/'));
-        let http = |source| RemoteError::Http {
-            url: url.clone(),
-            source,
-        };
-        let resp = self
-            .client
-            .get(&url)
-            .query(&[
-                ("service", self.registry_host()),
-                ("scope", &format!("repository:{repo}:pull")),
-            ])
-            .basic_auth(&c.user, Some(&c.password))
-            .send()
-            .await
-            .map_err(http)?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            crate::config::AUTH_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        if !resp.status().is_success() {
-            return Err(RemoteError::Status {
-                url,
-                status: resp.status().as_u16(),
-            });
-        }
-        let t: TokenResponse = read_json(resp, 256 << 10, &url).await?;
-        match t.access_token.or(t.token) {
-            Some(t) => Ok(Some(t)),
-            None => Err(RemoteError::Status { url, status: 200 }),
-        }
-    }
-
-    /// GET `path` of the registry with `token`, at most `max` bytes, whose sha256 must be
-    /// `digest`.
-    async fn get_verified(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        accept: &str,
-        digest: &str,
-        max: u64,
-    ) -> std::result::Result<Vec<u8>, String> {
-        use sha2::Digest as _;
-        let url = format!("{}{path}", self.cfg.registry.trim_end_matches('/'));
-        let mut req = self
-            .client
-            .get(&url)
-            .header(reqwest::header::ACCEPT, accept);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("{url}: status {}", resp.status()));
-        }
-        let bytes = read_capped(resp, max, &url).await.map_err(|e| match e {
-            CappedError::Http(e) => format!("{url}: {e}"),
-            CappedError::TooLarge(e) => e.to_string(),
-        })?;
-        let got = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
-        if got != digest {
-            return Err(format!("{url}: content is {got}, not {digest}"));
-        }
-        Ok(bytes)
+        &self.host
     }
 
     /// The image's layers and diff IDs from its manifest and config, each checked against
@@ -163,31 +82,25 @@ impl HttpResolver {
         {
             return Ok(c.clone());
         }
-        let token = self.token(&image.repo).await.map_err(|e| e.to_string())?;
-        let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+        let manifest: Digest = image
+            .manifest
+            .parse()
+            .map_err(|e| format!("manifest digest: {e}"))?;
         let m = self
-            .get_verified(
-                &format!("/v2/{}/manifests/{}", image.repo, image.manifest),
-                token.as_deref(),
-                accept,
-                &image.manifest,
-                MANIFEST_MAX,
-            )
-            .await?;
+            .client
+            .get_manifest(&image.repo, &manifest, MANIFEST_MAX)
+            .await
+            .map_err(|e| e.to_string())?;
         let m: emulator::oci::Manifest =
             serde_json::from_slice(&m).map_err(|e| format!("manifest: {e}"))?;
         if m.config.size > CONFIG_MAX {
             return Err(format!("config of {} bytes", m.config.size));
         }
         let c = self
-            .get_verified(
-                &format!("/v2/{}/blobs/{}", image.repo, m.config.digest),
-                token.as_deref(),
-                "*/*",
-                m.config.digest.as_str(),
-                m.config.size,
-            )
-            .await?;
+            .client
+            .get_blob(&image.repo, &m.config.digest, m.config.size)
+            .await
+            .map_err(|e| e.to_string())?;
         let c: emulator::oci::ImageConfig =
             serde_json::from_slice(&c).map_err(|e| format!("config: {e}"))?;
         if c.rootfs.diff_ids.len() != m.layers.len() {
@@ -241,77 +154,31 @@ impl HttpResolver {
         Ok(())
     }
 
-    pub async fn check(&self, image: &ImageRef) -> Result<Decision> {
+    /// The registry's `/mount` answer for `image`, waiting up to `expansion_wait` while it
+    /// says "expanding". Images of another registry are [`MountStatus::NotEnabled`].
+    pub async fn check(&self, image: &ImageRef) -> Result<MountStatus> {
         if image.host != self.registry_host() {
             debug!(host = %image.host, "image not from the teleport registry");
-            return Ok(Decision::NotEnabled);
+            return Ok(MountStatus::NotEnabled);
         }
-        let token = self.token(&image.repo).await?;
-        let url = format!(
-            "{}/mount/v1/{}/_manifests/{}",
-            self.cfg.registry.trim_end_matches('/'),
-            image.repo,
-            image.manifest
-        );
-        let deadline = tokio::time::Instant::now() + self.cfg.expansion_wait;
-        loop {
-            let http = |source| RemoteError::Http {
-                url: url.clone(),
-                source,
-            };
-            let mut req = self.client.get(&url);
-            if let Some(t) = &token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.map_err(http)?;
-            match resp.status() {
-                StatusCode::OK => {
-                    let body: MountInfo = read_json(resp, MOUNT_BODY_MAX, &url).await?;
-                    return Ok(Decision::Remote(Arc::new(body)));
-                }
-                StatusCode::NOT_FOUND => return Ok(Decision::NotEnabled),
-                StatusCode::CONFLICT => {
-                    if tokio::time::Instant::now() + self.cfg.poll_interval > deadline {
-                        return Ok(Decision::Expanding);
-                    }
-                    // Polling the registry (as ACR's check-expansion.sh does), not test sync.
-                    tokio::time::sleep(self.cfg.poll_interval).await;
-                }
-                s => {
-                    return Err(RemoteError::Status {
-                        url,
-                        status: s.as_u16(),
-                    })
-                }
-            }
-        }
+        let manifest: Digest = image
+            .manifest
+            .parse()
+            .map_err(|_| RemoteError::BadReference(image.manifest.clone()))?;
+        Ok(self
+            .client
+            .wait_for_expansion(
+                &image.repo,
+                &manifest,
+                self.cfg.poll_interval,
+                self.cfg.expansion_wait,
+            )
+            .await?)
     }
 }
 
-/// A JSON body of at most `max` bytes (a hostile registry cannot make the node buffer more).
-async fn read_json<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-    max: u64,
-    url: &str,
-) -> Result<T> {
-    let bytes = read_capped(resp, max, url).await.map_err(|e| match e {
-        CappedError::Http(source) => RemoteError::Http {
-            url: url.to_owned(),
-            source,
-        },
-        CappedError::TooLarge(e) => RemoteError::Body {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        },
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| RemoteError::Body {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
 impl RemoteResolver for HttpResolver {
-    fn resolve<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<Decision>> {
+    fn resolve<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<MountStatus>> {
         Box::pin(self.check(image))
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tracing::{info, warn};
 
-use crate::fetch::MountInfo;
+use crate::fetch::{MountInfo, MountStatus};
 use crate::snapshot::{
     Labels, SnapshotError, LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST,
     LABEL_TARGET_REF,
@@ -25,18 +25,8 @@ use crate::snapshot::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("registry request {url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("registry {url} answered {status}")]
-    Status { url: String, status: u16 },
-    #[error("registry {url}: {reason}")]
-    Body { url: String, reason: String },
-    #[error("token response from {0} has no token")]
-    NoToken(String),
+    #[error(transparent)]
+    Registry(#[from] registry_client::Error),
     #[error("image reference {0:?} is not valid")]
     BadReference(String),
     #[error("layer {digest} of remote image {manifest}: {reason}")]
@@ -124,18 +114,9 @@ impl LayerRef {
     }
 }
 
-/// The registry's answer for one image.
-#[derive(Debug, Clone)]
-pub enum Decision {
-    Remote(Arc<MountInfo>),
-    /// 404: repository not teleport-enabled or image not expanded.
-    NotEnabled,
-    /// Still 409 after the bounded wait.
-    Expanding,
-}
-
 pub trait RemoteResolver: Send + Sync + 'static {
-    fn resolve<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<Decision>>;
+    /// The registry's `/mount` answer for `image` (after a bounded wait while it is 409).
+    fn resolve<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<MountStatus>>;
     /// Whether `layer` may be committed as snapshot `target` on `parent` (containerd's chain
     /// IDs): the image's config, fetched by digest and checked, must give the layer that chain
     /// ID on that parent, and must claim for it the diff ID the registry's `/mount` reports for
@@ -347,7 +328,7 @@ impl RemoteLayers {
                 return RemoteOutcome::Local
             }
             _ => match self.resolver.resolve(&image).await {
-                Ok(Decision::Remote(info)) => {
+                Ok(MountStatus::Ready(info)) => {
                     info!(repo = %image.repo, %manifest, "image is expanded: mounting its layers");
                     self.remember(&cache_key, Cached::Remote(info.clone()));
                     let all = info

@@ -848,8 +848,9 @@ mod tests {
         //! The remote decision with test doubles for the registry and the (not yet built) FUSE
         //! mounter: what the snapshotter does with their answers.
         use super::*;
+        use crate::fetch::MountStatus;
         use crate::remote::{
-            Decision, ImageRef, LayerMounter, LayerRef, RemoteError, RemoteLayers, RemoteResolver,
+            ImageRef, LayerMounter, LayerRef, RemoteError, RemoteLayers, RemoteResolver,
         };
         use crate::snapshot::{
             LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_REMOTE,
@@ -870,19 +871,21 @@ mod tests {
             fn resolve<'a>(
                 &'a self,
                 image: &'a ImageRef,
-            ) -> BoxFuture<'a, crate::remote::Result<Decision>> {
+            ) -> BoxFuture<'a, crate::remote::Result<MountStatus>> {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 Box::pin(async move {
                     Ok(if image.manifest == M_REMOTE {
-                        Decision::Remote(Arc::new(crate::fetch::MountInfo {
+                        MountStatus::Ready(Arc::new(crate::fetch::MountInfo {
                             schema_version: 1,
                             repository: image.repo.clone(),
                             manifest_digest: M_REMOTE.parse().unwrap(),
                             format_version: 1,
                             layers: vec![],
+                            media_type: None,
+                            manifests: vec![],
                         }))
                     } else {
-                        Decision::NotEnabled
+                        MountStatus::NotEnabled
                     })
                 })
             }

@@ -8,23 +8,14 @@
 //! and reason in `detail` when a layer could not be expanded, failed too often (crash loop), or
 //! is not the layer the image config claims (diff_id mismatch).
 //!
-//! The 200 body (format version 1, a contract fuse-mount relies on):
-//! ```json
-//! {"schemaVersion":1,"repository":"REPO","manifestDigest":"sha256:…","formatVersion":1,
-//!  "layers":[{"digest":"sha256:<compressed>","mediaType":"…","size":N,"diffId":"sha256:…",
-//!    "uncompressedSize":N,
-//!    "index":{"url":"/mount/v1/REPO/_layers/sha256:…/index","size":N,"digest":"sha256:…"},
-//!    "data":{"url":"/mount/v1/REPO/_layers/sha256:…/data","size":N,"digest":"sha256:…"},
-//!    "chunkSize":N,"entries":N}]}
-//! ```
-//! For an index (multi-arch) digest, `layers` is empty and `manifests` lists each child
-//! `{"digest","mediaType","platform","layers":[…]}`. Only filesystem layers are listed (artifact
-//! blobs and foreign layers are not expanded). The 409 body is an error with code
-//! `EXPANSION_PENDING` and `detail.layers = [{"digest","state"}]`; 404 uses `EXPANSION_UNKNOWN`.
+//! The 200 body is [`emulator::mount::MountInfo`] (typed and versioned there, parsed by the node
+//! with the same type); the 409 body is an error with code `EXPANSION_PENDING` and
+//! `detail.layers = [{"digest","state"}]`; 404 uses `EXPANSION_UNKNOWN`. Only filesystem layers
+//! are listed (artifact blobs and foreign layers are not expanded).
 
 use std::sync::Arc;
 
-use emulator::Digest;
+use emulator::{mount, Digest};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -40,9 +31,6 @@ use crate::routes::manifests::touch_repo;
 use crate::routes::Part;
 use crate::state::AppState;
 use crate::store::{LayerRef, RepoAttrs};
-
-/// Version of the `/mount` 200 body.
-pub const MOUNT_FORMAT_VERSION: u32 = 1;
 
 fn attributes(st: &AppState, name: &RepoName, host: &str, a: &RepoAttrs) -> ApiResult<Value> {
     Ok(json!({
@@ -180,19 +168,27 @@ pub async fn expand(
     ))
 }
 
-fn layer_json(name: &RepoName, l: &LayerRef, i: &ExpandedInfo) -> Value {
+fn layer_info(name: &RepoName, l: &LayerRef, i: &ExpandedInfo) -> mount::LayerInfo {
     let base = format!("/mount/v1/{name}/_layers/{}", l.digest);
-    json!({
-        "digest": l.digest.as_str(),
-        "mediaType": l.media_type,
-        "size": l.size,
-        "diffId": i.diff_id.as_str(),
-        "uncompressedSize": i.uncompressed_size,
-        "index": { "url": format!("{base}/index"), "size": i.index_size, "digest": i.index_digest.as_str() },
-        "data": { "url": format!("{base}/data"), "size": i.data_size, "digest": i.data_digest.as_str() },
-        "chunkSize": i.chunk_size,
-        "entries": i.entries,
-    })
+    mount::LayerInfo {
+        digest: l.digest.clone(),
+        media_type: l.media_type.clone(),
+        size: l.size,
+        diff_id: i.diff_id.clone(),
+        uncompressed_size: i.uncompressed_size,
+        index: mount::BlobRef {
+            url: format!("{base}/index"),
+            size: i.index_size,
+            digest: i.index_digest.clone(),
+        },
+        data: mount::BlobRef {
+            url: format!("{base}/data"),
+            size: i.data_size,
+            digest: i.data_digest.clone(),
+        },
+        chunk_size: i.chunk_size,
+        entries: i.entries,
+    }
 }
 
 fn not_enabled(message: &str) -> ApiError {
@@ -238,37 +234,43 @@ pub fn mount_manifest(st: &Arc<AppState>, name: &RepoName, digest: &str) -> ApiR
         ImageStatus::Ready(layers) => layers,
     };
     let rec = st.store.read_image_record(name, &d)?;
-    let mut body = json!({
-        "schemaVersion": 1,
-        "repository": name.as_str(),
-        "manifestDigest": d.as_str(),
-        "formatVersion": MOUNT_FORMAT_VERSION,
-        "layers": [],
-    });
+    let mut body = mount::MountInfo {
+        schema_version: mount::MOUNT_SCHEMA_VERSION,
+        repository: name.as_str().to_string(),
+        manifest_digest: d.clone(),
+        format_version: emulator::FormatVersion::CURRENT as u32,
+        layers: Vec::new(),
+        media_type: None,
+        manifests: Vec::new(),
+    };
     match rec {
         Some(r) if !r.children.is_empty() => {
             // An index: the layers are per child manifest, under "manifests".
-            let mut children = Vec::new();
             for c in &r.children {
                 let layers = match st.expander.image_status(name, &c.digest)? {
                     ImageStatus::Ready(ls) => {
-                        ls.iter().map(|(l, i)| layer_json(name, l, i)).collect()
+                        ls.iter().map(|(l, i)| layer_info(name, l, i)).collect()
                     }
                     _ => Vec::new(),
                 };
-                children.push(json!({
-                    "digest": c.digest.as_str(), "mediaType": c.media_type, "platform": c.platform, "layers": layers,
-                }));
+                body.manifests.push(mount::ChildMount {
+                    digest: c.digest.clone(),
+                    media_type: c.media_type.clone(),
+                    platform: c.platform.clone(),
+                    layers,
+                });
             }
-            body["mediaType"] = Value::String(r.media_type);
-            body["manifests"] = Value::Array(children);
+            body.media_type = Some(r.media_type);
         }
         _ => {
-            body["layers"] =
-                Value::Array(ready.iter().map(|(l, i)| layer_json(name, l, i)).collect());
+            body.layers = ready.iter().map(|(l, i)| layer_info(name, l, i)).collect();
         }
     }
-    Ok(http_util::json(StatusCode::OK, &body))
+    Ok(http_util::with_body(
+        StatusCode::OK,
+        "application/json",
+        bytes::Bytes::from(body.encode()),
+    ))
 }
 
 pub async fn mount_layer(

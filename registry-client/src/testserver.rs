@@ -1,5 +1,8 @@
-//! A tiny local hyper server for tests: answers each request with what a closure says (hostile
-//! registries, failing ranges). Stopped and joined on drop.
+//! A tiny local hyper server for tests (feature `test-server`): answers each request with what a
+//! closure says (hostile registries, failing ranges). Stopped and joined on drop.
+
+// Test support only: a failure to bind or build is the test's failure.
+#![allow(clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,14 +16,14 @@ use hyper_util::rt::TokioIo;
 
 type Handler = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
 
-pub(crate) struct TestServer {
+pub struct TestServer {
     pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Serves `handler` on 127.0.0.1 (a port of its own) until dropped.
-pub(crate) fn serve(
+pub fn serve(
     handler: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 ) -> TestServer {
     let handler: Handler = Arc::new(handler);
@@ -63,11 +66,7 @@ pub(crate) fn serve(
 }
 
 /// A response with `status`, `headers` and `body`.
-pub(crate) fn respond(
-    status: u16,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> Response<Full<Bytes>> {
+pub fn respond(status: u16, headers: &[(&str, String)], body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut b = Response::builder().status(status);
     for (k, v) in headers {
         b = b.header(*k, v.as_str());
@@ -76,14 +75,14 @@ pub(crate) fn respond(
 }
 
 /// The inclusive byte range of a `Range: bytes=a-b` header.
-pub(crate) fn range_of(req: &Request<Incoming>) -> Option<(u64, u64)> {
+pub fn range_of(req: &Request<Incoming>) -> Option<(u64, u64)> {
     let v = req.headers().get("range")?.to_str().ok()?;
     let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// A 206 answer of `data[a..=b]` (clamped), as a registry serves a Range request.
-pub(crate) fn partial(data: &[u8], (a, b): (u64, u64)) -> Response<Full<Bytes>> {
+pub fn partial(data: &[u8], (a, b): (u64, u64)) -> Response<Full<Bytes>> {
     let end = (b as usize).min(data.len().saturating_sub(1));
     let body = data.get(a as usize..=end).unwrap_or_default().to_vec();
     respond(
