@@ -8,7 +8,8 @@ use node_api::types as pbt;
 use prost_types::Timestamp;
 use tonic::Status;
 
-use crate::snapshot::{FieldPath, Info, Kind, Labels, Mount, SnapshotError};
+use crate::labels::Labels;
+use crate::snapshot::{FieldPath, Info, Kind, Mount, SnapshotError};
 
 impl From<SnapshotError> for Status {
     fn from(e: SnapshotError) -> Status {

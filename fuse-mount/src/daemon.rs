@@ -20,9 +20,9 @@ use crate::fetch::Credentials;
 use crate::manager::client::{ManagerClient, SpawnConfig};
 use crate::manager::server::ManagerConfig;
 use crate::remote::http::{HttpResolver, HttpResolverConfig};
-use crate::remote::RemoteLayers;
 use crate::snapshot::overlay::OverlaySnapshotter;
-use crate::snapshot::{Kind, SnapshotError, Snapshotter};
+use crate::snapshot::remote::RemoteLayers;
+use crate::snapshot::{SnapshotError, Snapshotter};
 
 pub const DEFAULT_ADDRESS: &str = "/run/teleportd/snapshotter.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/teleportd";
@@ -302,11 +302,4 @@ fn detach_below(root: &Path, keep: impl Fn(&crate::manager::MountEntry) -> bool)
 /// a no-op when nothing runs or is mounted. Does not stop teleportd itself.
 pub fn kill_manager(root: &Path) -> Result<crate::manager::Cleanup> {
     Ok(crate::manager::kill_manager(root, Duration::from_secs(20))?)
-}
-
-/// Counts of snapshots by kind, for `/metrics`.
-pub async fn snapshot_counts(s: &impl Snapshotter) -> [(Kind, usize); 3] {
-    let infos = s.list(Vec::new()).await.unwrap_or_default();
-    [Kind::Active, Kind::View, Kind::Committed]
-        .map(|k| (k, infos.iter().filter(|i| i.kind == k).count()))
 }

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fetch;
 pub mod fs;
 pub mod grpc;
+pub mod labels;
 pub mod manager;
 pub mod metrics;
 pub mod private;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::snapshot::overlay::OverlaySnapshotter;
+use crate::snapshot::{Kind, Snapshotter};
 
 pub async fn serve(l: TcpListener, snap: Arc<OverlaySnapshotter>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -46,7 +47,7 @@ pub async fn serve(l: TcpListener, snap: Arc<OverlaySnapshotter>, mut stop: watc
 
 async fn render(snap: &OverlaySnapshotter) -> String {
     let mut out = String::from("# TYPE teleportd_snapshots gauge\n");
-    for (kind, n) in crate::daemon::snapshot_counts(snap).await {
+    for (kind, n) in snapshot_counts(snap).await {
         out.push_str(&format!(
             "teleportd_snapshots{{kind=\"{}\"}} {n}\n",
             format!("{kind:?}").to_lowercase()
@@ -96,4 +97,11 @@ async fn render(snap: &OverlaySnapshotter) -> String {
         }
     }
     out
+}
+
+/// Counts of snapshots by kind, for `/metrics`.
+pub async fn snapshot_counts(s: &impl Snapshotter) -> [(Kind, usize); 3] {
+    let infos = s.list(Vec::new()).await.unwrap_or_default();
+    [Kind::Active, Kind::View, Kind::Committed]
+        .map(|k| (k, infos.iter().filter(|i| i.kind == k).count()))
 }

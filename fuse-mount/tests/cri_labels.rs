@@ -12,10 +12,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{mounts_under, Containerd, Teleportd, TestDir};
-use fuse_mount::remote::ImageRef;
-use fuse_mount::snapshot::{
+use fuse_mount::labels::{
     LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_TARGET_REF,
 };
+use fuse_mount::remote::ImageRef;
 use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
 };

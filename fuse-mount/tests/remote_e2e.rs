@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{mounts_under, Containerd, Teleportd, TestDir};
-use fuse_mount::snapshot::LABEL_REMOTE;
+use fuse_mount::labels::LABEL_REMOTE;
 use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
 };

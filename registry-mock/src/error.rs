@@ -264,7 +264,7 @@ impl ApiError {
 
     /// The one place an error becomes a response.
     pub fn into_response(self) -> crate::http_util::Resp {
-        use crate::http_util::{json_error, plain};
+        use crate::http_util::plain;
         match self {
             ApiError::Spec {
                 status,
@@ -352,4 +352,17 @@ impl ApiError {
             }
         }
     }
+}
+
+/// The distribution spec's error body: `{"errors":[{code,message,detail}]}`.
+fn json_error(
+    status: StatusCode,
+    code: Code,
+    message: &str,
+    detail: serde_json::Value,
+) -> crate::http_util::Resp {
+    crate::http_util::json(
+        status,
+        &serde_json::json!({ "errors": [ { "code": code.as_str(), "message": message, "detail": detail } ] }),
+    )
 }

@@ -4,8 +4,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 
-use crate::error::Code;
-
 /// Every response body: boxed so routes can return JSON or a streamed file.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub type Resp = Response<Body>;
@@ -45,18 +43,6 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
     // invariant: serialising a serde_json::Value cannot fail.
     let body = serde_json::to_vec(value).unwrap_or_default();
     with_body(status, "application/json", Bytes::from(body))
-}
-
-pub fn json_error(
-    status: StatusCode,
-    code: Code,
-    message: &str,
-    detail: serde_json::Value,
-) -> Resp {
-    json(
-        status,
-        &serde_json::json!({ "errors": [ { "code": code.as_str(), "message": message, "detail": detail } ] }),
-    )
 }
 
 /// A response with no body but an explicit `Content-Length: 0`.

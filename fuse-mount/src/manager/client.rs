@@ -311,7 +311,7 @@ impl ManagerClient {
 
 impl From<Error> for RemoteError {
     fn from(e: Error) -> Self {
-        RemoteError::Manager(Box::new(e))
+        RemoteError::Mounter(Box::new(e))
     }
 }
 

@@ -2,12 +2,14 @@
 //! session of a teleportd root, so a teleportd killed even by SIGKILL does not abort the FUSE
 //! connections running containers read through. teleportd talks to it over a unix socket
 //! (`ROOT/fuse-manager.sock`, [`proto`]) through [`client::ManagerClient`], which implements
-//! [`crate::remote::LayerMounter`]; [`server`] hosts the existing [`crate::remote::fuse::FuseLayers`].
+//! [`crate::remote::LayerMounter`]; [`server`] hosts [`layers::FuseLayers`], the
+//! FUSE mounts themselves. Everything here but [`client`] runs only in the manager process.
 //!
 //! Files under the root: `fuse-manager.sock`, `fuse-manager.pid` (written by the manager),
 //! `fuse-manager.log` (its stdout/stderr).
 
 pub mod client;
+pub mod layers;
 pub mod proto;
 pub mod server;
 

@@ -11,11 +11,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use super::layers::FuseLayers;
 use super::proto::{Fingerprint, ManagerInfo, Request, Response, PROTOCOL_VERSION};
 use super::{io, Error, Result};
 use crate::fetch::{Client, ClientOptions, Credentials};
 use crate::fs::MountOptions;
-use crate::remote::fuse::FuseLayers;
 use crate::remote::LayerMounter;
 
 /// Longest request line accepted (a merged mount of a few hundred layers fits easily).

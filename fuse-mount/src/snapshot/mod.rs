@@ -3,25 +3,16 @@
 
 pub mod filter;
 pub mod overlay;
+pub mod remote;
 pub mod store;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-/// Label containerd puts on a layer's Prepare naming the target chain ID.
-pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
-/// Marker on snapshots teleportd made available without a download.
-pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
-/// CRI labels (sent only with `disable_snapshot_annotations = false`).
-pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-pub const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-pub const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-
-pub type Labels = BTreeMap<String, String>;
+use crate::labels::Labels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

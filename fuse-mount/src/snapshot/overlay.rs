@@ -13,9 +13,10 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 
 use super::filter::Filter;
+use super::remote::{RemoteLayers, RemoteOutcome};
 use super::store::{MetaStore, Record};
-use super::{FieldPath, Info, Kind, Labels, Mount, Result, SnapshotError, Snapshotter, Usage};
-use crate::remote::{RemoteLayers, RemoteOutcome};
+use super::{FieldPath, Info, Kind, Mount, Result, SnapshotError, Snapshotter, Usage};
+use crate::labels::{Labels, LABEL_REMOTE};
 
 /// Cheap-to-clone handle; all state lives in `Inner`.
 #[derive(Clone)]
@@ -62,7 +63,7 @@ impl OverlaySnapshotter {
         let todo: Vec<(PathBuf, Labels)> = self
             .store()
             .iter()
-            .filter(|(_, r)| r.labels.contains_key(super::LABEL_REMOTE))
+            .filter(|(_, r)| r.labels.contains_key(LABEL_REMOTE))
             .map(|(_, r)| (self.snapshot_dir(r.id).join("fs"), r.labels.clone()))
             .collect();
         if todo.is_empty() {
@@ -118,7 +119,7 @@ impl OverlaySnapshotter {
             let mut needs = Needs::default();
             if self.inner.remote.is_some() {
                 for (_, r) in store.parent_chain(key)? {
-                    if r.labels.contains_key(super::LABEL_REMOTE) {
+                    if r.labels.contains_key(LABEL_REMOTE) {
                         needs
                             .layers
                             .push((self.snapshot_dir(r.id).join("fs"), r.labels.clone()));
@@ -134,7 +135,7 @@ impl OverlaySnapshotter {
         // Remote layers above a local one (an image sharing a base that was unpacked locally)
         // keep per-layer mounts: their whiteouts must still hide files of the local layers.
         let chain = store.parent_chain(key)?;
-        let is_remote = |r: &Record| r.labels.contains_key(super::LABEL_REMOTE);
+        let is_remote = |r: &Record| r.labels.contains_key(LABEL_REMOTE);
         let split = chain
             .iter()
             .rposition(|(_, r)| !is_remote(r))
@@ -296,7 +297,7 @@ impl OverlaySnapshotter {
                     // A layer the registry cannot serve fails the pull, never a later start.
                     remote.validate(&layer)?;
                     let mut l = labels.clone();
-                    l.insert(super::LABEL_REMOTE.into(), "true".into());
+                    l.insert(LABEL_REMOTE.into(), "true".into());
                     // Nothing is mounted at pull time: the layer is attached when a container
                     // first needs it (`mounts_ready`), all of an image's layers at once, so a
                     // pull costs one metadata write per layer whatever the layer count.
@@ -338,10 +339,7 @@ impl OverlaySnapshotter {
         // Unmount first: a mount that cannot be taken away keeps its metadata, so a retried
         // Remove (or the next start's restore) still knows it; deleting the record first would
         // orphan the mount.
-        if let (Some(remote), true) = (
-            &self.inner.remote,
-            rec.labels.contains_key(super::LABEL_REMOTE),
-        ) {
+        if let (Some(remote), true) = (&self.inner.remote, rec.labels.contains_key(LABEL_REMOTE)) {
             remote.unmount_layer(&dir.join("fs")).await?;
             let merged = self.merged_dir(rec.id);
             remote.unmount_layer(&merged).await?;
@@ -849,13 +847,12 @@ mod tests {
         //! mounter: what the snapshotter does with their answers.
         use super::*;
         use crate::fetch::MountStatus;
-        use crate::remote::{
-            ImageRef, LayerMounter, LayerRef, RemoteError, RemoteLayers, RemoteResolver,
-        };
-        use crate::snapshot::{
-            LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_REMOTE,
+        use crate::labels::{
+            LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST,
             LABEL_TARGET_REF,
         };
+        use crate::remote::{ImageRef, LayerMounter, LayerRef, RemoteError, RemoteResolver};
+        use crate::snapshot::remote::RemoteLayers;
         use futures::future::BoxFuture;
         use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Info, Kind, Labels, Result, SnapshotError, Usage};
+use super::{Info, Kind, Result, SnapshotError, Usage};
+use crate::labels::Labels;
 
 const FILE_NAME: &str = "metadata.json";
 const VERSION: u32 = 1;

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use tracing::{debug, info, warn};
 
-use super::{LayerMounter, LayerRef, RemoteError, Result};
 use crate::fetch::{Client, Counters, LayerHandle};
 use crate::fs::{self, MountHandle, MountOptions};
+use crate::remote::{LayerMounter, LayerRef, RemoteError, Result};
 
 pub struct FuseLayers {
     client: Client,
@@ -72,7 +72,7 @@ impl FuseLayers {
             m.drain().map(|(_, h)| h).collect()
         };
         let mut busy = Vec::new();
-        let lowers = tokio::task::spawn_blocking(crate::manager::overlay_lowers)
+        let lowers = tokio::task::spawn_blocking(super::overlay_lowers)
             .await
             .unwrap_or_default();
         for h in all {
