@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::fetch::Credentials;
 use crate::manager::client::{ManagerClient, SpawnConfig};
-use crate::manager::server::ManagerConfig;
+use crate::manager::config::ManagerConfig;
 use crate::remote::http::{HttpResolver, HttpResolverConfig};
 use crate::snapshot::overlay::OverlaySnapshotter;
 use crate::snapshot::remote::RemoteLayers;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use fuse_mount::config;
 use fuse_mount::containerd_config::{self, Version};
 use fuse_mount::daemon::{self, Config, MountMode};
-use fuse_mount::manager::server::ManagerConfig;
+use fuse_mount::manager::config::ManagerConfig;
 
 #[derive(Parser)]
 #[command(

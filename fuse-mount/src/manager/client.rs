@@ -12,8 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
-use super::proto::{LayerSpec, ManagerInfo, Request, Response};
-use super::server::{ManagerConfig, MAX_LINE};
+use super::config::ManagerConfig;
+use super::proto::{LayerSpec, ManagerInfo, Request, Response, MAX_LINE};
 use super::{io, Error, Result};
 use crate::remote::{LayerMounter, LayerRef, RemoteError};
 

@@ -9,6 +9,7 @@
 //! `fuse-manager.log` (its stdout/stderr).
 
 pub mod client;
+pub mod config;
 pub mod layers;
 pub mod proto;
 pub mod server;

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::fetch::{CountersSnapshot, MountInfo};
 use crate::remote::{ImageRef, LayerRef};
 
+/// Longest request line accepted (a merged mount of a few hundred layers fits easily).
+pub const MAX_LINE: u64 = 64 << 20;
+
 /// Bumped on any incompatible change of [`Request`] / [`Response`].
 pub const PROTOCOL_VERSION: u32 = 1;
 

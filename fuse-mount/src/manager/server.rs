@@ -3,61 +3,20 @@
 //! future (SIGTERM) — then unmounts everything and exits.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use sha2::Digest as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use super::config::ManagerConfig;
 use super::layers::FuseLayers;
-use super::proto::{Fingerprint, ManagerInfo, Request, Response, PROTOCOL_VERSION};
+use super::proto::{ManagerInfo, Request, Response, MAX_LINE};
 use super::{io, Error, Result};
 use crate::fetch::{Client, ClientOptions, Credentials};
 use crate::fs::MountOptions;
 use crate::remote::LayerMounter;
-
-/// Longest request line accepted (a merged mount of a few hundred layers fits easily).
-pub(crate) const MAX_LINE: u64 = 64 << 20;
-
-/// What a manager serves with.
-#[derive(Debug, Clone)]
-pub struct ManagerConfig {
-    /// teleportd's root: the socket, pid and log files live here.
-    pub root: PathBuf,
-    pub registry: String,
-    pub credentials: Option<Credentials>,
-    pub cache_dir: PathBuf,
-    /// Learned start profiles (replay and record); see [`ClientOptions::start_profile`].
-    pub start_profile: bool,
-    /// See [`ClientOptions::profile_window`].
-    pub profile_window: std::time::Duration,
-    /// See [`MountOptions::prefetch_layers`].
-    pub prefetch_layers: bool,
-    /// See [`ClientOptions::cache_max_bytes`].
-    pub cache_max_bytes: Option<u64>,
-}
-
-impl ManagerConfig {
-    pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            protocol: PROTOCOL_VERSION,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            registry: self.registry.clone(),
-            cache_dir: self.cache_dir.clone(),
-            user: self.credentials.as_ref().map(|c| c.username.clone()),
-            password_sha256: self
-                .credentials
-                .as_ref()
-                .map(|c| hex::encode(sha2::Sha256::digest(c.password.as_bytes()))),
-            start_profile: self.start_profile,
-            profile_window_ms: u64::try_from(self.profile_window.as_millis()).unwrap_or(u64::MAX),
-            prefetch_layers: self.prefetch_layers,
-            cache_max_bytes: self.cache_max_bytes,
-        }
-    }
-}
 
 /// Binds `socket`, refusing when a live manager answers there and replacing a stale file.
 async fn bind(socket: &Path) -> Result<UnixListener> {
