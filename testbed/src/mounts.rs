@@ -2,8 +2,6 @@
 //! deepest first, so a node's root can be deleted without reaching into a live mount.
 
 use crate::error::{Error, Result};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// One line of `/proc/self/mountinfo`, the fields we use.
@@ -85,16 +83,8 @@ fn select_under(all: Vec<MountEntry>, dir: &Path) -> Vec<MountEntry> {
     under.into_iter().map(|(_, m)| m).collect()
 }
 
-fn umount2(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    let rc = unsafe { libc::umount2(c.as_ptr(), flags) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+fn umount2(path: &Path, flags: nix::mount::MntFlags) -> std::io::Result<()> {
+    Ok(nix::mount::umount2(path, flags)?)
 }
 
 /// Unmount everything at or below `dir`. A busy mount is lazily detached (MNT_DETACH) so it
@@ -109,12 +99,12 @@ pub fn unmount_all_under(dir: &Path) -> Result<usize> {
             return Ok(removed);
         }
         for m in list {
-            match umount2(&m.mount_point, 0) {
+            match umount2(&m.mount_point, nix::mount::MntFlags::empty()) {
                 Ok(()) => removed += 1,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {} // already gone
                 Err(e) => {
                     tracing::debug!(path = %m.mount_point.display(), error = %e, "umount busy, detaching");
-                    match umount2(&m.mount_point, libc::MNT_DETACH) {
+                    match umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH) {
                         Ok(()) => removed += 1,
                         Err(e) => {
                             tracing::warn!(path = %m.mount_point.display(), error = %e, "umount failed")

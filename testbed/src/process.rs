@@ -3,6 +3,7 @@
 //! container processes through `/proc`.
 
 use crate::error::{Error, Result};
+use nix::sys::signal::Signal;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,7 @@ impl Daemon {
         if self.exited().is_some() {
             return;
         }
-        signal(self.pid(), libc::SIGTERM);
+        signal(self.pid(), Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if self.exited().is_some() {
@@ -76,7 +77,7 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20)); // poll interval, not a sync point
         }
         tracing::warn!(name = %self.name, pid = self.pid(), "did not stop on SIGTERM, killing");
-        signal(self.pid(), libc::SIGKILL);
+        signal(self.pid(), Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -102,14 +103,12 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+fn signal(pid: u32, sig: Signal) {
+    let Ok(pid) = i32::try_from(pid) else {
         return;
     };
-    // SAFETY: plain kill(2) on a PID we own (or one found by exact cmdline match).
-    unsafe {
-        libc::kill(pid, sig);
-    }
+    // A PID we own (or one found by exact cmdline match); an already-gone process is fine.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
 fn cmdline(pid: u32) -> Option<Vec<String>> {
@@ -176,7 +175,7 @@ pub fn kill_trees(roots: &[u32]) {
         stack.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
     }
     for pid in order.iter().rev() {
-        signal(*pid, libc::SIGKILL);
+        signal(*pid, Signal::SIGKILL);
     }
     // Wait (bounded) until they are gone so their mounts can be released.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -87,8 +87,7 @@ pub fn in_path(cmd: &str) -> Option<PathBuf> {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn overlay_available() -> bool {

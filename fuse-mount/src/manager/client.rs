@@ -138,9 +138,7 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
     // teleportd's process group and terminal, so signals aimed at teleportd do not reach it.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::setsid()?;
             Ok(())
         });
     }

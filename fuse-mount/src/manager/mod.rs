@@ -253,16 +253,20 @@ pub fn kill_manager(root: &Path, grace: Duration) -> Result<Cleanup> {
         }
     }
     if let Some(pid) = read_pid(root).filter(|&p| p > 1 && is_manager_for(p, root)) {
-        let Ok(raw) = libc::pid_t::try_from(pid) else {
+        let Ok(raw) = i32::try_from(pid) else {
             return Err(Error::Stuck(pid));
         };
+        let raw = nix::unistd::Pid::from_raw(raw);
+        // Errors (the process already gone) are judged by wait_gone below.
+        let kill = |sig| {
+            let _ = nix::sys::signal::kill(raw, sig);
+        };
         info!(pid, root = %root.display(), "stopping fuse manager");
-        // SAFETY: plain kill(2); the pid was checked to be a manager for this root just above.
-        unsafe { libc::kill(raw, libc::SIGTERM) };
+        // The pid was checked to be a manager for this root just above.
+        kill(nix::sys::signal::Signal::SIGTERM);
         if !wait_gone(pid, grace) {
             warn!(pid, "fuse manager ignored SIGTERM; killing it");
-            // SAFETY: as above.
-            unsafe { libc::kill(raw, libc::SIGKILL) };
+            kill(nix::sys::signal::Signal::SIGKILL);
             if !wait_gone(pid, Duration::from_secs(10)) {
                 return Err(Error::Stuck(pid));
             }
