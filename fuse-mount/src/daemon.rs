@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::fetch::Credentials;
 use crate::manager::client::{ManagerClient, SpawnConfig};
-use crate::manager::config::ManagerConfig;
+use crate::manager::config::{ManagerConfig, MountSettings};
 use crate::remote::http::{HttpResolver, HttpResolverConfig};
 use crate::snapshot::overlay::OverlaySnapshotter;
 use crate::snapshot::remote::RemoteLayers;
@@ -53,15 +53,8 @@ pub struct Config {
     pub keep_fuse_manager: bool,
     /// Binary that runs the fuse manager (`EXE … fuse-manager`); default: this executable.
     pub manager_exe: Option<PathBuf>,
-    /// Learned start profiles: replay a layer's stored profile at mount, record and upload one
-    /// when it has none.
-    pub start_profile: bool,
-    /// How long after a layer's first read its start profile keeps recording.
-    pub profile_window: Duration,
-    /// Fetch every mounted layer's whole data in the background, at low priority.
-    pub prefetch_layers: bool,
-    /// Size cap of the chunk cache; `None`: unbounded.
-    pub cache_max_bytes: Option<u64>,
+    /// What the fuse manager fetches and mounts with (handed to it unchanged).
+    pub mount: MountSettings,
 }
 
 impl Config {
@@ -78,10 +71,7 @@ impl Config {
             expansion_wait: Duration::from_secs(30),
             keep_fuse_manager: false,
             manager_exe: None,
-            start_profile: true,
-            profile_window: Duration::from_secs(10),
-            prefetch_layers: false,
-            cache_max_bytes: None,
+            mount: MountSettings::default(),
         }
     }
 }
@@ -233,10 +223,7 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
             registry: registry.clone(),
             credentials: cfg.credentials.clone(),
             cache_dir: cache,
-            start_profile: cfg.start_profile,
-            profile_window: cfg.profile_window,
-            prefetch_layers: cfg.prefetch_layers,
-            cache_max_bytes: cfg.cache_max_bytes,
+            settings: cfg.mount.clone(),
         },
         exe,
         start_timeout: Duration::from_secs(30),

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use fuse_mount::config;
 use fuse_mount::containerd_config::{self, Version};
 use fuse_mount::daemon::{self, Config, MountMode};
-use fuse_mount::manager::config::ManagerConfig;
+use fuse_mount::manager::config::{ManagerConfig, MountSettings};
 
 #[derive(Parser)]
 #[command(
@@ -68,20 +68,8 @@ struct Cli {
     /// (running containers keep reading). By default a clean stop unmounts everything.
     #[arg(long)]
     keep_fuse_manager: bool,
-    /// Do not use learned start profiles: neither replay a layer's stored profile at mount nor
-    /// record and upload one.
-    #[arg(long)]
-    no_start_profile: bool,
-    /// How long after a layer's first read its start profile keeps recording.
-    #[arg(long, default_value = "10", value_name = "SECONDS")]
-    profile_window: f64,
-    /// Also fetch every mounted layer's whole data in the background, at low priority, so the
-    /// node ends up with the full image (off by default: a start needs a few percent of it).
-    #[arg(long)]
-    prefetch_layers: bool,
-    /// Size cap of the chunk cache (least recently used packs are evicted); default unbounded.
-    #[arg(long, value_name = "BYTES")]
-    cache_max_bytes: Option<u64>,
+    #[command(flatten)]
+    mount: MountSettings,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -139,8 +127,6 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let argv = emulator::settings_file::splice_config_file(std::env::args_os().collect(), 1)?;
     let cli = Cli::parse_from(argv);
-    let profile_window = std::time::Duration::try_from_secs_f64(cli.profile_window)
-        .map_err(|e| anyhow::anyhow!("--profile-window {}: {e}", cli.profile_window))?;
     if let Some(Command::ConfigSnippet { containerd }) = cli.command {
         let v = containerd.unwrap_or_else(|| {
             Version::detect(std::path::Path::new("containerd")).unwrap_or(Version::V1_6)
@@ -164,10 +150,7 @@ async fn main() -> anyhow::Result<()> {
             root: cli.root,
             registry,
             credentials: login,
-            start_profile: !cli.no_start_profile,
-            profile_window,
-            prefetch_layers: cli.prefetch_layers,
-            cache_max_bytes: cli.cache_max_bytes,
+            settings: cli.mount,
         };
         fuse_mount::manager::server::run(cfg, shutdown_signal()).await?;
         return Ok(());
@@ -194,10 +177,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr: cli.metrics_addr,
         expansion_wait: std::time::Duration::from_secs(cli.expansion_wait),
         keep_fuse_manager: cli.keep_fuse_manager,
-        start_profile: !cli.no_start_profile,
-        profile_window,
-        prefetch_layers: cli.prefetch_layers,
-        cache_max_bytes: cli.cache_max_bytes,
+        mount: cli.mount,
         ..Config::new(cli.root, cli.address)
     };
     daemon::run(cfg, shutdown_signal()).await?;

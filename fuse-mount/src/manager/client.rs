@@ -119,17 +119,7 @@ fn spawn(cfg: &SpawnConfig) -> Result<Child> {
         cmd.env_remove("TELEPORTD_PASSWORD");
     }
     cmd.args(crate::config::tls_args());
-    if !m.start_profile {
-        cmd.arg("--no-start-profile");
-    }
-    cmd.arg("--profile-window")
-        .arg(m.profile_window.as_secs_f64().to_string());
-    if m.prefetch_layers {
-        cmd.arg("--prefetch-layers");
-    }
-    if let Some(max) = m.cache_max_bytes {
-        cmd.arg("--cache-max-bytes").arg(max.to_string());
-    }
+    cmd.args(m.settings.to_args());
     cmd.arg(super::SUBCOMMAND)
         .stdin(Stdio::null())
         .stdout(log)

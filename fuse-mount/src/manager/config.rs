@@ -1,12 +1,102 @@
 //! What a fuse manager serves with, and the [`Fingerprint`] of it that a teleportd compares on
-//! connect.
+//! connect. [`MountSettings`] is defined once here: teleportd flattens it into its flags (so the
+//! `--config FILE` TOML reads it too), carries it unchanged to the manager, hands it to a spawned
+//! manager as the same flags ([`MountSettings::to_args`]) and builds the fetch client's and the
+//! mounts' options from it.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::Parser as _;
 use sha2::Digest as _;
 
 use super::proto::{Fingerprint, PROTOCOL_VERSION};
-use crate::fetch::Credentials;
+use crate::fetch::{ClientOptions, Credentials};
+use crate::fs::MountOptions;
+
+/// How the manager fetches and mounts remote layers: teleportd's flags of the same names.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct MountSettings {
+    /// Do not use learned start profiles: neither replay a layer's stored profile at mount nor
+    /// record and upload one.
+    #[arg(long)]
+    pub no_start_profile: bool,
+    /// How long after a layer's first read its start profile keeps recording.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds)]
+    pub profile_window: Duration,
+    /// Also fetch every mounted layer's whole data in the background, at low priority, so the
+    /// node ends up with the full image (off by default: a start needs a few percent of it).
+    #[arg(long)]
+    pub prefetch_layers: bool,
+    /// Size cap of the chunk cache (least recently used packs are evicted); default unbounded.
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_bytes: Option<u64>,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Parses [`MountSettings`] alone (its defaults, and [`MountSettings::to_args`]' round trip).
+#[derive(clap::Parser)]
+struct Only {
+    #[command(flatten)]
+    settings: MountSettings,
+}
+
+impl Default for MountSettings {
+    /// The flags' defaults (kept in the `#[arg]` attributes only).
+    fn default() -> Self {
+        // invariant: no arguments always parse (every field has a default).
+        Only::try_parse_from(["teleportd"])
+            .map(|o| o.settings)
+            .unwrap_or_else(|e| unreachable!("MountSettings defaults: {e}"))
+    }
+}
+
+impl MountSettings {
+    pub fn start_profile(&self) -> bool {
+        !self.no_start_profile
+    }
+
+    /// The same settings as command-line flags, for a manager started by teleportd.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if self.no_start_profile {
+            a.push("--no-start-profile".into());
+        }
+        a.push("--profile-window".into());
+        a.push(self.profile_window.as_secs_f64().to_string().into());
+        if self.prefetch_layers {
+            a.push("--prefetch-layers".into());
+        }
+        if let Some(max) = self.cache_max_bytes {
+            a.push("--cache-max-bytes".into());
+            a.push(max.to_string().into());
+        }
+        a
+    }
+
+    /// The fetch client's options: these settings over its defaults.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            start_profile: self.start_profile(),
+            profile_window: self.profile_window,
+            cache_max_bytes: self.cache_max_bytes,
+            ..ClientOptions::default()
+        }
+    }
+
+    /// The FUSE mounts' options: these settings over their defaults.
+    pub fn mount_options(&self) -> MountOptions {
+        MountOptions {
+            prefetch_layers: self.prefetch_layers,
+            ..MountOptions::default()
+        }
+    }
+}
 
 /// What a manager serves with.
 #[derive(Debug, Clone)]
@@ -16,14 +106,7 @@ pub struct ManagerConfig {
     pub registry: String,
     pub credentials: Option<Credentials>,
     pub cache_dir: PathBuf,
-    /// Learned start profiles (replay and record); see [`crate::fetch::ClientOptions::start_profile`].
-    pub start_profile: bool,
-    /// See [`crate::fetch::ClientOptions::profile_window`].
-    pub profile_window: std::time::Duration,
-    /// See [`crate::fs::MountOptions::prefetch_layers`].
-    pub prefetch_layers: bool,
-    /// See [`crate::fetch::ClientOptions::cache_max_bytes`].
-    pub cache_max_bytes: Option<u64>,
+    pub settings: MountSettings,
 }
 
 impl ManagerConfig {
@@ -38,10 +121,43 @@ impl ManagerConfig {
                 .credentials
                 .as_ref()
                 .map(|c| hex::encode(sha2::Sha256::digest(c.password.as_bytes()))),
-            start_profile: self.start_profile,
-            profile_window_ms: u64::try_from(self.profile_window.as_millis()).unwrap_or(u64::MAX),
-            prefetch_layers: self.prefetch_layers,
-            cache_max_bytes: self.cache_max_bytes,
+            start_profile: self.settings.start_profile(),
+            profile_window_ms: u64::try_from(self.settings.profile_window.as_millis())
+                .unwrap_or(u64::MAX),
+            prefetch_layers: self.settings.prefetch_layers,
+            cache_max_bytes: self.settings.cache_max_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_reach_a_spawned_manager_unchanged() {
+        let cases = [
+            MountSettings::default(),
+            MountSettings {
+                no_start_profile: true,
+                profile_window: Duration::from_millis(2500),
+                prefetch_layers: true,
+                cache_max_bytes: Some(1 << 30),
+            },
+        ];
+        for s in cases {
+            let mut argv: Vec<OsString> = vec!["teleportd".into()];
+            argv.extend(s.to_args());
+            assert_eq!(Only::try_parse_from(argv).unwrap().settings, s);
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let d = MountSettings::default();
+        assert!(d.start_profile() && !d.prefetch_layers && d.cache_max_bytes.is_none());
+        assert_eq!(d.profile_window, Duration::from_secs(10));
+        assert_eq!(d.client_options().profile_window, Duration::from_secs(10));
+        assert!(Only::try_parse_from(["t", "--profile-window", "-1"]).is_err());
     }
 }

@@ -14,8 +14,7 @@ use super::config::ManagerConfig;
 use super::layers::FuseLayers;
 use super::proto::{ManagerInfo, Request, Response, MAX_LINE};
 use super::{io, Error, Result};
-use crate::fetch::{Client, ClientOptions, Credentials};
-use crate::fs::MountOptions;
+use crate::fetch::{Client, Credentials};
 use crate::remote::LayerMounter;
 
 /// Binds `socket`, refusing when a live manager answers there and replacing a stale file.
@@ -63,23 +62,12 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         &cfg.registry,
         cfg.credentials.clone(),
         cfg.cache_dir.clone(),
-        ClientOptions {
-            start_profile: cfg.start_profile,
-            profile_window: cfg.profile_window,
-            cache_max_bytes: cfg.cache_max_bytes,
-            ..ClientOptions::default()
-        },
+        cfg.settings.client_options(),
     )?;
     write_pid(&cfg.root)?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let state = Arc::new(State {
-        layers: FuseLayers::new(
-            client,
-            MountOptions {
-                prefetch_layers: cfg.prefetch_layers,
-                ..MountOptions::default()
-            },
-        ),
+        layers: FuseLayers::new(client, cfg.settings.mount_options()),
         info: std::sync::Mutex::new(ManagerInfo {
             pid: std::process::id(),
             root: cfg.root.clone(),
@@ -334,10 +322,11 @@ mod tests {
             registry: "http://127.0.0.1:9".into(),
             credentials: None,
             cache_dir: root.join("cache"),
-            start_profile: false,
-            profile_window: Duration::from_secs(1),
-            prefetch_layers: false,
-            cache_max_bytes: None,
+            settings: super::super::config::MountSettings {
+                no_start_profile: true,
+                profile_window: Duration::from_secs(1),
+                ..Default::default()
+            },
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(cfg, async {
@@ -380,10 +369,7 @@ mod tests {
             registry: "http://127.0.0.1:9".into(),
             credentials: creds("old"),
             cache_dir: root.join("cache"),
-            start_profile: true,
-            profile_window: Duration::from_secs(10),
-            prefetch_layers: false,
-            cache_max_bytes: None,
+            settings: Default::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(cfg.clone(), async {
