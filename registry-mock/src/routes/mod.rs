@@ -414,7 +414,7 @@ async fn dispatch(st: &Arc<AppState>, route: Route, req: Request<Incoming>) -> A
 fn metrics_response(st: &AppState) -> Resp {
     let body = st.metrics.render();
     let mut r = http::Response::new(crate::http_util::full(body));
-    crate::http_util::set_header(&mut r, "content-type", "text/plain; version=0.0.4");
+    crate::http_util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);
     r
 }
 
