@@ -1,4 +1,4 @@
-//! Minimal Prometheus text endpoint (`GET /metrics`). FUSE counters join it with the FUSE layer.
+//! teleportd's Prometheus endpoint (`GET /metrics`, OpenMetrics text by `prometheus-client`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,8 +11,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::fetch::CountersSnapshot;
 use crate::snapshot::overlay::OverlaySnapshotter;
 use crate::snapshot::{Kind, Snapshotter};
+
+/// The content type of the rendered text.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn serve(l: TcpListener, snap: Arc<OverlaySnapshotter>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -26,7 +36,12 @@ pub async fn serve(l: TcpListener, snap: Arc<OverlaySnapshotter>, mut stop: watc
                 let snap = snap.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
-                        Response::new(Full::new(Bytes::from(render(&snap).await)))
+                        let mut r = Response::new(Full::new(Bytes::from(render(&snap).await)));
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+                        );
+                        r
                     } else {
                         let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
                         *r.status_mut() = hyper::StatusCode::NOT_FOUND;
@@ -45,57 +60,99 @@ pub async fn serve(l: TcpListener, snap: Arc<OverlaySnapshotter>, mut stop: watc
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The node's metrics as OpenMetrics text, read fresh at each scrape: snapshots by kind, live
+/// FUSE mounts, login failures and the FUSE fetch counters summed over every mount (the pull-time
+/// warm-up included). No label names a mount path: the series stay bounded however many
+/// containers come and go.
 async fn render(snap: &OverlaySnapshotter) -> String {
-    let mut out = String::from("# TYPE teleportd_snapshots gauge\n");
+    let mut r = Registry::default();
+    let snapshots = Family::<KindLabel, Gauge>::default();
     for (kind, n) in snapshot_counts(snap).await {
-        out.push_str(&format!(
-            "teleportd_snapshots{{kind=\"{}\"}} {n}\n",
-            format!("{kind:?}").to_lowercase()
-        ));
+        let kind = match kind {
+            Kind::Active => "active",
+            Kind::View => "view",
+            Kind::Committed => "committed",
+        };
+        snapshots
+            .get_or_create(&KindLabel { kind })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    r.register("teleportd_snapshots", "Snapshots by kind", snapshots);
     let stats = snap.mount_stats().await;
     // The empty path is the pull-time warm-up, not a mount.
     let mounts = stats
         .iter()
         .filter(|(p, _)| !p.as_os_str().is_empty())
         .count();
-    out.push_str(&format!(
-        "# TYPE teleportd_fuse_mounts gauge\nteleportd_fuse_mounts {mounts}\n"
-    ));
-    out.push_str(&format!(
-        "# TYPE teleportd_auth_failures_total counter\nteleportd_auth_failures_total {}\n",
-        crate::config::AUTH_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
-    ));
-    type Field = fn(&crate::fetch::CountersSnapshot) -> u64;
-    let fields: [(&str, Field); 9] = [
-        ("bytes_fetched", |c| c.bytes_fetched),
-        ("chunks_fetched", |c| c.chunks_fetched),
-        ("cache_hits", |c| c.cache_hits),
-        ("fetch_errors", |c| c.fetch_errors),
-        ("bytes_read", |c| c.bytes_read),
-        ("demand_fetches", |c| c.demand_fetches),
+    let g = Gauge::<i64>::default();
+    g.set(i64::try_from(mounts).unwrap_or(i64::MAX));
+    r.register("teleportd_fuse_mounts", "Live FUSE mounts", g);
+    let auth = Counter::<u64>::default();
+    auth.inc_by(crate::config::AUTH_FAILURES.load(std::sync::atomic::Ordering::Relaxed));
+    r.register(
+        "teleportd_auth_failures",
+        "Registry logins refused (wrong user or password)",
+        auth,
+    );
+    type Field = fn(&CountersSnapshot) -> u64;
+    let fields: [(&str, &str, Field); 10] = [
+        (
+            "bytes_fetched",
+            "Layer data bytes fetched from the registry",
+            |c| c.bytes_fetched,
+        ),
+        ("chunks_fetched", "Chunks fetched from the registry", |c| {
+            c.chunks_fetched
+        }),
+        ("fetches", "Range requests that brought those chunks", |c| {
+            c.fetches
+        }),
+        (
+            "cache_hits",
+            "Chunk lookups served by the node's chunk cache",
+            |c| c.cache_hits,
+        ),
+        (
+            "fetch_errors",
+            "Fetches that failed after retries (EIO to a reader)",
+            |c| c.fetch_errors,
+        ),
+        ("bytes_read", "File bytes returned to readers", |c| {
+            c.bytes_read
+        }),
+        ("demand_fetches", "Range requests a reader waited on", |c| {
+            c.demand_fetches
+        }),
         // "Profile hits": layers mounted with a learned start profile to replay.
-        ("profile_layers", |c| c.profile_layers),
-        ("profile_bytes_prefetched", |c| c.profile_bytes_prefetched),
-        ("profile_jobs_done", |c| c.profile_jobs_done),
+        (
+            "profile_layers",
+            "Layers mounted with a learned start profile to replay",
+            |c| c.profile_layers,
+        ),
+        (
+            "profile_bytes_prefetched",
+            "Bytes fetched by start-profile replay",
+            |c| c.profile_bytes_prefetched,
+        ),
+        (
+            "profile_jobs_done",
+            "Start-profile prefetch jobs finished",
+            |c| c.profile_jobs_done,
+        ),
     ];
-    for (name, get) in fields {
-        out.push_str(&format!("# TYPE teleportd_fuse_{name}_total counter\n"));
-        for (mp, c) in &stats {
-            let label = if mp.as_os_str().is_empty() {
-                "(pull warm-up)".to_string()
-            } else {
-                mp.display()
-                    .to_string()
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-            };
-            out.push_str(&format!(
-                "teleportd_fuse_{name}_total{{mount=\"{label}\"}} {}\n",
-                get(c)
-            ));
-        }
+    for (name, help, get) in fields {
+        let c = Counter::<u64>::default();
+        c.inc_by(stats.iter().map(|(_, s)| get(s)).sum());
+        r.register(format!("teleportd_fuse_{name}"), help, c);
     }
+    let mut out = String::new();
+    // invariant: writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
     out
 }
 
@@ -104,4 +161,32 @@ pub async fn snapshot_counts(s: &impl Snapshotter) -> [(Kind, usize); 3] {
     let infos = s.list(Vec::new()).await.unwrap_or_default();
     [Kind::Active, Kind::View, Kind::Committed]
         .map(|k| (k, infos.iter().filter(|i| i.kind == k).count()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn text_has_help_lines_and_no_mount_path_labels() {
+        let t = tempfile::tempdir().unwrap();
+        let snap = OverlaySnapshotter::open(t.path(), None).unwrap();
+        snap.prepare("a".into(), String::new(), Default::default())
+            .await
+            .unwrap();
+        let text = render(&snap).await;
+        for want in [
+            "# HELP teleportd_snapshots Snapshots by kind.",
+            "teleportd_snapshots{kind=\"active\"} 1",
+            "teleportd_snapshots{kind=\"committed\"} 0",
+            "# TYPE teleportd_fuse_mounts gauge",
+            "teleportd_fuse_mounts 0",
+            "teleportd_auth_failures_total ",
+            "# HELP teleportd_fuse_bytes_fetched Layer data bytes fetched from the registry.",
+            "teleportd_fuse_bytes_fetched_total 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+        assert!(!text.contains("mount="), "{text}");
+    }
 }
