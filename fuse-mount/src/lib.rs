@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod private;
 pub mod remote;
 pub mod snapshot;
+pub mod timing;
 
 pub use node_api;

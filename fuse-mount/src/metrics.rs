@@ -152,7 +152,10 @@ async fn render(snap: &OverlaySnapshotter) -> String {
     }
     let mut out = String::new();
     // invariant: writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+    let _ = prometheus_client::encoding::text::encode_registry(&mut out, &r);
+    out.push_str(&crate::timing::daemon().render());
+    out.push_str(&snap.mount_timings().await);
+    out.push_str("# EOF\n");
     out
 }
 
@@ -184,9 +187,12 @@ mod tests {
             "teleportd_auth_failures_total ",
             "# HELP teleportd_fuse_bytes_fetched Layer data bytes fetched from the registry.",
             "teleportd_fuse_bytes_fetched_total 0",
+            "# TYPE teleportd_prepare_seconds histogram",
+            "teleportd_prepare_seconds_count ",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
         assert!(!text.contains("mount="), "{text}");
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
     }
 }

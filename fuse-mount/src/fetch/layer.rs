@@ -517,9 +517,12 @@ impl LayerHandle {
                 let futs = runs.iter().map(|idxs| async move {
                     match span(idxs) {
                         Some((start, end)) => {
-                            client
+                            let started = Instant::now();
+                            let r = client
                                 .get_range(repo, url, (start, end - 1), deadline)
-                                .await
+                                .await;
+                            crate::timing::manager().range_fetch(started);
+                            r
                         }
                         None => Ok(Vec::new()),
                     }

@@ -14,6 +14,7 @@ use fuser::{
 
 use super::tree::{Node, NodeKind, Tree};
 use crate::fetch::{Counters, LayerHandle};
+use crate::timing::{FuseOp, OpTimer};
 
 /// Largest read the kernel sends us (and readahead window).
 pub(crate) const MAX_READ: u32 = 1 << 20;
@@ -129,6 +130,7 @@ impl Filesystem for TeleportFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timer = OpTimer::start(FuseOp::Lookup);
         match self.tree.lookup(parent.0, name.as_bytes()) {
             Some(ino) => match self.tree.node(ino) {
                 Some(n) => reply.entry(&self.ttl, &attr(ino, n), Generation(0)),
@@ -147,6 +149,7 @@ impl Filesystem for TeleportFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = OpTimer::start(FuseOp::Getattr);
         match self.get(ino) {
             Ok(n) => reply.attr(&self.ttl, &attr(ino.0, n)),
             Err(e) => reply.error(e),
@@ -164,6 +167,7 @@ impl Filesystem for TeleportFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = OpTimer::start(FuseOp::Open);
         let n = match self.get(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -204,6 +208,7 @@ impl Filesystem for TeleportFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timer = OpTimer::start(FuseOp::Read);
         let n = match self.get(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),

@@ -394,6 +394,20 @@ impl LayerMounter for ManagerClient {
         })
     }
 
+    fn timings(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            match self.call(&Request::Timings, QUICK).await {
+                Ok(Response::Timings { text }) => text,
+                // An older manager does not know the request: no histograms, not an error.
+                Ok(_) => String::new(),
+                Err(e) => {
+                    warn!(error = %e, "fuse manager timings");
+                    String::new()
+                }
+            }
+        })
+    }
+
     fn stats(&self) -> BoxFuture<'_, Vec<(PathBuf, crate::fetch::CountersSnapshot)>> {
         Box::pin(async move {
             match self.call(&Request::Stats, QUICK).await {

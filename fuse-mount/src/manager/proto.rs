@@ -123,6 +123,8 @@ pub enum Request {
     List,
     /// Fetch counters per mount.
     Stats,
+    /// The manager's latency histograms ([`crate::timing::manager`]) as OpenMetrics text.
+    Timings,
     /// Serve on with these registry credentials (a rotated password): answered Ok, the
     /// manager's fingerprint then says so. Mounts are not touched.
     SetCredentials {
@@ -155,6 +157,9 @@ pub enum Response {
     },
     Mounts {
         mounts: Vec<PathBuf>,
+    },
+    Timings {
+        text: String,
     },
     Stats {
         mounts: Vec<(PathBuf, CountersSnapshot)>,

@@ -240,6 +240,9 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         Request::List => Response::Mounts {
             mounts: layers.mountpoints(),
         },
+        Request::Timings => Response::Timings {
+            text: crate::timing::manager().render(),
+        },
         Request::Stats => Response::Stats {
             mounts: layers.stats().await,
         },

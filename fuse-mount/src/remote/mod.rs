@@ -176,6 +176,10 @@ pub trait LayerMounter: Send + Sync + 'static {
     fn stats(&self) -> BoxFuture<'_, Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)>> {
         Box::pin(async { Vec::new() })
     }
+    /// Latency histograms of where the mounts run, as OpenMetrics families without `# EOF`.
+    fn timings(&self) -> BoxFuture<'_, String> {
+        Box::pin(async { String::new() })
+    }
 }
 
 #[cfg(test)]

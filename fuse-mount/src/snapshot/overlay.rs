@@ -90,6 +90,14 @@ impl OverlaySnapshotter {
         }
     }
 
+    /// The fuse manager's latency histograms as OpenMetrics families ("" without remote).
+    pub async fn mount_timings(&self) -> String {
+        match &self.inner.remote {
+            Some(r) => r.timings().await,
+            None => String::new(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
@@ -476,7 +484,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl Snapshotter for OverlaySnapshotter {
     async fn prepare(&self, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {
-        self.prepare_impl(key, parent, labels).await
+        let started = std::time::Instant::now();
+        let r = self.prepare_impl(key, parent, labels).await;
+        crate::timing::daemon().prepare(started);
+        r
     }
 
     async fn view(&self, key: String, parent: String, labels: Labels) -> Result<Vec<Mount>> {

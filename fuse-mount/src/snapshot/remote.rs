@@ -240,6 +240,10 @@ impl RemoteLayers {
         Ok(self.mounter.unmount_layer(target).await?)
     }
 
+    pub async fn timings(&self) -> String {
+        self.mounter.timings().await
+    }
+
     pub async fn stats(&self) -> Vec<(std::path::PathBuf, crate::fetch::CountersSnapshot)> {
         self.mounter.stats().await
     }
