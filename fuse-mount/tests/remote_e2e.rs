@@ -206,8 +206,14 @@ fn remote_pull_run_restart_remove(mode: &str) {
     assert!(total("teleportd_fuse_bytes_read_total") > 0, "{metrics}");
     assert!(total("teleportd_fuse_bytes_fetched_total") > 0, "{metrics}");
     // The manager's latency histograms reach teleportd's /metrics.
-    assert!(total("teleportd_fuse_op_seconds_count{op=\"read\"}") > 0, "{metrics}");
-    assert!(total("teleportd_range_fetch_seconds_count") > 0, "{metrics}");
+    assert!(
+        total("teleportd_fuse_op_seconds_count{op=\"read\"}") > 0,
+        "{metrics}"
+    );
+    assert!(
+        total("teleportd_range_fetch_seconds_count") > 0,
+        "{metrics}"
+    );
     assert!(total("teleportd_prepare_seconds_count") > 0, "{metrics}");
     assert!(
         reg.metrics().served(ServedKind::ExpandedData) > 0,

@@ -183,3 +183,44 @@ async fn main() -> anyhow::Result<()> {
     daemon::run(cfg, shutdown_signal()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fuse manager setting read from `--config FILE` lands in the one `MountSettings`, the
+    /// command line overrides it, and a spawned manager gets the same values back.
+    #[test]
+    fn mount_settings_come_from_the_toml_file_and_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("teleportd.toml");
+        std::fs::write(
+            &file,
+            "profile_window = 2.5\nno_start_profile = true\ncache_max_bytes = 4096\n",
+        )
+        .unwrap();
+        let argv: Vec<std::ffi::OsString> = vec![
+            "teleportd".into(),
+            "--config".into(),
+            file.clone().into(),
+            "--cache-max-bytes".into(),
+            "8192".into(),
+        ];
+        let argv = emulator::settings_file::splice_config_file(argv, 1).unwrap();
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let want = MountSettings {
+            no_start_profile: true,
+            profile_window: std::time::Duration::from_millis(2500),
+            prefetch_layers: false,
+            cache_max_bytes: Some(8192),
+        };
+        assert_eq!(cli.mount, want);
+        // The manager's command line: teleportd's own flags, parsed by the same Cli.
+        let mut manager_argv: Vec<std::ffi::OsString> = vec!["teleportd".into()];
+        manager_argv.extend(want.to_args());
+        manager_argv.push("fuse-manager".into());
+        let manager = Cli::try_parse_from(manager_argv).unwrap();
+        assert_eq!(manager.mount, want);
+        assert!(matches!(manager.command, Some(Command::FuseManager)));
+    }
+}
