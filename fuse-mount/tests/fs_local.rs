@@ -90,6 +90,8 @@ fn mkdir(p: &Path) -> PathBuf {
 fn opts() -> MountOptions {
     MountOptions {
         prefetch_on_open: false,
+        // These tests count exactly what a read fetches.
+        neighbour_ahead: 0,
         ..Default::default()
     }
 }
@@ -739,4 +741,63 @@ fn fs_node_state_is_private_to_root_and_fixed_at_start() {
     ] {
         assert!(as_nobody(&["ls", p.to_str().unwrap()]).is_none(), "{p:?}");
     }
+}
+
+/// A first start without a profile reads a directory's small files one after another (an
+/// interpreter's imports): the first miss brings its tar neighbours in the same request.
+#[test]
+fn fs_a_small_files_first_miss_fetches_its_neighbours_in_one_request() {
+    if prerequisites().is_none() {
+        return;
+    }
+    const NAMES: [&str; 8] = [
+        "lib/m0.py",
+        "lib/m1.py",
+        "lib/m2.py",
+        "lib/m3.py",
+        "lib/m4.py",
+        "lib/m5.py",
+        "lib/m6.py",
+        "lib/m7.py",
+    ];
+    let files: Vec<Vec<u8>> = (0..NAMES.len())
+        .map(|i| bytes(40 + i as u64, 40_000))
+        .collect();
+    let mut items = vec![Item::Dir("lib", 0o755, 0)];
+    for (name, data) in NAMES.iter().zip(&files) {
+        items.push(Item::File(name, 0o644, 0, data.clone()));
+    }
+    let layer = tar_layer(&items);
+    let read_all = |neighbour_ahead: u64| {
+        let env = env_of(std::slice::from_ref(&layer), false);
+        let _guard = NoMountsLeft(env.root.clone());
+        let m = mkdir(&env.root.join("mnt/m"));
+        let o = MountOptions {
+            neighbour_ahead,
+            ..opts()
+        };
+        let h = mount_merged(&m, env.layers.clone(), &o).unwrap();
+        for (name, want) in NAMES.iter().zip(&files) {
+            assert_eq!(&std::fs::read(m.join(name)).unwrap(), want, "{name}");
+        }
+        let s = h.counters().snapshot();
+        h.unmount().unwrap();
+        s
+    };
+    let alone = read_all(0);
+    let with = read_all(512 << 10);
+    assert!(
+        alone.demand_fetches >= 4,
+        "one request per file or two: {alone:?}"
+    );
+    assert_eq!(
+        with.demand_fetches, 1,
+        "neighbours came with the first miss: {with:?}"
+    );
+    assert_eq!(with.fetch_errors, 0);
+    // Nothing past the layer's end, and no chunk twice.
+    assert!(
+        with.bytes_fetched <= alone.bytes_fetched,
+        "{with:?} vs {alone:?}"
+    );
 }

@@ -260,6 +260,14 @@ impl LayerHandle {
         Ok((first, last - 1))
     }
 
+    /// Whether the chunk holding data byte `offset` is in the node's cache (no fetch).
+    pub fn is_cached(&self, offset: u64) -> bool {
+        self.chunk_span(offset, 1)
+            .ok()
+            .and_then(|(first, _)| self.inner.index.chunks.get(first))
+            .is_some_and(|c| self.inner.client.inner.cache.contains(&c.digest))
+    }
+
     /// Read data-blob bytes `offset..offset+buf.len()` (fetching missing chunks, verified, into
     /// the cache). Fails within the client's read deadline when the registry cannot serve.
     pub fn read_data(&self, offset: u64, buf: &mut [u8], counters: &Counters) -> Result<()> {

@@ -29,6 +29,7 @@ pub(crate) struct TeleportFs {
     pub prefetch_on_open: bool,
     pub prefetch_on_open_max: u64,
     pub read_ahead: u64,
+    pub neighbour_ahead: u64,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -97,12 +98,22 @@ impl TeleportFs {
         let layer = self.layers.get(slot).ok_or(Errno::EIO)?;
         let start = base.checked_add(offset).ok_or(Errno::EIO)?;
         let mut buf = vec![0u8; len as usize];
-        // Read-ahead stays inside this file: past its end lie other files' bytes.
+        // Read-ahead stays inside this file: past its end lie other files' bytes — except on a
+        // small file's first, missing read, where those bytes are the files a start is likely
+        // to open next (the same directory, in tar order), worth one request instead of many.
         let file_end = base.saturating_add(n.size);
-        let fetch_end = start
-            .saturating_add(len)
-            .saturating_add(self.read_ahead)
-            .min(file_end);
+        let fetch_end = if offset == 0
+            && self.neighbour_ahead > 0
+            && n.size <= self.read_ahead
+            && !layer.is_cached(start)
+        {
+            file_end.saturating_add(self.neighbour_ahead)
+        } else {
+            start
+                .saturating_add(len)
+                .saturating_add(self.read_ahead)
+                .min(file_end)
+        };
         layer
             .read_data_ahead(start, &mut buf, fetch_end, &self.counters)
             .map_err(|e| {

@@ -62,6 +62,10 @@ pub struct MountOptions {
     /// request: files are mostly read whole and sequentially, and one more round trip costs
     /// more than these bytes on an in-region link (5 ms at 1 Gbit/s ≈ 600 KB).
     pub read_ahead: u64,
+    /// When the first read of a file of at most `read_ahead` bytes misses, the same request
+    /// also fetches up to this many bytes past the file's end: the files that follow it in the
+    /// layer's data, in tar order (mostly its directory's neighbours). 0 = off.
+    pub neighbour_ahead: u64,
     /// At mount, queue a background fetch of every layer's whole data (low priority).
     pub prefetch_layers: bool,
     /// How long `unmount` waits for the FUSE threads after a clean unmount.
@@ -80,6 +84,7 @@ impl Default for MountOptions {
             prefetch_on_open: true,
             prefetch_on_open_max: 64 << 20,
             read_ahead: 2 << 20,
+            neighbour_ahead: 256 << 10,
             prefetch_layers: false,
             join_timeout: Duration::from_secs(5),
         }
@@ -258,6 +263,7 @@ fn mount_tree(
         prefetch_on_open: opts.prefetch_on_open,
         prefetch_on_open_max: opts.prefetch_on_open_max,
         read_ahead: opts.read_ahead,
+        neighbour_ahead: opts.neighbour_ahead,
     };
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![

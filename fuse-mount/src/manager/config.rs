@@ -32,6 +32,12 @@ pub struct MountSettings {
     /// Size cap of the chunk cache (least recently used packs are evicted); default unbounded.
     #[arg(long, value_name = "BYTES")]
     pub cache_max_bytes: Option<u64>,
+    /// When the first read of a small file misses, also fetch this many bytes of the files that
+    /// follow it in the layer's data (its neighbours in the tar, mostly the same directory) in
+    /// the same request: without a start profile, an interpreter's imports are otherwise one
+    /// round trip each. 0 turns it off.
+    #[arg(long, default_value = "262144", value_name = "BYTES")]
+    pub neighbour_ahead: u64,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -76,6 +82,8 @@ impl MountSettings {
             a.push("--cache-max-bytes".into());
             a.push(max.to_string().into());
         }
+        a.push("--neighbour-ahead".into());
+        a.push(self.neighbour_ahead.to_string().into());
         a
     }
 
@@ -93,6 +101,7 @@ impl MountSettings {
     pub fn mount_options(&self) -> MountOptions {
         MountOptions {
             prefetch_layers: self.prefetch_layers,
+            neighbour_ahead: self.neighbour_ahead,
             ..MountOptions::default()
         }
     }
@@ -126,6 +135,7 @@ impl ManagerConfig {
                 .unwrap_or(u64::MAX),
             prefetch_layers: self.settings.prefetch_layers,
             cache_max_bytes: self.settings.cache_max_bytes,
+            neighbour_ahead: self.settings.neighbour_ahead,
         }
     }
 }

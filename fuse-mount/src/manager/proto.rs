@@ -38,6 +38,8 @@ pub struct Fingerprint {
     pub prefetch_layers: bool,
     #[serde(default)]
     pub cache_max_bytes: Option<u64>,
+    #[serde(default)]
+    pub neighbour_ahead: u64,
 }
 
 /// One layer to mount, as the snapshotter's [`LayerRef`] names it (the registry's `/mount`
