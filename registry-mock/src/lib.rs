@@ -76,6 +76,17 @@ pub struct Config {
     pub limits: Limits,
     /// HTTPS instead of plain HTTP (see [`tls::TlsArgs`]).
     pub tls: Option<tls::Tls>,
+    /// A second listener serving the same registry (store, link emulation, counters) over
+    /// HTTPS, beside a plain-HTTP `listen`: for clients that speak only HTTPS (SOCI's index
+    /// fetches) in a run whose other clients keep plain HTTP. [`start`] only.
+    pub tls_listener: Option<TlsListener>,
+}
+
+/// The address and certificate of [`Config::tls_listener`].
+#[derive(Clone, Debug)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub tls: tls::Tls,
 }
 
 /// Limits against hostile or broken clients. Defined once: these are both the library's
@@ -141,6 +152,7 @@ impl Config {
             check_diff_ids: true,
             limits: Limits::default(),
             tls: None,
+            tls_listener: None,
         }
     }
 }
@@ -148,6 +160,7 @@ impl Config {
 /// A running registry started by [`start`].
 pub struct Registry {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     scheme: &'static str,
     state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -161,6 +174,10 @@ impl Registry {
     /// `http://127.0.0.1:PORT` (`https://` when serving TLS)
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
+    }
+    /// The bound address of [`Config::tls_listener`], if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
     /// Counters as `/metrics` shows them (for tests).
     pub fn metrics(&self) -> &Metrics {
@@ -187,13 +204,36 @@ pub async fn start(cfg: Config) -> Result<Registry> {
             source,
         })?;
     let addr = listener.local_addr()?;
+    let extra = match &cfg.tls_listener {
+        Some(t) => {
+            let l = TcpListener::bind(t.listen)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: t.listen,
+                    source,
+                })?;
+            Some((l, t.tls.clone()))
+        }
+        None => None,
+    };
+    let tls_addr = match &extra {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
     let state = build_state(&cfg, addr)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, state.clone(), cfg.tls.clone(), async move {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(run(
+        listener,
+        state.clone(),
+        cfg.tls.clone(),
+        extra,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Ok(Registry {
         addr,
+        tls_addr,
         scheme: scheme(&cfg),
         state,
         shutdown: Some(tx),
@@ -213,7 +253,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()
     let state = build_state(&cfg, addr)?;
     let scheme = scheme(&cfg);
     tracing::info!(%addr, root = ?cfg.root, "registry-mock listening on {scheme}://{addr}");
-    run(listener, state, cfg.tls.clone(), shutdown).await
+    run(listener, state, cfg.tls.clone(), None, shutdown).await
 }
 
 fn scheme(cfg: &Config) -> &'static str {
@@ -302,10 +342,33 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
     }))
 }
 
+/// The next connection from `listener` (served with `tls`) or from the `extra` HTTPS listener.
+/// Both accepts are cancel-safe, so losing the race drops nothing.
+async fn accept_next(
+    listener: &TcpListener,
+    tls: &Option<tls::Tls>,
+    extra: Option<&(TcpListener, tls::Tls)>,
+) -> (
+    std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    Option<tls::Tls>,
+) {
+    let second = async {
+        match extra {
+            Some((l, t)) => (l.accept().await, Some(t.clone())),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        a = listener.accept() => (a, tls.clone()),
+        b = second => b,
+    }
+}
+
 async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     tls: Option<tls::Tls>,
+    extra: Option<(TcpListener, tls::Tls)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -336,7 +399,7 @@ async fn run(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            (accepted, tls) = accept_next(&listener, &tls, extra.as_ref()) => {
                 let (mut stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
@@ -366,7 +429,6 @@ async fn run(
                 });
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
-                let tls = tls.clone();
                 // A TLS handshake counts against the header-read timeout (it comes first).
                 let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
@@ -394,6 +456,7 @@ async fn run(
         }
     }
     drop(listener);
+    drop(extra);
     sweeper.abort();
     state.expander.shutdown().await;
     // Remove partial uploads of this run.

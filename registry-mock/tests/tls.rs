@@ -206,3 +206,67 @@ async fn silent_client_is_dropped_at_the_header_timeout() {
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     reg.stop().await;
 }
+
+/// `Config::tls_listener`: one registry, two doors. An image pushed over plain HTTP is read by
+/// range over the HTTPS listener (trusting the generated CA), and the bytes show up in the
+/// same `/metrics` counters the plain listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tls_listener_serves_the_same_store_and_counters() {
+    if !require("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    let tls = Tls::self_signed().unwrap();
+    std::fs::write(&ca, tls.ca_pem.as_deref().unwrap()).unwrap();
+    let mut reg = common::start_with(|c| {
+        c.tls_listener = Some(registry_mock::TlsListener {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls,
+        })
+    })
+    .await;
+    assert!(reg.url.starts_with("http://"), "{}", reg.url);
+    let tls_addr = reg.reg().tls_addr().expect("TLS listener bound");
+    let c = common::client();
+    let layer = common::gzip_tar(&[("a.txt", &common::random_bytes(4096, 7))]);
+    let pushed = common::push_image(&c, &reg.url, "two/doors", "v1", &[layer]).await;
+    let (digest, _) = &pushed.layers[0];
+    let before = common::metric(
+        &c,
+        &reg.url,
+        "registry_bytes_served_total{kind=\"layer_blob\"}",
+    )
+    .await;
+    let out = Command::new("curl")
+        .args(["-sSf", "-r", "0-9", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://{tls_addr}/v2/two/doors/blobs/{digest}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 10);
+    let after = common::metric(
+        &c,
+        &reg.url,
+        "registry_bytes_served_total{kind=\"layer_blob\"}",
+    )
+    .await;
+    assert_eq!(
+        after - before,
+        10,
+        "TLS listener's bytes in the shared counters"
+    );
+    // Plain HTTP is not spoken on the TLS door.
+    let plain = c.get(format!("http://{tls_addr}/v2/")).send().await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP answered on the TLS listener: {plain:?}"
+    );
+    reg.stop().await;
+}

@@ -173,7 +173,23 @@ pub async fn start_registry(
     latency: Duration,
     teleport_repos: Vec<String>,
 ) -> Result<registry_mock::Registry> {
+    start_registry_tls(root, bandwidth_bytes_per_sec, latency, teleport_repos, None).await
+}
+
+/// [`start_registry`], with a second listener serving the same registry over HTTPS with `tls`
+/// (on loopback, any free port) for peers that need it.
+pub async fn start_registry_tls(
+    root: &Path,
+    bandwidth_bytes_per_sec: Option<u64>,
+    latency: Duration,
+    teleport_repos: Vec<String>,
+    tls: Option<registry_mock::tls::Tls>,
+) -> Result<registry_mock::Registry> {
     let mut cfg = registry_mock::Config::new(root);
+    cfg.tls_listener = tls.map(|tls| registry_mock::TlsListener {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls,
+    });
     cfg.anonymous_pull = true;
     cfg.link.bandwidth_bytes_per_sec = bandwidth_bytes_per_sec;
     cfg.link.latency = latency;

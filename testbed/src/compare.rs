@@ -2,18 +2,26 @@
 //! (shuttle; teleporter per mount mode) × repetition: recycle → pre-load pause (not counted) →
 //! PullImage (timed) → RunPodSandbox → CreateContainer → StartContainer → ready line; plus one
 //! warm run per node and variant. Bytes come from the registry's `/metrics` deltas.
+//!
+//! With `--peers soci`, SOCI nodes run beside them on the same registry (its TLS listener),
+//! link and counters: after the push the image is copied to one repository per SOCI node,
+//! whose index a helper containerd builds and pushes (timed apart).
 
 use crate::bed::{self, Fixture, NodeSet, StartProfile, Variant, PAUSE_REPO, PAUSE_TAG};
 use crate::cri::PodSpec;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::machine::{MachineInfo, Versions};
+use crate::measurement::HostProbe;
+pub use crate::measurement::{HostState, ImageFacts, NodeOrder, PeerImage, RunSettings, Sample};
 use crate::metrics::{self, Served};
 use crate::node::{MountMode, Node};
+use crate::peers::soci::{self, IndexOptions, SociBed, SociBins, SociNode};
+use crate::peers::Peer;
 use crate::pod::{run_pod, ReadyProbe, RunOptions};
 use crate::report::{LinkSettings, ProcessInfo, Report};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything `compare` needs.
@@ -61,6 +69,18 @@ pub struct CompareOptions {
     pub drop_caches: bool,
     /// Each node's root/state/cache on a new loop-backed ext4 of this size at every recycle.
     pub fresh_fs_bytes: Option<u64>,
+    /// Peer systems measured beside ours (`--peers soci`).
+    pub peers: Vec<Peer>,
+    /// SOCI's binaries (`scripts/get-peers.sh soci`); default: `out/peers/soci` here or in
+    /// the source checkout.
+    pub soci_dir: Option<PathBuf>,
+    /// One SOCI node per `soci create --min-layer-size` (bytes): SOCI's default 10 MiB (node
+    /// `soci`) and 0 (node `soci-min0`, every layer indexed).
+    pub soci_min_layer_sizes: Vec<u64>,
+    /// `soci create --span-size` (SOCI's default 4 MiB).
+    pub soci_span_size: u64,
+    /// SOCI's background fetch (its default: on).
+    pub soci_background_fetch: bool,
 }
 
 impl CompareOptions {
@@ -93,76 +113,145 @@ impl CompareOptions {
             image: None,
             drop_caches: true,
             fresh_fs_bytes: Some(4 << 30),
+            peers: Vec::new(),
+            soci_dir: None,
+            soci_min_layer_sizes: vec![IndexOptions::default().min_layer_size, 0],
+            soci_span_size: IndexOptions::default().span_size,
+            soci_background_fetch: true,
         }
     }
 }
 
-/// One measured pod start.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    pub variant: Variant,
-    pub node: String,
-    pub role: String,
-    pub mount_mode: String,
-    /// `None` for the warm run.
-    pub rep: Option<u32>,
-    pub warm: bool,
-    /// The image's first start on any node of a fresh registry: no learned start profile exists
-    /// yet (teleportd records one). Reported on its own, not in the cold medians.
-    #[serde(default)]
-    pub first_start: bool,
-    /// Teleporters: `learned` (profiles on) or `off` (`--no-start-profile`); shuttle: empty.
-    #[serde(default)]
-    pub start_profile: String,
-    /// The app's working-set seed (0 = the learning set) and overlap with the learning set.
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub overlap: f64,
-    /// Position of this node in the rep's (shuffled) node order.
-    #[serde(default)]
-    pub order: usize,
-    /// Machine state around the sample: 1-minute load average and CPU steal ticks
-    /// (`/proc/stat`), before and after.
-    #[serde(default)]
-    pub host: HostState,
-    pub pull_seconds: Option<f64>,
-    pub sandbox_seconds: f64,
-    pub create_seconds: f64,
-    pub start_seconds: f64,
-    pub ready_seconds: f64,
-    pub entrypoint_elapsed_ms: u64,
-    pub ready_files: u64,
-    pub ready_bytes: u64,
-    pub ready_hash: String,
-    pub served: Served,
-    /// teleportd `/metrics` changes during the run (teleporters only; empty if unavailable).
-    #[serde(default)]
-    pub teleportd_metrics: std::collections::BTreeMap<String, f64>,
+/// The SOCI node's name for an index's `--min-layer-size`: `soci` for SOCI's default.
+pub fn soci_node_name(min_layer_size: u64) -> String {
+    if min_layer_size == IndexOptions::default().min_layer_size {
+        "soci".into()
+    } else if min_layer_size.is_multiple_of(1 << 20) && min_layer_size > 0 {
+        format!("soci-min{}m", min_layer_size >> 20)
+    } else {
+        format!("soci-min{min_layer_size}")
+    }
 }
 
-/// Image facts a report row needs.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ImageFacts {
-    pub variant: Variant,
-    pub reference: String,
-    /// The repository it was pushed to (start profiles are stored per repository).
-    #[serde(default)]
-    pub repo: String,
-    pub manifest_digest: String,
-    pub layers: usize,
-    pub image_bytes: u64,
-    pub compressed_bytes: u64,
-    /// The learning run's hash (fixtures only; empty for an image without a manifest).
-    pub working_set_hash: String,
-    /// Layer digests (to drop their start profiles before each first start).
-    #[serde(default)]
-    pub layer_digests: Vec<String>,
-    /// The image's regular files (fixtures: for each rep's expected hash); not serialised.
-    #[serde(skip)]
-    pub files: Vec<fixtures::RefFile>,
-    pub working_set_files: u64,
-    pub working_set_bytes: u64,
+/// Where SOCI's binaries are: explicit, `./out/peers/soci`, or the source checkout's.
+fn soci_bins(explicit: Option<&Path>) -> Result<SociBins> {
+    if let Some(d) = explicit {
+        return SociBins::in_peer_dir(d);
+    }
+    let here = Path::new(soci::PEER_DIR);
+    if here.join("usr/bin").is_dir() {
+        return SociBins::in_peer_dir(here);
+    }
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(soci::PEER_DIR);
+    SociBins::in_peer_dir(&checkout)
+}
+
+/// A node of the run: one of ours (shuttle, teleporters) or a peer system's.
+enum BedNode {
+    Own(Box<Node>),
+    Soci(Box<SociNode>),
+}
+
+impl BedNode {
+    fn node(&self) -> &Node {
+        match self {
+            BedNode::Own(n) => n,
+            BedNode::Soci(s) => s.node(),
+        }
+    }
+    fn name(&self) -> &str {
+        self.node().name()
+    }
+    fn is_peer(&self) -> bool {
+        matches!(self, BedNode::Soci(_))
+    }
+    fn role(&self) -> &'static str {
+        match self {
+            BedNode::Own(n) => n.kind().role(),
+            BedNode::Soci(_) => "soci",
+        }
+    }
+    fn mount_mode(&self) -> &'static str {
+        match self {
+            BedNode::Own(n) => n.kind().mount_mode_label(),
+            BedNode::Soci(_) => "soci",
+        }
+    }
+    fn start_profile(&self) -> Option<StartProfile> {
+        match self {
+            BedNode::Own(n) => bed::start_profile_of(n),
+            BedNode::Soci(_) => None,
+        }
+    }
+    /// The pause image by the name this node reaches the registry with.
+    fn pause_ref<'a>(&'a self, ours: &'a str) -> &'a str {
+        match self {
+            BedNode::Own(_) => ours,
+            BedNode::Soci(s) => s.sandbox_image(),
+        }
+    }
+    async fn recycle(&mut self) -> Result<()> {
+        match self {
+            BedNode::Own(n) => n.recycle().await,
+            BedNode::Soci(s) => s.recycle().await,
+        }
+    }
+    /// After a SOCI node's last run: stop it, so its background fetch cannot run into the next
+    /// node's sample (it shares the link and the counters). The next recycle starts it again.
+    async fn settle(&mut self) -> Result<()> {
+        match self {
+            BedNode::Own(_) => Ok(()),
+            BedNode::Soci(s) => s.stop().await,
+        }
+    }
+    async fn destroy(self) -> Result<()> {
+        match self {
+            BedNode::Own(n) => (*n).destroy().await,
+            BedNode::Soci(s) => (*s).destroy().await,
+        }
+    }
+}
+
+/// The zTOCs of the SOCI index that refers to `subject` in `repo`, found as SOCI finds it:
+/// through the referrers API (over the registry's plain listener; same store).
+async fn soci_index_facts(
+    http: &reqwest::Client,
+    registry_url: &str,
+    repo: &str,
+    subject: &str,
+) -> Result<(String, usize, u64)> {
+    let get = |url: String| async move {
+        let err = |reason: String| Error::Registry {
+            url: url.clone(),
+            reason,
+        };
+        let r = http
+            .get(&url)
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(err(format!("GET: {}", r.status())));
+        }
+        r.json::<serde_json::Value>()
+            .await
+            .map_err(|e| err(e.to_string()))
+    };
+    let refs = get(format!("{registry_url}/v2/{repo}/referrers/{subject}")).await?;
+    let Some(index) = refs["manifests"]
+        .as_array()
+        .and_then(|m| m.iter().find_map(|d| d["digest"].as_str()))
+        .map(str::to_string)
+    else {
+        return Ok((String::new(), 0, 0));
+    };
+    let m = get(format!("{registry_url}/v2/{repo}/manifests/{index}")).await?;
+    let layers = m["layers"].as_array().cloned().unwrap_or_default();
+    let bytes = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
+    Ok((index, layers.len(), bytes))
 }
 
 fn bar(total: u64, interactive: bool) -> ProgressBar {
@@ -227,11 +316,30 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     } else {
         opts.profile.clone()
     };
-    let registry = bed::start_registry(
+    // SOCI fetches its index and zTOCs over HTTPS only: the registry then also listens with
+    // TLS (same store, link and counters), under a name whose certificate it carries.
+    let soci_bins = if opts.peers.contains(&Peer::Soci) {
+        Some(soci_bins(opts.soci_dir.as_deref())?)
+    } else {
+        None
+    };
+    let tls = match &soci_bins {
+        Some(_) => Some(
+            registry_mock::tls::Tls::self_signed_for(&[soci::REGISTRY_HOST.to_string()])
+                .map_err(|e| Error::Invalid(format!("registry TLS certificate: {e}")))?,
+        ),
+        None => None,
+    };
+    let ca_pem = tls
+        .as_ref()
+        .and_then(|t| t.ca_pem.clone())
+        .unwrap_or_default();
+    let registry = bed::start_registry_tls(
         &reg_root,
         opts.bandwidth_bytes_per_sec,
         opts.latency,
         vec![repo.clone()],
+        tls,
     )
     .await?;
     let host = registry.addr().to_string();
@@ -259,6 +367,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             files: fx.info.files.clone(),
             working_set_files: ws.files,
             working_set_bytes: ws.bytes,
+            peers: Vec::new(),
         });
     }
     for im in &imported {
@@ -277,7 +386,76 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             files: Vec::new(),
             working_set_files: 0,
             working_set_bytes: 0,
+            peers: Vec::new(),
         });
+    }
+
+    // SOCI: each node gets the image in a repository of its own (so the referrers API shows it
+    // only its own index), indexed on the helper containerd after the push.
+    let http = reqwest::Client::new();
+    let pause_path = format!("{PAUSE_REPO}:{PAUSE_TAG}");
+    let soci_bed = match (&soci_bins, registry.tls_addr()) {
+        (Some(bins), Some(tls_addr)) => Some(
+            SociBed::start(
+                &work.join("soci"),
+                bins.clone(),
+                tls_addr,
+                &ca_pem,
+                &pause_path,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    if let Some(sb) = &soci_bed {
+        for (i, img) in facts.iter_mut().enumerate() {
+            for &min in &opts.soci_min_layer_sizes {
+                let node = soci_node_name(min);
+                let peer_repo = format!("{repo}-{node}");
+                let tag = match images.get(i) {
+                    Some(fx) => {
+                        bed::push(fx, &host, &peer_repo).await?;
+                        fx.info.tag.clone()
+                    }
+                    None => {
+                        let im = imported
+                            .iter()
+                            .find(|m| m.variant == img.variant)
+                            .ok_or_else(|| Error::Invalid("imported image missing".into()))?;
+                        bed::push_imported(im, &host, &peer_repo).await?;
+                        im.tag.clone()
+                    }
+                };
+                let reference = sb.reference(&format!("{peer_repo}:{tag}"));
+                let iopts = IndexOptions {
+                    min_layer_size: min,
+                    span_size: opts.soci_span_size,
+                };
+                let (built, took) = match sb.build_index(&reference, iopts).await {
+                    Ok((b, t)) => (Some(b), t),
+                    // Every layer below min-layer-size: no index; the node pulls them whole.
+                    Err(Error::Invalid(m)) if soci::is_empty_index_error(&m) => {
+                        tracing::info!(%reference, min, "no SOCI index: {m}");
+                        (None, Duration::ZERO)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let (index_digest, ztocs, ztoc_bytes) =
+                    soci_index_facts(&http, &registry.url(), &peer_repo, &img.manifest_digest)
+                        .await?;
+                tracing::info!(%reference, min, ztocs, ztoc_bytes, seconds = took.as_secs_f64(), built = built.is_some(), "SOCI index");
+                img.peers.push(PeerImage {
+                    node,
+                    reference,
+                    min_layer_size: min,
+                    span_size: opts.soci_span_size,
+                    index_build_seconds: took.as_secs_f64(),
+                    index_digest,
+                    ztocs,
+                    ztoc_bytes,
+                });
+            }
+        }
     }
 
     let set = NodeSet {
@@ -288,18 +466,42 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         teleportd_args: opts.teleportd_args.clone(),
         fresh_fs_bytes: opts.fresh_fs_bytes,
     };
-    let mut nodes = bed::start_nodes(&work.join("nodes"), &set, &registry).await?;
-    let versions = Versions::detect();
+    let mut nodes: Vec<BedNode> = bed::start_nodes(&work.join("nodes"), &set, &registry)
+        .await?
+        .into_iter()
+        .map(|n| BedNode::Own(Box::new(n)))
+        .collect();
+    if let Some(sb) = &soci_bed {
+        for &min in &opts.soci_min_layer_sizes {
+            let name = soci_node_name(min);
+            let n = sb
+                .start_node(
+                    &name,
+                    &work.join("nodes").join(&name),
+                    opts.soci_background_fetch,
+                    opts.fresh_fs_bytes,
+                    &pause_path,
+                )
+                .await?;
+            nodes.push(BedNode::Soci(Box::new(n)));
+        }
+    }
+    let mut versions = Versions::detect();
+    if let Some(b) = &soci_bins {
+        let exe = b.snapshotter.to_string_lossy().into_owned();
+        versions.soci = crate::process::output_of(&exe, &["--version"])
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+            .unwrap_or_default();
+    }
 
     let learners = nodes
         .iter()
-        .filter(|n| bed::start_profile_of(n) == Some(StartProfile::Learned))
+        .filter(|n| n.start_profile() == Some(StartProfile::Learned))
         .count() as u64;
     let per_image = u64::from(opts.reps) * (nodes.len() as u64 + learners)
         + u64::from(opts.warm_runs) * nodes.len() as u64;
     let total = per_image * facts.len() as u64;
     let pb = bar(total, opts.interactive);
-    let http = reqwest::Client::new();
     let metrics_url = format!("{}/metrics", registry.url());
     let store = registry_mock::store::Store::open(&reg_root).map_err(|e| Error::Registry {
         url: reg_root.display().to_string(),
@@ -315,7 +517,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         for rep in 0..opts.reps {
             for node in nodes
                 .iter_mut()
-                .filter(|n| bed::start_profile_of(n) == Some(StartProfile::Learned))
+                .filter(|n| n.start_profile() == Some(StartProfile::Learned))
             {
                 pb.set_message(format!(
                     "{} {} first start {}",
@@ -325,7 +527,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                 ));
                 drop_profiles(&store, img)?;
                 node.recycle().await?;
-                node.cri().pull_image(&pause_ref).await?;
+                node.node().cri().pull_image(&pause_ref).await?;
                 let run = Run::First(rep);
                 let s = measure(node, img, run, 0, opts, &http, &metrics_url, &pb).await?;
                 samples.push(s);
@@ -356,25 +558,26 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                 ));
                 node.recycle().await?;
                 // The pause image is pre-loaded, not counted (and its bytes are outside the delta).
-                node.cri().pull_image(&pause_ref).await?;
+                node.node()
+                    .cri()
+                    .pull_image(node.pause_ref(&pause_ref))
+                    .await?;
                 let run = Run::Cold(rep);
                 let s = measure(node, img, run, pos, opts, &http, &metrics_url, &pb).await?;
                 samples.push(s);
                 pb.inc(1);
+                if node.is_peer() {
+                    // A peer's warm runs follow its last cold run at once (ours run below),
+                    // then it stops, so its background work ends before the next node runs.
+                    if rep + 1 == opts.reps {
+                        warm_runs(node, img, opts, &http, &metrics_url, &pb, &mut samples).await?;
+                    }
+                    node.settle().await?;
+                }
             }
         }
-        for node in nodes.iter_mut() {
-            for w in 0..opts.warm_runs {
-                pb.set_message(format!(
-                    "{} {} warm {}",
-                    img.variant.as_str(),
-                    node.name(),
-                    w + 1
-                ));
-                let s = measure(node, img, Run::Warm(w), 0, opts, &http, &metrics_url, &pb).await?;
-                samples.push(s);
-                pb.inc(1);
-            }
+        for node in nodes.iter_mut().filter(|n| !n.is_peer()) {
+            warm_runs(node, img, opts, &http, &metrics_url, &pb, &mut samples).await?;
         }
     }
     pb.finish_and_clear();
@@ -393,7 +596,8 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         ],
         config: None,
     }];
-    for n in &nodes {
+    for b in &nodes {
+        let n = b.node();
         let cmdline = |pid: Option<u32>| {
             pid.and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
                 .map(|raw| {
@@ -409,6 +613,13 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             args: cmdline(n.containerd_pid()),
             config: std::fs::read_to_string(&n.paths().config).ok(),
         });
+        if let BedNode::Soci(s) = b {
+            processes.push(ProcessInfo {
+                name: format!("{} soci-snapshotter-grpc", n.name()),
+                args: cmdline(s.soci_pid()),
+                config: Some(s.soci_config_text()),
+            });
+        }
         if n.teleportd_pid().is_some() {
             processes.push(ProcessInfo {
                 name: format!("{} teleportd", n.name()),
@@ -420,6 +631,9 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
 
     for node in nodes.drain(..) {
         node.destroy().await?;
+    }
+    if let Some(sb) = soci_bed {
+        sb.destroy().await?;
     }
     if let Err(e) = registry.shutdown().await {
         tracing::warn!(error = %e, "registry shutdown");
@@ -483,51 +697,6 @@ fn drop_page_cache() {
     }
 }
 
-/// Load average and CPU steal at one instant.
-#[derive(Debug, Clone, Copy, Default)]
-struct HostProbe {
-    load1: f64,
-    steal_ticks: u64,
-}
-
-impl HostProbe {
-    fn now() -> HostProbe {
-        let load1 = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|t| t.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
-        // `cpu  user nice system idle iowait irq softirq steal ...`
-        let steal_ticks = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|t| {
-                let l = t.lines().find(|l| l.starts_with("cpu "))?;
-                l.split_whitespace().nth(8)?.parse().ok()
-            })
-            .unwrap_or(0);
-        HostProbe { load1, steal_ticks }
-    }
-}
-
-/// The machine around one sample.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HostState {
-    pub load1_before: f64,
-    pub load1_after: f64,
-    pub steal_ticks_before: u64,
-    pub steal_ticks_after: u64,
-}
-
-impl HostState {
-    fn between(a: &HostProbe, b: &HostProbe) -> HostState {
-        HostState {
-            load1_before: a.load1,
-            load1_after: b.load1,
-            steal_ticks_before: a.steal_ticks,
-            steal_ticks_after: b.steal_ticks,
-        }
-    }
-}
-
 /// Fisher–Yates with a splitmix64 stream: the same seed gives the same order.
 pub fn shuffle<T>(v: &mut [T], seed: u64) {
     let mut x = seed;
@@ -542,28 +711,6 @@ pub fn shuffle<T>(v: &mut [T], seed: u64) {
         let j = (next() % (i as u64 + 1)) as usize;
         v.swap(i, j);
     }
-}
-
-/// The order the nodes ran in one rep (recorded in the report).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NodeOrder {
-    pub variant: Variant,
-    pub rep: u32,
-    pub nodes: Vec<String>,
-}
-
-/// How the run was made (beside the link and machine) — recorded in report.json.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct RunSettings {
-    pub seed: u64,
-    pub overlap: f64,
-    pub reps: u32,
-    pub warm_runs: u32,
-    pub readers: Option<usize>,
-    pub ready: String,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub node_orders: Vec<NodeOrder>,
 }
 
 /// Which kind of start a measurement is.
@@ -583,9 +730,34 @@ fn working_set_seed(opts: &CompareOptions, run: Run) -> u64 {
     }
 }
 
+/// The warm runs of one node (image present), each a sample.
+#[allow(clippy::too_many_arguments)]
+async fn warm_runs(
+    node: &BedNode,
+    img: &ImageFacts,
+    opts: &CompareOptions,
+    http: &reqwest::Client,
+    metrics_url: &str,
+    pb: &ProgressBar,
+    samples: &mut Vec<Sample>,
+) -> Result<()> {
+    for w in 0..opts.warm_runs {
+        pb.set_message(format!(
+            "{} {} warm {}",
+            img.variant.as_str(),
+            node.name(),
+            w + 1
+        ));
+        let s = measure(node, img, Run::Warm(w), 0, opts, http, metrics_url, pb).await?;
+        samples.push(s);
+        pb.inc(1);
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn measure(
-    node: &Node,
+    bed_node: &BedNode,
     img: &ImageFacts,
     run_kind: Run,
     order: usize,
@@ -594,6 +766,13 @@ async fn measure(
     metrics_url: &str,
     pb: &ProgressBar,
 ) -> Result<Sample> {
+    let node = bed_node.node();
+    // A peer pulls the image from its own repository (with its own index).
+    let image = img
+        .peers
+        .iter()
+        .find(|p| p.node == node.name())
+        .map_or(img.reference.as_str(), |p| p.reference.as_str());
     let pod = format!(
         "{}-{}-{}",
         img.variant.as_str(),
@@ -619,7 +798,7 @@ async fn measure(
     }
     let spec = PodSpec {
         name: pod.clone(),
-        image: img.reference.clone(),
+        image: image.to_string(),
         env,
         log_dir: node.paths().pods.join(&pod),
         cgroup_parent: node.cgroup_parent(),
@@ -665,12 +844,13 @@ async fn measure(
     Ok(Sample {
         variant: img.variant,
         node: node.name().to_string(),
-        role: node.kind().role().to_string(),
-        mount_mode: node.kind().mount_mode_label().to_string(),
+        role: bed_node.role().to_string(),
+        mount_mode: bed_node.mount_mode().to_string(),
         rep,
         warm: matches!(run_kind, Run::Warm(_)),
         first_start: matches!(run_kind, Run::First(_)),
-        start_profile: bed::start_profile_of(node)
+        start_profile: bed_node
+            .start_profile()
             .map(|p| p.as_str().to_string())
             .unwrap_or_default(),
         seed,
@@ -687,6 +867,9 @@ async fn measure(
         ready_bytes: ready.bytes,
         ready_hash: ready.hash,
         served: Served::between(&before, &after),
+        blob_range_requests: after
+            .blob_range_requests()
+            .saturating_sub(before.blob_range_requests()),
         teleportd_metrics: tp_before.delta(&tp_after),
     })
 }

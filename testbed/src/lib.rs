@@ -16,8 +16,9 @@
 //! Modules: [`provision`] (prerequisites), [`node`] (one containerd + optional teleportd, with
 //! recycle), [`mounts`] and [`process`] (teardown by PID and mountinfo), [`cri`] (k8s-cri client
 //! over the node socket), [`pod`] and [`events`] (kubelet's path with `kubectl describe`-style
-//! events), [`bed`] (fixtures, registry, node set), [`compare`] (the plan), [`metrics`]
-//! (registry `/metrics` deltas), [`report`] (md / json / svg),
+//! events), [`bed`] (fixtures, registry, node set), [`compare`] (the plan), [`measurement`]
+//! (samples and image facts, shared by compare and report), [`metrics`] (registry `/metrics`
+//! deltas), [`report`] (md / json / svg), [`peers`] (SOCI nodes),
 //! [`control`] (the `nodes up` control socket).
 
 pub mod cri;
@@ -33,6 +34,7 @@ pub mod compare;
 pub mod control;
 pub mod events;
 pub mod machine;
+pub mod measurement;
 pub mod metrics;
 pub mod peers;
 pub mod pod;

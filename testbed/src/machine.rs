@@ -16,6 +16,9 @@ pub struct Versions {
     pub containerd: String,
     pub runc: String,
     pub testbed: String,
+    /// `soci-snapshotter-grpc --version` when SOCI nodes ran; empty otherwise.
+    #[serde(default)]
+    pub soci: String,
 }
 
 impl MachineInfo {
@@ -68,6 +71,7 @@ impl Versions {
             containerd: first(output_of("containerd", &["--version"])),
             runc: first(output_of("runc", &["--version"])),
             testbed: env!("CARGO_PKG_VERSION").to_string(),
+            soci: String::new(),
         }
     }
 }

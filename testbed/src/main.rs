@@ -183,6 +183,23 @@ struct CompareArgs {
     /// Per-run limit for the app's ready line.
     #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+    /// Peer systems to measure beside ours on the same registry and link: soci (needs
+    /// `bash scripts/get-peers.sh soci`).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// SOCI's unpacked package (default: out/peers/soci here or in the source checkout).
+    #[arg(long)]
+    soci_dir: Option<PathBuf>,
+    /// One SOCI node per `soci create --min-layer-size`: 10MiB (SOCI's default, node `soci`)
+    /// and 0 (node `soci-min0`: every layer indexed).
+    #[arg(long, value_delimiter = ',', default_value = "10MiB,0")]
+    soci_min_layer_size: Vec<String>,
+    /// `soci create --span-size` (SOCI's default 4MiB).
+    #[arg(long, default_value = "4MiB")]
+    soci_span_size: String,
+    /// Turn SOCI's background fetch off (on by default, as SOCI ships).
+    #[arg(long)]
+    soci_no_background_fetch: bool,
 }
 
 fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
@@ -345,6 +362,23 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.seed = a.seed;
     o.readers = a.readers;
     o.ready = a.ready.parse().context("--ready")?;
+    o.peers = a
+        .peers
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<_>>()?;
+    o.soci_dir = a.soci_dir;
+    o.soci_min_layer_sizes = a
+        .soci_min_layer_size
+        .iter()
+        .map(|s| emulator::units::parse_size(s).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()
+        .context("--soci-min-layer-size")?;
+    o.soci_span_size = emulator::units::parse_size(&a.soci_span_size)
+        .map_err(anyhow::Error::msg)
+        .context("--soci-span-size")?;
+    o.soci_background_fetch = !a.soci_no_background_fetch;
     o.command = (!a.command.is_empty()).then_some(a.command);
     o.args = (!a.args.is_empty()).then_some(a.args);
     let report = tokio::select! {

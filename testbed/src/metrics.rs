@@ -19,7 +19,8 @@ pub fn parse(text: &str) -> Scrape {
             continue;
         }
         // Name{labels} value [timestamp]; labels may contain spaces inside quotes.
-        let (series, rest) = match line.find('}') {
+        // The last `}`: label values may hold braces (route templates such as `{name}`).
+        let (series, rest) = match line.rfind('}') {
             Some(i) => (&line[..=i], line[i + 1..].trim()),
             None => match line.split_once(char::is_whitespace) {
                 Some((s, r)) => (s, r.trim()),
@@ -53,6 +54,19 @@ impl Scrape {
             .sum()
     }
 
+    /// Blob GETs the registry answered with 206 Partial Content (ranged reads).
+    pub fn blob_range_requests(&self) -> u64 {
+        let v = self.sum(
+            "registry_requests_total",
+            &[("route", "/v2/{name}/blobs/{digest}"), ("status", "206")],
+        );
+        if v.is_finite() && v > 0.0 {
+            v as u64
+        } else {
+            0
+        }
+    }
+
     /// Registry bytes served of one `kind` (`layer_blob`, `config_blob`, `manifest`,
     /// `expanded_index`, `expanded_data`).
     pub fn served(&self, kind: &str) -> u64 {
@@ -73,6 +87,9 @@ pub struct Served {
     pub manifest: u64,
     pub expanded_index: u64,
     pub expanded_data: u64,
+    /// Layers of referrers (SOCI's zTOCs), apart from image layers.
+    #[serde(default)]
+    pub artifact_blob: u64,
 }
 
 impl Served {
@@ -84,6 +101,7 @@ impl Served {
             manifest: d("manifest"),
             expanded_index: d("expanded_index"),
             expanded_data: d("expanded_data"),
+            artifact_blob: d("artifact_blob"),
         }
     }
 
@@ -145,5 +163,11 @@ mod tests {
         assert_eq!(d.expanded_data, 4995);
         assert_eq!(d.manifest, 7);
         assert_eq!(d.config_blob, 0);
+        // Route templates carry braces inside label values.
+        let r = parse(
+            "registry_requests_total{route=\"/v2/{name}/blobs/{digest}\",method=\"GET\",status=\"206\"} 12\n\
+             registry_requests_total{route=\"/v2/{name}/blobs/{digest}\",method=\"GET\",status=\"200\"} 3\n",
+        );
+        assert_eq!(r.blob_range_requests(), 12);
     }
 }

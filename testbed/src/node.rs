@@ -141,7 +141,7 @@ pub struct NodePaths {
 }
 
 impl NodePaths {
-    fn new(dir: &Path) -> NodePaths {
+    pub fn new(dir: &Path) -> NodePaths {
         // containerd, runc and teleportd need absolute paths (a relative `--out` such as
         // `out/bench-quick` made containerd exit at start).
         let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -165,7 +165,7 @@ impl NodePaths {
     }
 
     /// Directories wiped by a recycle: everything a node learned (images, snapshots, chunks).
-    fn volatile(&self) -> [&Path; 6] {
+    pub fn volatile(&self) -> [&Path; 6] {
         [
             &self.root,
             &self.state,
@@ -238,6 +238,79 @@ pub fn containerd_bin_from_env() -> PathBuf {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("containerd"),
         _ => PathBuf::from("containerd"),
     }
+}
+
+/// A new sparse image of `bytes` under `dir`, `mkfs.ext4` (inode tables written now, so no
+/// lazy init runs in the background during a measurement), loop-mounted at `dir/vol`, and each
+/// of `targets` (directories under `dir`) bind-mounted from it. Unmounting everything under
+/// `dir` releases it (the loop device goes with its last mount).
+pub fn fresh_filesystem(dir: &Path, bytes: u64, targets: &[&Path]) -> Result<()> {
+    let vol = dir.join("vol");
+    mounts::remove_tree(&vol)?;
+    let io = |what: &Path| Error::io(format!("fresh filesystem {}", what.display()));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // A new file name each time: mount(8) reuses a loop device still attached to the same
+    // backing file (released lazily after the last unmount), whose stale cache then makes
+    // the new filesystem look corrupt (EUCLEAN).
+    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("disk.") && n.ends_with(".img") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let img = dir.join(format!("disk.{stamp}.img"));
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(bytes))
+        .map_err(io(&img))?;
+    let run = |prog: &str, args: &[&std::ffi::OsStr]| -> Result<()> {
+        let out = Command::new(prog).args(args).output().map_err(io(&img))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "{prog} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    run(
+        "mkfs.ext4",
+        &[
+            "-q".as_ref(),
+            "-F".as_ref(),
+            "-E".as_ref(),
+            "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
+            img.as_os_str(),
+        ],
+    )?;
+    std::fs::create_dir_all(&vol).map_err(io(&vol))?;
+    run(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "loop".as_ref(),
+            img.as_os_str(),
+            vol.as_os_str(),
+        ],
+    )?;
+    for &d in targets {
+        let name = d
+            .strip_prefix(dir)
+            .unwrap_or(d)
+            .to_string_lossy()
+            .replace('/', "_");
+        let src = vol.join(name);
+        std::fs::create_dir_all(&src).map_err(io(&src))?;
+        std::fs::create_dir_all(d).map_err(io(d))?;
+        run(
+            "mount",
+            &["--bind".as_ref(), src.as_os_str(), d.as_os_str()],
+        )?;
+    }
+    Ok(())
 }
 
 /// `hosts.toml` telling containerd to reach `host` over plain HTTP, or over HTTPS trusting
@@ -543,81 +616,13 @@ impl Node {
         self.boot().await
     }
 
-    /// With `fresh_fs_bytes`: a new sparse image, `mkfs.ext4` (inode tables written now, so no
-    /// lazy init runs in the background during a measurement), loop-mounted at `DIR/vol`, and
-    /// each volatile directory bind-mounted from it. `halt` unmounts them all (the loop device
-    /// is released with its last mount).
+    /// With `fresh_fs_bytes`: the volatile directories on a new filesystem
+    /// ([`fresh_filesystem`]).
     fn fresh_filesystem(&self) -> Result<()> {
-        let Some(bytes) = self.cfg.fresh_fs_bytes else {
-            return Ok(());
-        };
-        let dir = &self.paths.dir;
-        let vol = dir.join("vol");
-        mounts::remove_tree(&vol)?;
-        let io = |what: &Path| Error::io(format!("fresh filesystem {}", what.display()));
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        // A new file name each time: mount(8) reuses a loop device still attached to the same
-        // backing file (released lazily after the last unmount), whose stale cache then makes
-        // the new filesystem look corrupt (EUCLEAN).
-        for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("disk.") && n.ends_with(".img") {
-                let _ = std::fs::remove_file(e.path());
-            }
+        match self.cfg.fresh_fs_bytes {
+            Some(bytes) => fresh_filesystem(&self.paths.dir, bytes, &self.paths.volatile()),
+            None => Ok(()),
         }
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let img = dir.join(format!("disk.{stamp}.img"));
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(bytes))
-            .map_err(io(&img))?;
-        let run = |prog: &str, args: &[&std::ffi::OsStr]| -> Result<()> {
-            let out = Command::new(prog).args(args).output().map_err(io(&img))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(Error::Invalid(format!(
-                    "{prog} {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )))
-            }
-        };
-        run(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-E".as_ref(),
-                "lazy_itable_init=0,lazy_journal_init=0".as_ref(),
-                img.as_os_str(),
-            ],
-        )?;
-        std::fs::create_dir_all(&vol).map_err(io(&vol))?;
-        run(
-            "mount",
-            &[
-                "-o".as_ref(),
-                "loop".as_ref(),
-                img.as_os_str(),
-                vol.as_os_str(),
-            ],
-        )?;
-        for d in self.paths.volatile() {
-            let name = d
-                .strip_prefix(dir)
-                .unwrap_or(d)
-                .to_string_lossy()
-                .replace('/', "_");
-            let src = vol.join(name);
-            std::fs::create_dir_all(&src).map_err(io(&src))?;
-            std::fs::create_dir_all(d).map_err(io(d))?;
-            run(
-                "mount",
-                &["--bind".as_ref(), src.as_os_str(), d.as_os_str()],
-            )?;
-        }
-        Ok(())
     }
 
     /// Stop the node and delete its directory.

@@ -4,9 +4,9 @@
 //! under the table for comparison only; they are never inputs.
 
 use crate::bed::Variant;
-use crate::compare::{ImageFacts, RunSettings, Sample};
 use crate::error::{Error, Result};
 use crate::machine::{MachineInfo, Versions};
+use crate::measurement::{ImageFacts, RunSettings, Sample};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -68,7 +68,7 @@ pub struct Row {
     pub variant: Variant,
     pub layers: usize,
     pub image_bytes: u64,
-    /// Role: `shuttle` or `teleporter`.
+    /// Role: `shuttle`, `teleporter` or a peer's (`soci`).
     pub node: String,
     /// The node's own name (`teleporter-merged-off`, …).
     #[serde(default)]
@@ -95,6 +95,12 @@ pub struct Row {
     /// Median over the cold repetitions.
     pub layer_blob_bytes_downloaded: u64,
     pub expanded_bytes_fetched: u64,
+    /// Median bytes of referrers' layers (SOCI's zTOCs) over the cold repetitions.
+    #[serde(default)]
+    pub artifact_bytes_fetched: u64,
+    /// Median ranged blob GETs (206) over the cold repetitions: lazily read layer parts.
+    #[serde(default)]
+    pub blob_range_requests: u64,
     /// Cold repetitions in this row.
     pub samples: usize,
 }
@@ -165,8 +171,24 @@ pub fn published() -> Vec<Published> {
     ]
 }
 
-/// Version of report.json's layout (bumped when fields change meaning).
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of report.json's layout (bumped when fields change meaning). 3: peer rows (`soci`
+/// role and mount mode), `images[].peers`, `served.artifact_blob`, `blob_range_requests`;
+/// every addition defaults, so 2's reports still load.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// A row's mount mode: ours (`overlayfs`, teleport's) or a peer's.
+fn is_peer_mode(mode: &str) -> bool {
+    mode == "soci"
+}
+
+/// Row order: the standard node, teleport, then peers.
+fn mode_rank(mode: &str) -> u8 {
+    match mode {
+        "overlayfs" => 0,
+        m if is_peer_mode(m) => 2,
+        _ => 1,
+    }
+}
 
 /// One process of the bed as it was started: its arguments and config text.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -254,7 +276,7 @@ impl Report {
             }
             // Shuttle first, then teleporters by name; first starts last (node order is
             // shuffled per rep, so first-seen order is not stable).
-            keys.sort_by_key(|(n, m, f)| (*f, *m != "overlayfs", *n));
+            keys.sort_by_key(|(n, m, f)| (*f, mode_rank(m), *n));
             let std_ready = Stat::of(
                 &samples
                     .iter()
@@ -317,6 +339,12 @@ impl Report {
                     ),
                     expanded_bytes_fetched: median_u64(
                         cold.iter().map(|s| s.served.expanded()).collect(),
+                    ),
+                    artifact_bytes_fetched: median_u64(
+                        cold.iter().map(|s| s.served.artifact_blob).collect(),
+                    ),
+                    blob_range_requests: median_u64(
+                        cold.iter().map(|s| s.blob_range_requests).collect(),
                     ),
                     samples: cold.len(),
                 });
@@ -381,12 +409,13 @@ impl Report {
         let mut s = String::from(
             "variant,node,role,mount_mode,start_profile,first_start,warm,rep,order,seed,overlap,\
              pull_seconds,sandbox_seconds,create_seconds,start_seconds,ready_seconds,\
-             layer_blob_bytes,expanded_bytes,load1_before,load1_after,steal_ticks\n",
+             layer_blob_bytes,expanded_bytes,load1_before,load1_after,steal_ticks,\
+             artifact_bytes,blob_range_requests\n",
         );
         for x in &self.samples {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{},{},{}",
                 x.variant.as_str(),
                 x.node,
                 x.role,
@@ -410,6 +439,8 @@ impl Report {
                 x.host
                     .steal_ticks_after
                     .saturating_sub(x.host.steal_ticks_before),
+                x.served.artifact_blob,
+                x.blob_range_requests,
             );
         }
         s
@@ -418,10 +449,13 @@ impl Report {
     /// The Markdown table: ready is the headline (speed-up = standard ready ÷ this ready).
     pub fn markdown(&self) -> String {
         let mut s = String::new();
+        let peers = self.rows.iter().any(|r| is_peer_mode(&r.mount_mode));
         let _ = writeln!(
             s,
-            "# Standard vs Teleport, time to ready: `{}` (scale {})\n",
-            self.profile, self.scale
+            "# Standard vs Teleport{}, time to ready: `{}` (scale {})\n",
+            if peers { " vs SOCI" } else { "" },
+            self.profile,
+            self.scale
         );
         let l = self.link.latency_ms;
         let link = match &self.link.bandwidth {
@@ -463,6 +497,13 @@ impl Report {
             };
             let bytes = if r.mount_mode == "overlayfs" {
                 human_bytes(r.layer_blob_bytes_downloaded)
+            } else if is_peer_mode(&r.mount_mode) {
+                format!(
+                    "{} blobs ({} ranged GETs) + {} zTOCs",
+                    human_bytes(r.layer_blob_bytes_downloaded),
+                    r.blob_range_requests,
+                    human_bytes(r.artifact_bytes_fetched)
+                )
             } else {
                 format!(
                     "{} blobs + {} expanded",
@@ -472,6 +513,7 @@ impl Report {
             };
             let pull = match (r.mount_mode.as_str(), Stat::cell(r.pull_seconds)) {
                 ("overlayfs", c) => c,
+                (m, c) if is_peer_mode(m) => c,
                 (_, c) => format!("{c} (metadata only)"),
             };
             let _ = writeln!(
@@ -517,6 +559,9 @@ impl Report {
             },
             self.settings.warm_runs,
         );
+        if peers {
+            s.push_str(&self.soci_notes());
+        }
         let _ = writeln!(
             s,
             "**published (Azure, 2021) — for comparison only.** Their figure is kubelet's pull time \
@@ -547,6 +592,56 @@ impl Report {
         s
     }
 
+    /// The SOCI rows' reading: what SOCI ran with and its index builds (timed apart).
+    fn soci_notes(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "**SOCI** (soci-snapshotter {}) runs with its defaults: background fetch **on** (after a \
+             start it fetches whole layers; what it fetched before ready is in the row's bytes, and \
+             the node is stopped after its runs so it never overlaps another node's), span 4 MiB, \
+             and `--min-layer-size` 10 MiB for node `soci`: layers below it get no zTOC and are \
+             pulled whole at pull time. `soci-min0` indexes every layer (`--min-layer-size 0`). \
+             SOCI reaches the same registry (store, link emulation, byte counters) through its \
+             HTTPS listener, the other nodes over plain HTTP. Its pull mounts the indexed layers \
+             and downloads the rest; bytes: blobs (whole small layers and ranged span reads) + \
+             zTOCs. Each SOCI node pulls the image from a repository of its own, where the \
+             referrers API shows it its own index.\n",
+            if self.versions.soci.is_empty() {
+                "?"
+            } else {
+                &self.versions.soci
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| Image | Node | min-layer-size | span | zTOCs (layers indexed of all) | zTOC bytes | index build (`soci create` + `soci push`) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for img in &self.images {
+            for p in &img.peers {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} of {} | {} | {} |",
+                    img.variant.as_str(),
+                    p.node,
+                    size_setting(p.min_layer_size),
+                    size_setting(p.span_size),
+                    p.ztocs,
+                    img.layers,
+                    human_bytes(p.ztoc_bytes),
+                    if p.index_digest.is_empty() {
+                        "no index (every layer below min-layer-size)".to_string()
+                    } else {
+                        format!("{:.2} s", p.index_build_seconds)
+                    },
+                );
+            }
+        }
+        s.push('\n');
+        s
+    }
+
     /// Ready as stacked phases (pull, sandbox, create, start, app until ready), one horizontal
     /// bar per row; a second panel shows the teleport rows on their own scale.
     pub fn svg(&self) -> String {
@@ -562,15 +657,23 @@ impl Report {
             ("start", "#e15759", |p| p.start),
             ("app until ready", "#59a14f", |p| p.app),
         ];
-        let teleport: Vec<&Row> = self
+        let lazy: Vec<&Row> = self
             .rows
             .iter()
             .filter(|r| r.mount_mode != "overlayfs")
             .collect();
+        let peers = lazy.iter().any(|r| is_peer_mode(&r.mount_mode));
         let all: Vec<&Row> = self.rows.iter().collect();
         let panels: Vec<(&str, Vec<&Row>)> = vec![
             ("All rows: median seconds to ready, by phase", all),
-            ("Teleport rows on their own scale", teleport),
+            (
+                if peers {
+                    "Teleport and SOCI rows on their own scale"
+                } else {
+                    "Teleport rows on their own scale"
+                },
+                lazy,
+            ),
         ];
         let panel_h = |n: usize| 40.0 + n as f64 * (BAR_H + GAP) + 30.0;
         let height = 60.0 + panels.iter().map(|(_, r)| panel_h(r.len())).sum::<f64>();
@@ -582,9 +685,10 @@ impl Report {
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="10" y="20" font-size="15">{} (scale {}): time to ready, standard vs Teleport</text>"#,
+            r#"<text x="10" y="20" font-size="15">{} (scale {}): time to ready, standard vs Teleport{}</text>"#,
             xml(&self.profile),
-            self.scale
+            self.scale,
+            if peers { " vs SOCI" } else { "" }
         );
         for (i, (name, color, _)) in phases.iter().enumerate() {
             let x = 10.0 + i as f64 * 130.0;
@@ -729,6 +833,16 @@ fn xml(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A size given as a setting (`10 MiB`, `0`), as the command line takes it.
+fn size_setting(b: u64) -> String {
+    match b {
+        0 => "0".into(),
+        b if b.is_multiple_of(1 << 20) => format!("{} MiB", b >> 20),
+        b if b.is_multiple_of(1 << 10) => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
 pub fn human_bytes(b: u64) -> String {
     let f = b as f64;
     if f >= 1e9 {
@@ -786,6 +900,7 @@ mod tests {
                 layer_blob: blob,
                 ..Default::default()
             },
+            blob_range_requests: 0,
             teleportd_metrics: Default::default(),
         }
     }
@@ -865,6 +980,7 @@ mod tests {
             files: Vec::new(),
             working_set_files: 1,
             working_set_bytes: 1,
+            peers: Vec::new(),
         };
         let r = Report::build(
             "p",
@@ -954,6 +1070,7 @@ mod tests {
                 files: Vec::new(),
                 working_set_files: 1,
                 working_set_bytes: 1,
+                peers: Vec::new(),
             };
             Report::build(
                 "p",
@@ -979,5 +1096,155 @@ mod tests {
         assert_eq!(diff(&old, &mk(1.2), 0.25).regressions, 0);
         assert_eq!(parse_fraction("0.1").unwrap(), 0.1);
         assert!(parse_fraction("x%").is_err());
+    }
+
+    /// A SOCI row sits after teleport's, is measured against the standard node, shows its
+    /// zTOC bytes and ranged reads; the index builds get their own table.
+    #[test]
+    fn soci_rows_beside_ours() {
+        let mut soci = sample("soci-min0", "soci", "soci", Some(0), 0.5, 4.0, 300);
+        soci.served.artifact_blob = 70;
+        soci.blob_range_requests = 9;
+        let samples = vec![
+            soci,
+            sample("shuttle", "overlayfs", "shuttle", Some(0), 10.0, 12.0, 900),
+            sample(
+                "teleporter-merged",
+                "merged",
+                "teleporter",
+                Some(0),
+                1.0,
+                2.0,
+                0,
+            ),
+        ];
+        let img = ImageFacts {
+            variant: Variant::Layered,
+            reference: "r".into(),
+            repo: "tb/app".into(),
+            manifest_digest: "d".into(),
+            layers: 29,
+            image_bytes: 1,
+            compressed_bytes: 1,
+            working_set_hash: "h".into(),
+            layer_digests: Vec::new(),
+            files: Vec::new(),
+            working_set_files: 1,
+            working_set_bytes: 1,
+            peers: vec![crate::measurement::PeerImage {
+                node: "soci-min0".into(),
+                reference: "x/tb/app-soci-min0:v1".into(),
+                min_layer_size: 0,
+                span_size: 4 << 20,
+                index_build_seconds: 1.25,
+                index_digest: "sha256:i".into(),
+                ztocs: 29,
+                ztoc_bytes: 70,
+            }],
+        };
+        let link = LinkSettings {
+            bandwidth_bytes_per_sec: None,
+            bandwidth: None,
+            latency_ms: 0.0,
+        };
+        let r = Report::build(
+            "p",
+            1.0,
+            0.06,
+            link,
+            MachineInfo::detect(),
+            Versions::detect(),
+            vec![img],
+            samples,
+            "pause".into(),
+        );
+        let names: Vec<&str> = r.rows.iter().map(|r| r.node_name.as_str()).collect();
+        assert_eq!(names, ["shuttle", "teleporter-merged", "soci-min0"]);
+        let row = &r.rows[2];
+        assert_eq!(row.node, "soci");
+        assert_eq!(row.speedup_ready, Some(3.0));
+        assert_eq!(
+            (row.artifact_bytes_fetched, row.blob_range_requests),
+            (70, 9)
+        );
+        let md = r.markdown();
+        assert!(md.contains("vs SOCI"), "{md}");
+        assert!(
+            md.contains("| 300 B blobs (9 ranged GETs) + 70 B zTOCs |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| layered | soci-min0 | 0 | 4 MiB | 29 of 29 | 70 B | 1.25 s |"),
+            "{md}"
+        );
+        assert!(md.contains("background fetch **on**"), "{md}");
+        assert!(r
+            .svg()
+            .contains("Teleport and SOCI rows on their own scale"));
+        assert!(r.csv().lines().nth(1).unwrap().ends_with(",70,9"));
+    }
+
+    /// `testbed diff` reads a schema-2 report (no peer fields anywhere).
+    #[test]
+    fn schema_2_reports_still_load() {
+        let samples = vec![sample(
+            "shuttle",
+            "overlayfs",
+            "shuttle",
+            Some(0),
+            1.0,
+            2.0,
+            9,
+        )];
+        let img = ImageFacts {
+            variant: Variant::Layered,
+            reference: "r".into(),
+            repo: String::new(),
+            manifest_digest: "d".into(),
+            layers: 1,
+            image_bytes: 1,
+            compressed_bytes: 1,
+            working_set_hash: "h".into(),
+            layer_digests: Vec::new(),
+            files: Vec::new(),
+            working_set_files: 1,
+            working_set_bytes: 1,
+            peers: Vec::new(),
+        };
+        let link = LinkSettings {
+            bandwidth_bytes_per_sec: None,
+            bandwidth: None,
+            latency_ms: 0.0,
+        };
+        let r = Report::build(
+            "p",
+            1.0,
+            0.06,
+            link,
+            MachineInfo::detect(),
+            Versions::detect(),
+            vec![img],
+            samples,
+            "pause".into(),
+        );
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["schema_version"] = 2.into();
+        v["versions"].as_object_mut().unwrap().remove("soci");
+        v["images"][0].as_object_mut().unwrap().remove("peers");
+        for k in ["artifact_bytes_fetched", "blob_range_requests"] {
+            v["rows"][0].as_object_mut().unwrap().remove(k);
+        }
+        v["samples"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("blob_range_requests");
+        v["samples"][0]["served"]
+            .as_object_mut()
+            .unwrap()
+            .remove("artifact_blob");
+        let old: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(old.schema_version, 2);
+        assert_eq!(old.rows[0].blob_range_requests, 0);
+        assert_eq!(diff(&old, &r, 0.1).regressions, 0);
     }
 }

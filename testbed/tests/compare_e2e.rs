@@ -126,7 +126,7 @@ async fn scaled_compare_measures_both_nodes() {
     ] {
         assert!(json["rows"][0].get(key).is_some(), "rows[0] lacks {key}");
     }
-    assert_eq!(json["schema_version"], 2);
+    assert_eq!(json["schema_version"], testbed::report::SCHEMA_VERSION);
     assert!(json["git_commit"].as_str().is_some());
     assert!(std::fs::read_to_string(out.join("report.md"))
         .unwrap()

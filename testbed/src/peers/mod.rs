@@ -3,3 +3,31 @@
 //! `scripts/get-peers.sh soci`).
 
 pub mod soci;
+
+use crate::error::{Error, Result};
+
+/// A peer system `testbed compare --peers` can add to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Soci,
+}
+
+impl Peer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Peer::Soci => "soci",
+        }
+    }
+}
+
+impl std::str::FromStr for Peer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "soci" => Ok(Peer::Soci),
+            other => Err(Error::Invalid(format!(
+                "unknown peer {other:?} (known: soci; nydus is not wired yet)"
+            ))),
+        }
+    }
+}

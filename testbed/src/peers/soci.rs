@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::mounts;
-use crate::node::{Node, NodeConfig, NodeKind};
+use crate::node::{self, Node, NodeConfig, NodeKind, NodePaths};
 use crate::process::Daemon;
 
 /// The snapshotter name containerd knows SOCI by.
@@ -203,6 +203,10 @@ pub struct SociConfig {
     pub start_timeout: Duration,
     /// SOCI's background fetch of whole layers after a start (its default: on).
     pub background_fetch: bool,
+    /// As the bed's own nodes ([`NodeConfig::fresh_fs_bytes`]): at each start and recycle,
+    /// SOCI's root and `/var/lib` and containerd's volatile directories move onto a new
+    /// loop-backed ext4 of this size. `None`: plain directories.
+    pub fresh_fs_bytes: Option<u64>,
 }
 
 impl SociConfig {
@@ -218,6 +222,7 @@ impl SociConfig {
             containerd_bin: PathBuf::from("containerd"),
             start_timeout: Duration::from_secs(30),
             background_fetch: true,
+            fresh_fs_bytes: None,
         }
     }
 
@@ -271,6 +276,16 @@ impl SociNode {
         self.node.as_ref().expect("SOCI node booted")
     }
 
+    /// CRI's sandbox image on this node (the pause image by the registry's TLS name).
+    pub fn sandbox_image(&self) -> &str {
+        &self.cfg.sandbox_image
+    }
+
+    /// SOCI's config file text.
+    pub fn soci_config_text(&self) -> String {
+        std::fs::read_to_string(self.cfg.soci_dir().join("config.toml")).unwrap_or_default()
+    }
+
     pub fn soci_pid(&self) -> Option<u32> {
         self.soci.as_ref().map(Daemon::pid)
     }
@@ -282,6 +297,14 @@ impl SociNode {
 
     async fn boot(&mut self) -> Result<()> {
         let sd = self.cfg.soci_dir();
+        if let Some(bytes) = self.cfg.fresh_fs_bytes {
+            // Before the namespace exists: it starts as a copy of these mounts.
+            let (root, var_lib) = (sd.join("root"), sd.join("var-lib"));
+            let containerd = NodePaths::new(&self.cfg.dir.join("containerd"));
+            let mut targets: Vec<&Path> = vec![&root, &var_lib];
+            targets.extend(containerd.volatile());
+            node::fresh_filesystem(&self.cfg.dir, bytes, &targets)?;
+        }
         let ns = MountNs::create(
             &sd.join("ns"),
             &sd.join("var-lib"),
@@ -354,6 +377,10 @@ impl SociNode {
             d.stop(Duration::from_secs(10));
         }
         self.ns = None;
+        // The fresh filesystem's mounts (containerd's own are gone with its stop).
+        if let Err(e) = mounts::unmount_all_under(&self.cfg.dir) {
+            tracing::warn!(node = %self.cfg.name, error = %e, "SOCI node unmount");
+        }
     }
 
     /// Stop, wipe everything the node learned (containerd's and SOCI's), start again.
@@ -377,6 +404,21 @@ impl SociNode {
         self.halt_soci();
         mounts::remove_tree(&self.cfg.dir)
     }
+}
+
+impl Drop for SociNode {
+    fn drop(&mut self) {
+        // containerd first (its Drop stops it), then SOCI, the namespace and the mounts.
+        self.node = None;
+        self.halt_soci();
+    }
+}
+
+/// Whether a failed `soci create` said it made no zTOC at all (every layer below
+/// `--min-layer-size`): then the image simply has no index and SOCI pulls it whole.
+pub fn is_empty_index_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("soci create") && (m.contains("no ztoc") || m.contains("too small"))
 }
 
 /// What building an image's SOCI index printed.
@@ -454,4 +496,121 @@ pub async fn build_index(
     mounts::remove_tree(work)?;
     tracing::info!(image, %create, %push, "SOCI index built and pushed");
     Ok(IndexBuild { create, push, list })
+}
+
+/// The SOCI side of a comparison: the registry's TLS listener by its loopback name, the CA and
+/// hosts files, and a helper containerd (in its own namespace) that builds the indexes.
+#[derive(Debug)]
+pub struct SociBed {
+    pub bins: SociBins,
+    /// `REGISTRY_HOST:PORT` of the registry's TLS listener.
+    pub host: String,
+    pub ca: PathBuf,
+    pub hosts: PathBuf,
+    dir: PathBuf,
+    // Field order is drop order: the helper before its namespace.
+    helper: Option<Node>,
+    _helper_ns: MountNs,
+}
+
+impl SociBed {
+    /// Write the CA and hosts files under `dir` and start the helper containerd; `tls_addr` is
+    /// the registry's TLS listener (loopback), `pause` the pause image's `repo:tag` there.
+    pub async fn start(
+        dir: &Path,
+        bins: SociBins,
+        tls_addr: std::net::SocketAddr,
+        ca_pem: &str,
+        pause: &str,
+    ) -> Result<SociBed> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, ca_pem).map_err(Error::io(format!("write {}", ca.display())))?;
+        let hosts = dir.join("hosts");
+        write_hosts_file(&hosts, REGISTRY_HOST, tls_addr.ip())?;
+        let host = format!("{REGISTRY_HOST}:{}", tls_addr.port());
+        let ns = MountNs::create(
+            &dir.join("helper-ns/ns"),
+            &dir.join("helper-ns/var-lib"),
+            Some(&hosts),
+        )?;
+        let mut hc = NodeConfig::new("soci-helper", &dir.join("helper"), NodeKind::Shuttle);
+        hc.sandbox_image = format!("{host}/{pause}");
+        hc.registries = vec![host.clone()];
+        hc.registry_ca = Some(ca.clone());
+        hc.command_prefix = ns.prefix();
+        let helper = Node::start(hc).await?;
+        Ok(SociBed {
+            bins,
+            host,
+            ca,
+            hosts,
+            dir,
+            helper: Some(helper),
+            _helper_ns: ns,
+        })
+    }
+
+    /// `REGISTRY_HOST:PORT/path` (`path` = `repo:tag`).
+    pub fn reference(&self, path: &str) -> String {
+        format!("{}/{path}", self.host)
+    }
+
+    /// The helper pulls `image`, then [`build_index`] runs on it; returns the build and the
+    /// seconds of `soci create` + `soci push` alone (the helper's pull is not counted).
+    pub async fn build_index(
+        &self,
+        image: &str,
+        opts: IndexOptions,
+    ) -> Result<(IndexBuild, Duration)> {
+        let helper = self.helper()?;
+        helper.cri().pull_image(image).await?;
+        let t = Instant::now();
+        let b = build_index(
+            &self.bins,
+            helper,
+            image,
+            opts,
+            &self.ca,
+            Some(&self.hosts),
+            &self.dir.join("index"),
+        )
+        .await?;
+        Ok((b, t.elapsed()))
+    }
+
+    fn helper(&self) -> Result<&Node> {
+        self.helper
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("SOCI helper stopped".into()))
+    }
+
+    /// A SOCI node of the bed reaching the registry by its TLS name.
+    pub async fn start_node(
+        &self,
+        name: &str,
+        dir: &Path,
+        background_fetch: bool,
+        fresh_fs_bytes: Option<u64>,
+        pause: &str,
+    ) -> Result<SociNode> {
+        let mut c = SociConfig::new(name, dir, self.bins.clone(), &self.host, &self.ca);
+        c.hosts = Some(self.hosts.clone());
+        c.sandbox_image = self.reference(pause);
+        c.background_fetch = background_fetch;
+        c.fresh_fs_bytes = fresh_fs_bytes;
+        c.containerd_bin = node::containerd_bin_from_env();
+        SociNode::start(c).await
+    }
+
+    /// Stop the helper and remove the bed's files.
+    pub async fn destroy(mut self) -> Result<()> {
+        if let Some(h) = self.helper.take() {
+            h.destroy().await?;
+        }
+        let dir = self.dir.clone();
+        drop(self);
+        mounts::remove_tree(&dir)
+    }
 }
