@@ -214,6 +214,45 @@ impl BedNode {
     }
 }
 
+/// GET a JSON document (a manifest, a referrers list) from the registry's plain listener.
+async fn get_json(http: &reqwest::Client, url: String) -> Result<serde_json::Value> {
+    let err = |reason: String| Error::Registry {
+        url: url.clone(),
+        reason,
+    };
+    let r = http
+        .get(&url)
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if !r.status().is_success() {
+        return Err(err(format!("GET: {}", r.status())));
+    }
+    r.json::<serde_json::Value>()
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+/// The largest layer (compressed bytes) of the image `digest` in `repo`.
+async fn largest_layer(
+    http: &reqwest::Client,
+    registry_url: &str,
+    repo: &str,
+    digest: &str,
+) -> Result<u64> {
+    let m = get_json(http, format!("{registry_url}/v2/{repo}/manifests/{digest}")).await?;
+    Ok(m["layers"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .filter_map(|l| l["size"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0))
+}
+
 /// The zTOCs of the SOCI index that refers to `subject` in `repo`, found as SOCI finds it:
 /// through the referrers API (over the registry's plain listener; same store).
 async fn soci_index_facts(
@@ -222,33 +261,23 @@ async fn soci_index_facts(
     repo: &str,
     subject: &str,
 ) -> Result<(String, usize, u64)> {
-    let get = |url: String| async move {
-        let err = |reason: String| Error::Registry {
-            url: url.clone(),
-            reason,
-        };
-        let r = http
-            .get(&url)
-            .header("accept", "application/vnd.oci.image.manifest.v1+json")
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        if !r.status().is_success() {
-            return Err(err(format!("GET: {}", r.status())));
-        }
-        r.json::<serde_json::Value>()
-            .await
-            .map_err(|e| err(e.to_string()))
-    };
-    let refs = get(format!("{registry_url}/v2/{repo}/referrers/{subject}")).await?;
+    let refs = get_json(
+        http,
+        format!("{registry_url}/v2/{repo}/referrers/{subject}"),
+    )
+    .await?;
     let Some(index) = refs["manifests"]
         .as_array()
-        .and_then(|m| m.iter().find_map(|d| d["digest"].as_str()))
+        .and_then(|m| {
+            m.iter()
+                .filter(|d| d["artifactType"].as_str() == Some(soci::INDEX_ARTIFACT_TYPE))
+                .find_map(|d| d["digest"].as_str())
+        })
         .map(str::to_string)
     else {
         return Ok((String::new(), 0, 0));
     };
-    let m = get(format!("{registry_url}/v2/{repo}/manifests/{index}")).await?;
+    let m = get_json(http, format!("{registry_url}/v2/{repo}/manifests/{index}")).await?;
     let layers = m["layers"].as_array().cloned().unwrap_or_default();
     let bytes = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
     Ok((index, layers.len(), bytes))
@@ -434,8 +463,17 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                 let (built, took) = match sb.build_index(&reference, iopts).await {
                     Ok((b, t)) => (Some(b), t),
                     // Every layer below min-layer-size: no index; the node pulls them whole.
+                    // (SOCI says the same when every layer failed: check the sizes.)
                     Err(Error::Invalid(m)) if soci::is_empty_index_error(&m) => {
-                        tracing::info!(%reference, min, "no SOCI index: {m}");
+                        let largest =
+                            largest_layer(&http, &registry.url(), &peer_repo, &img.manifest_digest)
+                                .await?;
+                        if largest >= min {
+                            return Err(Error::Invalid(format!(
+                                "{m} (but a layer of {largest} bytes is not below --min-layer-size {min})"
+                            )));
+                        }
+                        tracing::info!(%reference, min, largest, "no SOCI index: {m}");
                         (None, Duration::ZERO)
                     }
                     Err(e) => return Err(e),
@@ -471,6 +509,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         .into_iter()
         .map(|n| BedNode::Own(Box::new(n)))
         .collect();
+    let mut peer_processes = Vec::new();
     if let Some(sb) = &soci_bed {
         for &min in &opts.soci_min_layer_sizes {
             let name = soci_node_name(min);
@@ -483,6 +522,16 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                     &pause_path,
                 )
                 .await?;
+            peer_processes.push(ProcessInfo {
+                name: format!("{name} containerd"),
+                args: cmdline(n.node().containerd_pid()),
+                config: std::fs::read_to_string(&n.node().paths().config).ok(),
+            });
+            peer_processes.push(ProcessInfo {
+                name: format!("{name} soci-snapshotter-grpc"),
+                args: cmdline(n.soci_pid()),
+                config: Some(n.soci_config_text()),
+            });
             nodes.push(BedNode::Soci(Box::new(n)));
         }
     }
@@ -593,33 +642,23 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             format!("latency={:?}", opts.latency),
             format!("teleport_repos={repo}"),
             "anonymous_pull=true".into(),
+            format!(
+                "tls_listener={}",
+                registry
+                    .tls_addr()
+                    .map_or("none".into(), |a| format!("{a} ({})", soci::REGISTRY_HOST))
+            ),
         ],
         config: None,
     }];
-    for b in &nodes {
-        let n = b.node();
-        let cmdline = |pid: Option<u32>| {
-            pid.and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
-                .map(|raw| {
-                    raw.split(|b| *b == 0)
-                        .filter(|a| !a.is_empty())
-                        .map(|a| String::from_utf8_lossy(a).into_owned())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        };
+    // SOCI nodes are stopped after their runs: recorded when they started.
+    processes.append(&mut peer_processes);
+    for n in nodes.iter().filter(|b| !b.is_peer()).map(BedNode::node) {
         processes.push(ProcessInfo {
             name: format!("{} containerd", n.name()),
             args: cmdline(n.containerd_pid()),
             config: std::fs::read_to_string(&n.paths().config).ok(),
         });
-        if let BedNode::Soci(s) = b {
-            processes.push(ProcessInfo {
-                name: format!("{} soci-snapshotter-grpc", n.name()),
-                args: cmdline(s.soci_pid()),
-                config: Some(s.soci_config_text()),
-            });
-        }
         if n.teleportd_pid().is_some() {
             processes.push(ProcessInfo {
                 name: format!("{} teleportd", n.name()),
@@ -670,6 +709,18 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     report.processes = processes;
     report.write(&opts.out)?;
     Ok(report)
+}
+
+/// A running process's arguments (empty when it is gone).
+fn cmdline(pid: Option<u32>) -> Vec<String> {
+    pid.and_then(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Drop the learned start profiles of `img`'s layers in its repository, so the next start is a

@@ -597,7 +597,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "**SOCI** (soci-snapshotter {}) runs with its defaults: background fetch **on** (after a \
+            "**SOCI** (`{}`) runs with its defaults: background fetch **on** (after a \
              start it fetches whole layers; what it fetched before ready is in the row's bytes, and \
              the node is stopped after its runs so it never overlaps another node's), span 4 MiB, \
              and `--min-layer-size` 10 MiB for node `soci`: layers below it get no zTOC and are \

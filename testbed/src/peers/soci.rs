@@ -24,6 +24,10 @@ use crate::mounts;
 use crate::node::{self, Node, NodeConfig, NodeKind, NodePaths};
 use crate::process::Daemon;
 
+/// The artifact type of a SOCI 0.4 index (its config's media type), as the referrers API lists
+/// it.
+pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.amazon.soci.index.v1+json";
+
 /// The snapshotter name containerd knows SOCI by.
 pub const SNAPSHOTTER: &str = "soci";
 
@@ -60,6 +64,9 @@ pub struct SociBins {
 impl SociBins {
     /// The binaries unpacked by `get-peers.sh` under `peer_dir` (`<peer_dir>/usr/bin/...`).
     pub fn in_peer_dir(peer_dir: &Path) -> Result<SociBins> {
+        // Absolute: they run through `nsenter --mount`, which starts them at the namespace's `/`.
+        let peer_dir = std::path::absolute(peer_dir)
+            .map_err(Error::io(format!("resolve {}", peer_dir.display())))?;
         let bin = peer_dir.join("usr/bin");
         let b = SociBins {
             soci: bin.join("soci"),
@@ -414,8 +421,9 @@ impl Drop for SociNode {
     }
 }
 
-/// Whether a failed `soci create` said it made no zTOC at all (every layer below
-/// `--min-layer-size`): then the image simply has no index and SOCI pulls it whole.
+/// Whether a failed `soci create` said it made no zTOC at all (SOCI 0.4: "no ztocs created,
+/// all layers either skipped or produced errors"): with every layer below `--min-layer-size`
+/// the image simply has no index and SOCI pulls it whole (the caller checks the sizes).
 pub fn is_empty_index_error(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("soci create") && (m.contains("no ztoc") || m.contains("too small"))
