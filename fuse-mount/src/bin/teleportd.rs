@@ -213,6 +213,7 @@ mod tests {
             profile_window: std::time::Duration::from_millis(2500),
             prefetch_layers: false,
             cache_max_bytes: Some(8192),
+            neighbour_ahead: 256 << 10,
         };
         assert_eq!(cli.mount, want);
         // The manager's command line: teleportd's own flags, parsed by the same Cli.

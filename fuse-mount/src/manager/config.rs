@@ -153,6 +153,7 @@ mod tests {
                 profile_window: Duration::from_millis(2500),
                 prefetch_layers: true,
                 cache_max_bytes: Some(1 << 30),
+                neighbour_ahead: 0,
             },
         ];
         for s in cases {
@@ -168,6 +169,7 @@ mod tests {
         assert!(d.start_profile() && !d.prefetch_layers && d.cache_max_bytes.is_none());
         assert_eq!(d.profile_window, Duration::from_secs(10));
         assert_eq!(d.client_options().profile_window, Duration::from_secs(10));
+        assert_eq!(d.mount_options().neighbour_ahead, 256 << 10);
         assert!(Only::try_parse_from(["t", "--profile-window", "-1"]).is_err());
     }
 }
