@@ -167,17 +167,10 @@ impl Drop for Containerd {
 
 /// Unmount every mount point at or below `dir`, deepest first (best effort: used in cleanup).
 pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
+    let points: Vec<PathBuf> = fuse_mount::mountinfo::under(dir)
+        .into_iter()
+        .map(|m| m.mount_point)
         .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
     for p in points {
         let ok = Command::new("umount")
             .arg(&p)
@@ -188,23 +181,4 @@ pub fn unmount_under(dir: &Path) {
             let _ = Command::new("umount").arg("-l").arg(&p).status();
         }
     }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            if let Some(Ok(v)) = s.get(i + 1..i + 4).map(|o| u8::from_str_radix(o, 8)) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -21,23 +21,6 @@ use common::stack::{content_of, index_of, layers_of};
 use emulator::{merge, EntryKind, Index};
 use proptest::prelude::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn prerequisites_ok() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "merge_realfs needs root in CI"
-    );
-    eprintln!("skipping merge_realfs: not root");
-    false
-}
-
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
@@ -303,7 +286,7 @@ proptest! {
 
     #[test]
     fn merge_equals_real_extraction(specs in layers_of(8, 10)) {
-        if !prerequisites_ok() {
+        if !testkit::require(&[testkit::Need::Root]) {
             return Ok(());
         }
         let idx: Vec<Index> = specs.iter().enumerate().map(|(i, s)| index_of(i, s)).collect();

@@ -234,7 +234,7 @@ async fn remote_layers(cfg: &Config) -> Result<(RemoteLayers, Arc<ManagerClient>
     let root = cfg.root.clone();
     let stale = tokio::task::spawn_blocking(move || {
         detach_below(&root, |m| {
-            !m.fstype.starts_with("fuse") || live.contains(&m.mountpoint)
+            !m.fs_type.starts_with("fuse") || live.contains(&m.mount_point)
         })
     })
     .await
@@ -269,13 +269,13 @@ fn detach_below(root: &Path, keep: impl Fn(&crate::manager::MountEntry) -> bool)
         if keep(&m) {
             continue;
         }
-        match crate::fs::detach(&m.mountpoint) {
+        match crate::fs::detach(&m.mount_point) {
             Ok(()) => {
-                info!(mountpoint = %m.mountpoint.display(), fstype = %m.fstype, "detached stale mount");
+                info!(mountpoint = %m.mount_point.display(), fstype = %m.fs_type, "detached stale mount");
                 n += 1;
             }
             Err(e) => {
-                warn!(mountpoint = %m.mountpoint.display(), error = %e, "detaching stale mount")
+                warn!(mountpoint = %m.mount_point.display(), error = %e, "detaching stale mount")
             }
         }
     }

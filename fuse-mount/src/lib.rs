@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod labels;
 pub mod manager;
 pub mod metrics;
+pub mod mountinfo;
 pub mod private;
 pub mod remote;
 pub mod snapshot;

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{mounts_under, Containerd, Teleportd, TestDir};
 use node_api::snapshots::{snapshots_client::SnapshotsClient, ListSnapshotsRequest};
+use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 
 const IMAGE: &str = "teleport.test/e2e/app:1";
 
@@ -74,7 +72,7 @@ fn assert_layered_view(out: &str) {
 
 #[test]
 fn containerd_pulls_runs_restarts_and_removes_through_teleportd() {
-    if !common::prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -85,7 +83,7 @@ fn containerd_pulls_runs_restarts_and_removes_through_teleportd() {
     let ctrd = Containerd::start(&dir.join("ctrd"), &socket);
 
     let archive = dir.join("image.tar");
-    common::test_image(&archive, IMAGE);
+    testkit::test_image(&archive, IMAGE);
     ctrd.ctr(&[
         "images",
         "import",
@@ -120,7 +118,7 @@ fn containerd_pulls_runs_restarts_and_removes_through_teleportd() {
     let out = run_container(&ctrd, "c1");
     assert_layered_view(&out);
     // containerd removes the container's snapshot from the backend in its background GC.
-    common::wait_for(
+    testkit::wait_for(
         "GC of the container snapshot",
         Duration::from_secs(30),
         || (backend_snapshots(&socket) == backend).then_some(()),
@@ -137,7 +135,7 @@ fn containerd_pulls_runs_restarts_and_removes_through_teleportd() {
     drop(td);
     let td = Teleportd::start(&root, &socket, &dir.join("teleportd.log"));
     assert_eq!(backend_snapshots(&socket), backend);
-    let out = common::wait_for("containerd to reconnect", Duration::from_secs(20), || {
+    let out = testkit::wait_for("containerd to reconnect", Duration::from_secs(20), || {
         let o = ctrd.ctr_raw(&["snapshots", "--snapshotter", "teleportd", "ls"]);
         o.status
             .success()
@@ -156,15 +154,15 @@ fn containerd_pulls_runs_restarts_and_removes_through_teleportd() {
         "/bin/busybox",
         "sh",
         "-c",
-        common::TREE_CMD,
+        testkit::TREE_CMD,
     ]);
-    assert_eq!(tree, common::expected_tree());
+    assert_eq!(tree, testkit::expected_tree());
 
     // Removing the image garbage-collects every snapshot in the backend and on disk.
     ctrd.ctr(&["images", "rm", "--sync", IMAGE]);
     let left = ctrd.ctr(&["snapshots", "--snapshotter", "teleportd", "ls"]);
     assert_eq!(left.lines().count(), 1, "only the header remains: {left}");
-    common::wait_for("GC of the image snapshots", Duration::from_secs(30), || {
+    testkit::wait_for("GC of the image snapshots", Duration::from_secs(30), || {
         backend_snapshots(&socket).is_empty().then_some(())
     });
     assert_eq!(

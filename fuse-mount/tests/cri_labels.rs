@@ -5,13 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{mounts_under, Containerd, Teleportd, TestDir};
+use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 use fuse_mount::labels::{
     LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_TARGET_REF,
 };
@@ -44,7 +41,7 @@ async fn committed(socket: &std::path::Path) -> Vec<(String, String, BTreeMap<St
 
 #[test]
 fn cri_pull_delivers_the_layer_labels_to_teleportd() {
-    if !common::prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -57,28 +54,8 @@ fn cri_pull_delivers_the_layer_labels_to_teleportd() {
         .unwrap();
     let image = format!("{}/e2e/cri:1", reg.addr());
     let archive = dir.join("image.tar");
-    common::test_image(&archive, "unused.test/app:1");
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            "--digestfile",
-        ])
-        .arg(dir.join("digest"))
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest_digest = std::fs::read_to_string(dir.join("digest"))
-        .unwrap()
-        .trim()
-        .to_string();
+    testkit::test_image(&archive, "unused.test/app:1");
+    let manifest_digest = testkit::registry::skopeo_push(&archive, &image).to_string();
     let manifest: serde_json::Value = rt.block_on(async {
         reqwest::Client::new()
             .get(format!(

@@ -4,24 +4,13 @@
 //! flags overriding the file. Needs root and FUSE (teleportd's fuse manager).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Teleportd, TestDir};
+use testkit::{ManagerGuard, Teleportd, TestDir};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd");
-
-/// Stops the fuse manager teleportd leaves behind (`keep_fuse_manager = true`).
-struct ManagerGuard(PathBuf);
-
-impl Drop for ManagerGuard {
-    fn drop(&mut self) {
-        let _ = fuse_mount::daemon::kill_manager(&self.0);
-    }
-}
 
 /// `ExecStart=` of a unit file, split into words (the units use no quoting).
 fn exec_start(unit: &str) -> Vec<String> {
@@ -110,15 +99,7 @@ fn unit_command(config: &Path, extra: &[&str]) -> Command {
 
 #[test]
 fn unit_runs_teleportd_from_the_example_toml_and_checks_the_login() {
-    if !common::prerequisites() {
-        return;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI: /dev/fuse missing"
-        );
-        eprintln!("SKIPPED: no /dev/fuse");
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();

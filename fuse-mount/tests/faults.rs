@@ -7,68 +7,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{mounts_under, wait_for, Containerd, Teleportd, TestDir};
 use fuse_mount::manager::pid_alive;
 use node_api::cri::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
 use sha2::{Digest, Sha256};
+use testkit::{mounts_under, wait_for, Containerd, ManagerGuard, Teleportd, TestDir, Tmpfs};
 
 const REPO: &str = "tele/faults";
 
-/// FUSE mount points under `dir` (from /proc/self/mountinfo).
 fn fuse_mounts(dir: &Path) -> Vec<PathBuf> {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(" - fuse"))
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(&d))
-        .map(PathBuf::from)
-        .collect()
-}
-
-/// Stops whatever manager a failed test left.
-struct ManagerGuard(PathBuf);
-
-impl Drop for ManagerGuard {
-    fn drop(&mut self) {
-        let _ = fuse_mount::daemon::kill_manager(&self.0);
-    }
-}
-
-/// A tmpfs of `size` on `dir`; unmounted on drop (lazily if still busy).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
+    testkit::fuse_mounts_under(dir)
 }
 
 fn sha(b: &[u8]) -> String {
@@ -76,7 +28,7 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn busybox_sha() -> String {
-    sha(&std::fs::read(common::BUSYBOX).unwrap())
+    sha(&std::fs::read(testkit::BUSYBOX).unwrap())
 }
 
 fn registry_config(dir: &Path) -> registry_mock::Config {
@@ -110,18 +62,8 @@ impl Node {
         let addr = reg.addr();
         let image = format!("{addr}/{REPO}:1");
         let archive = dir.join("image.tar");
-        common::test_image(&archive, "unused.test/app:1");
-        let out = Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-            .arg(format!("oci-archive:{}:1", archive.display()))
-            .arg(format!("docker://{image}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        testkit::test_image(&archive, "unused.test/app:1");
+        testkit::registry::skopeo_push(&archive, &image);
         let socket = dir.join("teleportd.sock");
         let root = dir.join("teleportd");
         let targs: Vec<String> = [
@@ -152,7 +94,7 @@ impl Node {
                     ..Default::default()
                 })
                 .await
-                .unwrap_or_else(|e| panic!("pull: {e}\n{}", common::tail(&td.log_text(), 30)));
+                .unwrap_or_else(|e| panic!("pull: {e}\n{}", testkit::tail(&td.log_text(), 30)));
         });
         // Remote layers are attached on first use: a container's rootfs (created, never
         // started, so nothing has read a file yet).
@@ -222,24 +164,9 @@ impl Node {
     }
 }
 
-fn prerequisites() -> bool {
-    if !common::prerequisites() {
-        return false;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI: /dev/fuse missing"
-        );
-        eprintln!("SKIPPED: no /dev/fuse");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn registry_down_during_a_lazy_read_is_eio_in_bounded_time_then_reads_recover() {
-    if !prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -276,7 +203,7 @@ fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 
 #[test]
 fn fuse_manager_sigkilled_mid_read_fails_the_reader_and_the_next_teleportd_recovers() {
-    if !prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -345,7 +272,7 @@ fn fuse_manager_sigkilled_mid_read_fails_the_reader_and_the_next_teleportd_recov
 
 #[test]
 fn a_full_cache_disk_never_fails_or_corrupts_16_concurrent_lazy_readers() {
-    if !prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -355,7 +282,7 @@ fn a_full_cache_disk_never_fails_or_corrupts_16_concurrent_lazy_readers() {
     let tmpfs = Tmpfs::mount(&cache, "256k");
     let node = Node::start(dir, &cache);
     let want = busybox_sha();
-    assert!(std::fs::metadata(common::BUSYBOX).unwrap().len() > 4 * 256 * 1024);
+    assert!(std::fs::metadata(testkit::BUSYBOX).unwrap().len() > 4 * 256 * 1024);
     let f = node.busybox_layer.join("bin/busybox");
     let results: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..16).map(|_| s.spawn(|| std::fs::read(&f))).collect();
@@ -388,7 +315,7 @@ fn a_full_cache_disk_never_fails_or_corrupts_16_concurrent_lazy_readers() {
 #[test]
 fn sixteen_lazy_readers_of_one_layer_all_get_correct_bytes() {
     use fuse_mount::fetch::{Client, ClientOptions, MountStatus};
-    if !prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -398,25 +325,8 @@ fn sixteen_lazy_readers_of_one_layer_all_get_correct_bytes() {
         .block_on(registry_mock::start(registry_config(dir)))
         .unwrap();
     let archive = dir.join("image.tar");
-    common::test_image(&archive, "unused.test/app:1");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg("--digestfile")
-        .arg(dir.join("digest"))
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{}/{REPO}:1", reg.addr()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest: emulator::Digest = std::fs::read_to_string(dir.join("digest"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    testkit::test_image(&archive, "unused.test/app:1");
+    let digest = testkit::registry::skopeo_push(&archive, &format!("{}/{REPO}:1", reg.addr()));
     let url = reg.url();
     let probe = Client::new(
         &url,

@@ -98,7 +98,7 @@ fn opts() -> MountOptions {
 
 #[test]
 fn fs_merged_view_equals_overlay_of_per_layer_mounts() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -210,7 +210,7 @@ fn fs_merged_view_equals_overlay_of_per_layer_mounts() {
 
 #[test]
 fn fs_reads_fetch_only_what_is_read_and_the_cache_serves_later_mounts() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -280,7 +280,7 @@ fn fs_reads_fetch_only_what_is_read_and_the_cache_serves_later_mounts() {
 
 #[test]
 fn fs_concurrent_reads_of_one_chunk_fetch_it_once() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -336,7 +336,7 @@ fn fs_concurrent_reads_of_one_chunk_fetch_it_once() {
 
 #[test]
 fn fs_corrupt_data_is_an_error_not_served() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(true);
@@ -359,7 +359,7 @@ fn fs_corrupt_data_is_an_error_not_served() {
 
 #[test]
 fn fs_busy_mount_is_detached_and_open_files_keep_reading() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -379,7 +379,7 @@ fn fs_busy_mount_is_detached_and_open_files_keep_reading() {
 /// (no timed assertion); asserts nothing was fetched and the tree is complete.
 #[test]
 fn fs_mount_of_many_layers_reads_no_data() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let _ = tracing_subscriber::fmt()
@@ -466,7 +466,7 @@ fn fs_mount_of_many_layers_reads_no_data() {
 
 #[test]
 fn fs_background_layer_prefetch_fills_the_cache() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -513,7 +513,7 @@ fn fs_background_layer_prefetch_fills_the_cache() {
 
 #[test]
 fn fs_first_read_fetches_the_rest_of_the_file_in_one_request() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -564,7 +564,7 @@ fn fs_first_read_fetches_the_rest_of_the_file_in_one_request() {
 
 #[test]
 fn fs_read_ahead_around_cached_chunks_fetches_only_the_missing_runs() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let env = env_with(false);
@@ -623,7 +623,7 @@ fn mode(p: &Path) -> u32 {
 
 #[test]
 fn fs_mounts_are_nosuid_but_a_containers_setuid_binary_still_works() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     // `id -u` prints the effective uid: 0 when its setuid bit takes effect.
@@ -664,17 +664,17 @@ fn fs_mounts_are_nosuid_but_a_containers_setuid_binary_still_works() {
         Some("0"),
         "setuid inside the container still works"
     );
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == dirs[0].to_str())
+    let m = fuse_mount::mountinfo::under(&dirs[0])
+        .into_iter()
+        .find(|m| m.mount_point == dirs[0])
         .unwrap();
-    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    let opts: Vec<&str> = m.options.split(',').collect();
+    assert!(opts.contains(&"nosuid") && opts.contains(&"nodev"), "{m:?}");
 }
 
 #[test]
 fn fs_node_state_is_private_to_root_and_fixed_at_start() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

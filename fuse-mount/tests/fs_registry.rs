@@ -5,7 +5,6 @@
 
 mod fs_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,54 +16,15 @@ use fuse_mount::fs::{mount_layer, mount_merged, MountOptions};
 const REPO: &str = "apps/teleported";
 const USER: (&str, &str) = ("alice", "s3cret");
 
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
-
-async fn put_blob(reg: &registry_client::RegistryClient, bytes: Vec<u8>) -> (Digest, u64) {
-    let d = Digest::sha256_of(&bytes);
-    reg.push_blob(REPO, &d, &bytes).await.unwrap();
-    (d, bytes.len() as u64)
-}
-
 /// Push the test image (gzip layers); returns the manifest digest.
 async fn push(base: &str) -> Digest {
-    let creds = Credentials::new(USER.0, USER.1);
-    let http = registry_client::RegistryClient::new(base, Some(creds), Default::default()).unwrap();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
     let mut tars = test_layers();
     tars.push(extra_layer());
-    for tar in tars {
-        diff_ids.push(Digest::sha256_of(&tar).to_string());
-        layers.push(put_blob(&http, gzip(&tar)).await);
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let (cd, cs) = put_blob(&http, serde_json::to_vec(&config).unwrap()).await;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cs},
-        "layers": layers.iter().map(|(d, s)| serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.to_string(), "size": s,
-        })).collect::<Vec<_>>(),
-    });
-    let body = serde_json::to_vec(&manifest).unwrap();
-    let md = Digest::sha256_of(&body);
-    http.put_manifest(
-        REPO,
-        "v1",
-        "application/vnd.oci.image.manifest.v1+json",
-        &body,
-    )
-    .await
-    .unwrap();
-    md
+    let layers: Vec<Vec<u8>> = tars.iter().map(|t| testkit::image::gzip(t)).collect();
+    let c = testkit::registry::client();
+    testkit::registry::push_image_as(&c, base, Some(USER), REPO, "v1", &layers)
+        .await
+        .manifest
 }
 
 fn wait_ready(client: &Client, digest: &Digest) -> MountInfo {
@@ -92,7 +52,7 @@ fn mkdir(p: &Path) -> PathBuf {
 
 #[test]
 fn fs_registry_lazy_mount_cache_and_outage() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -4,17 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
-use common::{mounts_under, Containerd, Teleportd, TestDir};
 use registry_mock::metrics::ServedKind;
+use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 
 #[test]
 fn pull_from_registry_unpacks_through_teleportd() {
-    if !common::prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -28,18 +25,8 @@ fn pull_from_registry_unpacks_through_teleportd() {
     let image = format!("{}/e2e/app:1", reg.addr());
 
     let archive = dir.join("image.tar");
-    common::test_image(&archive, "unused.test/app:1");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::test_image(&archive, "unused.test/app:1");
+    testkit::registry::skopeo_push(&archive, &image);
 
     let socket = dir.join("teleportd.sock");
     let td = Teleportd::start(&dir.join("teleportd"), &socket, &dir.join("teleportd.log"));
@@ -90,7 +77,7 @@ fn pull_from_registry_unpacks_through_teleportd() {
     );
 
     ctrd.ctr(&["images", "rm", "--sync", &image]);
-    common::wait_for("snapshots GC", Duration::from_secs(30), || {
+    testkit::wait_for("snapshots GC", Duration::from_secs(30), || {
         let s = ctrd.ctr(&["snapshots", "--snapshotter", "teleportd", "ls"]);
         (s.lines().count() == 1).then_some(())
     });

@@ -3,13 +3,11 @@
 //! is `openssl s_server -www` (answers every GET with 200), started and stopped by PID here.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Teleportd, TestDir};
+use testkit::{Teleportd, TestDir};
 
 struct Server(Child);
 
@@ -57,7 +55,7 @@ fn openssl(dir: &Path) -> Option<(Server, String)> {
         .spawn()
         .ok()?;
     let server = Server(child);
-    common::wait_for("openssl s_server", Duration::from_secs(10), || {
+    testkit::wait_for("openssl s_server", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     Some((server, format!("https://127.0.0.1:{port}")))

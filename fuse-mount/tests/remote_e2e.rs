@@ -5,12 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
-use common::{mounts_under, Containerd, Teleportd, TestDir};
+use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 use fuse_mount::labels::LABEL_REMOTE;
 use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
@@ -43,14 +40,7 @@ async fn remote_committed(socket: &std::path::Path) -> usize {
 }
 
 fn fuse_mounts(dir: &std::path::Path) -> usize {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.contains(" - fuse") && l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&d))
-        })
-        .count()
+    testkit::fuse_mounts_under(dir).len()
 }
 
 fn run(ctrd: &Containerd, image: &str, id: &str) -> String {
@@ -64,7 +54,7 @@ fn run(ctrd: &Containerd, image: &str, id: &str) -> String {
         "/bin/busybox",
         "sh",
         "-c",
-        common::TREE_CMD,
+        testkit::TREE_CMD,
     ])
 }
 
@@ -82,15 +72,7 @@ fn merged_mode() {
 /// layer, or one merged mount per image when a container needs it), container view identical
 /// to a standard pull's.
 fn remote_pull_run_restart_remove(mode: &str) {
-    if !common::prerequisites() {
-        return;
-    }
-    if !std::path::Path::new("/dev/fuse").exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI: /dev/fuse missing"
-        );
-        eprintln!("SKIPPED: no /dev/fuse");
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -101,18 +83,8 @@ fn remote_pull_run_restart_remove(mode: &str) {
     let reg = rt.block_on(registry_mock::start(cfg)).unwrap();
     let image = format!("{}/tele/app:1", reg.addr());
     let archive = dir.join("image.tar");
-    common::test_image(&archive, "unused.test/app:1");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::test_image(&archive, "unused.test/app:1");
+    testkit::registry::skopeo_push(&archive, &image);
 
     let socket = dir.join("teleportd.sock");
     let root = dir.join("teleportd");
@@ -150,7 +122,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
                 ..Default::default()
             })
             .await
-            .unwrap_or_else(|e| panic!("pull: {e}\n{}", common::tail(&td.log_text(), 30)));
+            .unwrap_or_else(|e| panic!("pull: {e}\n{}", testkit::tail(&td.log_text(), 30)));
     });
     assert_eq!(
         reg.metrics().served(ServedKind::LayerBlob),
@@ -165,14 +137,14 @@ fn remote_pull_run_restart_remove(mode: &str) {
 
     // The pull warms the image ahead of its first start: both layer indexes are fetched in the
     // background (nothing mounted yet), and the container's mounts then fetch no index again.
-    common::wait_for("indexes fetched ahead", Duration::from_secs(30), || {
+    testkit::wait_for("indexes fetched ahead", Duration::from_secs(30), || {
         let n = std::fs::read_dir(cache.join("index")).ok()?.count();
         (n == 2).then_some(())
     });
     let index_bytes = reg.metrics().served(ServedKind::ExpandedIndex);
     assert!(index_bytes > 0);
     let out = run(&ctrd, &image, &format!("{mode}-c1"));
-    assert_eq!(out, common::expected_tree());
+    assert_eq!(out, testkit::expected_tree());
     assert_eq!(
         fuse_mounts(dir),
         after_run,
@@ -227,16 +199,16 @@ fn remote_pull_run_restart_remove(mode: &str) {
     drop(td);
     let td = Teleportd::start_with(&root, &socket, &log, &targs);
     let after_restart = if mode == "merged" { 0 } else { 2 };
-    common::wait_for("re-mounted layers", Duration::from_secs(30), || {
+    testkit::wait_for("re-mounted layers", Duration::from_secs(30), || {
         (fuse_mounts(dir) == after_restart).then_some(())
     });
     // containerd's proxy client reconnects with backoff.
-    common::wait_for("containerd to reconnect", Duration::from_secs(30), || {
+    testkit::wait_for("containerd to reconnect", Duration::from_secs(30), || {
         let o = ctrd.ctr_raw(&["snapshots", "--snapshotter", "teleportd", "ls"]);
         o.status.success().then_some(())
     });
     let out = run(&ctrd, &image, &format!("{mode}-c2"));
-    assert_eq!(out, common::expected_tree());
+    assert_eq!(out, testkit::expected_tree());
     assert_eq!(
         fuse_mounts(dir),
         after_run,
@@ -255,7 +227,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
             .await
             .unwrap();
     });
-    common::wait_for("GC of remote snapshots", Duration::from_secs(30), || {
+    testkit::wait_for("GC of remote snapshots", Duration::from_secs(30), || {
         (rt.block_on(remote_committed(&socket)) == 0).then_some(())
     });
     assert_eq!(fuse_mounts(dir), 0, "removed snapshots are unmounted");
@@ -263,17 +235,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
     // The same image in a repository that is not teleport-enabled: teleportd falls back, and
     // containerd downloads and unpacks it as usual.
     let plain = format!("{}/plain/app:1", reg.addr());
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{plain}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::registry::skopeo_push(&archive, &plain);
     let before = reg.metrics().served(ServedKind::LayerBlob);
     rt.block_on(async {
         let ch = node_api::connect(&ctrd.address).await.unwrap();
@@ -295,7 +257,7 @@ fn remote_pull_run_restart_remove(mode: &str) {
     assert_eq!(rt.block_on(remote_committed(&socket)), 0);
     assert_eq!(fuse_mounts(dir), 0);
     let out = run(&ctrd, &plain, &format!("{mode}-plain"));
-    assert_eq!(out, common::expected_tree());
+    assert_eq!(out, testkit::expected_tree());
     drop(ctrd);
     drop(td);
     rt.block_on(reg.shutdown()).unwrap();

@@ -4,49 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
 use fuse_mount::fetch::{Credentials, MountStatus};
 use fuse_mount::remote::http::{HttpResolver, HttpResolverConfig};
 use fuse_mount::remote::ImageRef;
 
-fn push(archive: &std::path::Path, dest: &str, digest_file: &std::path::Path) -> String {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "u:p",
-        ])
-        .arg("--digestfile")
-        .arg(digest_file)
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(digest_file)
-        .unwrap()
-        .trim()
-        .to_string()
+fn push(archive: &std::path::Path, dest: &str) -> String {
+    testkit::registry::skopeo_push_with(archive, dest, &["--dest-creds", "u:p"]).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolver_talks_teleport_to_the_registry() {
-    if Command::new("skopeo").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI: skopeo missing"
-        );
-        eprintln!("SKIPPED: skopeo missing");
+    if !testkit::require(&[testkit::Need::Skopeo]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -58,13 +28,13 @@ async fn resolver_talks_teleport_to_the_registry() {
     let host = reg.addr().to_string();
 
     let archive = dir.path().join("image.tar");
-    common::test_image(&archive, "x.test/app:1");
-    let (a, h, df) = (archive.clone(), host.clone(), dir.path().join("d1"));
-    let tele = tokio::task::spawn_blocking(move || push(&a, &format!("{h}/tele/app:1"), &df))
+    testkit::test_image(&archive, "x.test/app:1");
+    let (a, h) = (archive.clone(), host.clone());
+    let tele = tokio::task::spawn_blocking(move || push(&a, &format!("{h}/tele/app:1")))
         .await
         .unwrap();
-    let (a, h, df) = (archive.clone(), host.clone(), dir.path().join("d2"));
-    let plain = tokio::task::spawn_blocking(move || push(&a, &format!("{h}/plain/app:1"), &df))
+    let (a, h) = (archive.clone(), host.clone());
+    let plain = tokio::task::spawn_blocking(move || push(&a, &format!("{h}/plain/app:1")))
         .await
         .unwrap();
 

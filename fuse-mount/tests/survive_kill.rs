@@ -6,16 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{mounts_under, wait_for, Containerd, Teleportd, TestDir};
 use fuse_mount::manager::pid_alive;
 use node_api::cri::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
 use sha2::{Digest, Sha256};
+use testkit::{mounts_under, wait_for, Containerd, ManagerGuard, Teleportd, TestDir};
 
 #[test]
 fn per_layer_mode() {
@@ -28,31 +25,11 @@ fn merged_mode() {
 }
 
 fn fuse_mounts(dir: &Path) -> usize {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.contains(" - fuse") && l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&d))
-        })
-        .count()
+    testkit::fuse_mounts_under(dir).len()
 }
 
 fn manager_pid(root: &Path) -> u32 {
     fuse_mount::manager::read_pid(root).expect("fuse-manager.pid")
-}
-
-/// Stops whatever manager a failed test left (the same function the testbed uses).
-struct ManagerGuard(PathBuf);
-
-impl Drop for ManagerGuard {
-    fn drop(&mut self) {
-        if let Ok(c) = fuse_mount::daemon::kill_manager(&self.0) {
-            if c.stopped.is_some() || !c.detached.is_empty() {
-                eprintln!("cleaned up after the test: {c:?}");
-            }
-        }
-    }
 }
 
 /// PID of task `id` once it runs.
@@ -112,7 +89,7 @@ fn check_reads_through(ctrd: &Containerd, id: &str, pid: u32) {
     );
     assert_eq!(
         sha256_file(&proc.join("root/bin/busybox")),
-        sha256_file(Path::new(common::BUSYBOX))
+        sha256_file(Path::new(testkit::BUSYBOX))
     );
     // And from inside the container (containerd → shim → runc exec; no snapshotter involved).
     static EXECS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -135,15 +112,7 @@ fn check_reads_through(ctrd: &Containerd, id: &str, pid: u32) {
 }
 
 fn survive_kill(mode: &str) {
-    if !common::prerequisites() {
-        return;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI: /dev/fuse missing"
-        );
-        eprintln!("SKIPPED: no /dev/fuse");
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();
@@ -154,18 +123,8 @@ fn survive_kill(mode: &str) {
     let reg = rt.block_on(registry_mock::start(cfg)).unwrap();
     let image = format!("{}/tele/app:1", reg.addr());
     let archive = dir.join("image.tar");
-    common::test_image(&archive, "unused.test/app:1");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}:1", archive.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::test_image(&archive, "unused.test/app:1");
+    testkit::registry::skopeo_push(&archive, &image);
 
     let socket = dir.join("teleportd.sock");
     let root = dir.join("teleportd");
@@ -203,7 +162,7 @@ fn survive_kill(mode: &str) {
                 ..Default::default()
             })
             .await
-            .unwrap_or_else(|e| panic!("pull: {e}\n{}", common::tail(&td.log_text(), 30)));
+            .unwrap_or_else(|e| panic!("pull: {e}\n{}", testkit::tail(&td.log_text(), 30)));
     });
 
     // A container that holds a file of a remote layer open and keeps running.
@@ -247,7 +206,7 @@ fn survive_kill(mode: &str) {
         td.log_text()
             .contains("connected to the running fuse manager"),
         "{}",
-        common::tail(&td.log_text(), 30)
+        testkit::tail(&td.log_text(), 30)
     );
     assert_eq!(fuse_mounts(dir), mounted, "mounts reused as they are");
     wait_for("containerd to reconnect", Duration::from_secs(30), || {
@@ -264,9 +223,9 @@ fn survive_kill(mode: &str) {
         "/bin/busybox",
         "sh",
         "-c",
-        common::TREE_CMD,
+        testkit::TREE_CMD,
     ]);
-    assert_eq!(out, common::expected_tree());
+    assert_eq!(out, testkit::expected_tree());
     check_reads_through(&ctrd, &c1, pid);
     assert_eq!(fuse_mounts(dir), mounted);
 
@@ -280,8 +239,8 @@ fn survive_kill(mode: &str) {
         manager_pid(&root),
         manager,
         "{}\n{}",
-        common::tail(&td.log_text(), 30),
-        common::tail(
+        testkit::tail(&td.log_text(), 30),
+        testkit::tail(
             &std::fs::read_to_string(root.join("fuse-manager.log")).unwrap_or_default(),
             30
         )
@@ -289,7 +248,7 @@ fn survive_kill(mode: &str) {
     assert!(
         td.log_text().contains("its mounts are in use"),
         "{}",
-        common::tail(&td.log_text(), 30)
+        testkit::tail(&td.log_text(), 30)
     );
     assert_eq!(fuse_mounts(dir), mounted, "nothing detached");
     check_reads_through(&ctrd, &c1, pid);
@@ -391,7 +350,7 @@ fn survive_kill(mode: &str) {
 /// manager of the root.
 #[test]
 fn manager_reuse_replacement_and_kill() {
-    if !common::prerequisites() {
+    if !testkit::prerequisites() {
         return;
     }
     let t = TestDir::new();

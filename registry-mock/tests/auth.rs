@@ -2,11 +2,9 @@
 //! basic auth on /v2, anonymous pull, and the 401 challenge.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
-use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::registry::*;
 
 async fn token(
     c: &reqwest::Client,

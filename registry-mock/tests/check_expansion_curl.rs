@@ -5,13 +5,11 @@
 //! 404 for a repository that is not teleport-enabled.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use reqwest::Client;
 use serde_json::Value;
+use testkit::registry::*;
 
 async fn sh(script: &str) -> String {
     let out = tokio::process::Command::new("sh")

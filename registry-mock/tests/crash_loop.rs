@@ -5,66 +5,30 @@
 //! the HTTP endpoint are polled.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use emulator::Digest;
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::registry::RegistryProcess;
 
 const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    testkit::wait_for(what, Duration::from_secs(120), f)
 }
 
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn serve(root: &Path) -> RegistryProcess {
+    RegistryProcess::start(
+        root,
+        &["--teleport-repos", "boom", "--expansion-workers", "1"],
+    )
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn serve(root: &Path, c: &Client) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_registry-mock"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--root")
-        .arg(root)
-        .args(["--teleport-repos", "boom", "--expansion-workers", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    poll("registry up", || {
-        c.get(format!("{url}/v2/"))
-            .send()
-            .ok()
-            .filter(|r| r.status() == StatusCode::OK)
-    });
-    Server { child, url }
-}
-
-fn kill(mut s: Server) {
-    s.child.kill().unwrap(); // SIGKILL
-    s.child.wait().unwrap();
+fn kill(mut s: RegistryProcess) {
+    s.kill9(); // SIGKILL, reaped
 }
 
 fn push(c: &Client, url: &str, bytes: Vec<u8>) -> Digest {
@@ -110,7 +74,7 @@ fn sigkilled_expansions_fail_the_layer_after_three_attempts() {
     layer.extend_from_slice(&[0; 1024]);
     let diff_id = Digest::sha256_of(&layer);
 
-    let mut s = serve(root, &c);
+    let mut s = serve(root);
     let config = serde_json::to_vec(&json!({"architecture":"amd64","os":"linux",
         "rootfs":{"type":"layers","diff_ids":[diff_id.as_str()]}}))
     .unwrap();
@@ -137,7 +101,7 @@ fn sigkilled_expansions_fail_the_layer_after_three_attempts() {
             state(root, &ld).filter(|v| v["state"] == "expanding" && v["attempts"] == attempt)
         });
         kill(s);
-        s = serve(root, &c);
+        s = serve(root);
     }
     // The fourth start does not run it again.
     let r = c

@@ -1,11 +1,9 @@
 //! OCI Distribution v1.1 conformance of the registry's routes, over real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
-use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::registry::*;
 
 #[tokio::test]
 async fn base_and_unknown_route() {

@@ -3,13 +3,11 @@
 //! that disagrees with the body, the anonymous catalog, and manifest DELETE.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use testkit::registry::*;
 
 async fn bearer(c: &reqwest::Client, url: &str, scope: &str) -> String {
     let host = url.trim_start_matches("http://");

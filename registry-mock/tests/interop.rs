@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use testkit::{Containerd, Need};
 
 use fixtures::{profile, BuildOptions, ImageInfo, PushOptions, Reference};
 use registry_mock::{Config, Registry};
@@ -21,39 +22,6 @@ use tokio::process::Command;
 
 const USER: &str = "alice";
 const PASS: &str = "s3cret-pass";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|v| v.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Fail loudly in CI, skip with a reason elsewhere.
-fn require(ok: bool, what: &str) -> bool {
-    if !ok {
-        assert!(!in_ci(), "CI=true but prerequisite missing: {what}");
-        eprintln!("SKIP: {what} not available");
-    }
-    ok
-}
 
 /// The scaled fixture, built once per test binary under the target's tmp dir.
 fn image() -> &'static (PathBuf, ImageInfo) {
@@ -165,7 +133,7 @@ fn layout_manifest(dir: &Path, tag: &str) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_push_copy_pull_roundtrip() {
-    if !require(have("skopeo"), "skopeo") {
+    if !testkit::require(&[Need::Skopeo]) {
         return;
     }
     let (dir, info) = image();
@@ -239,7 +207,7 @@ async fn skopeo_push_copy_pull_roundtrip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_and_pusher_with_credentials() {
-    if !require(have("skopeo"), "skopeo") {
+    if !testkit::require(&[Need::Skopeo]) {
         return;
     }
     let (dir, info) = image();
@@ -309,120 +277,20 @@ async fn skopeo_and_pusher_with_credentials() {
 
 /// A private containerd (own root, state, sockets; CRI off) stopped by PID in Drop, with any
 /// mount it left under its directory unmounted.
-struct Containerd {
-    child: Option<std::process::Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
-    }
-
-    async fn start() -> Containerd {
-        // Short path: unix socket paths are limited to 108 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("tb-ctrd-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let p = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{debug}\"\n\
-             [metrics]\n  address = \"\"\n",
-            root = p.join("root").display(),
-            state = p.join("state").display(),
-            sock = p.join("c.sock").display(),
-            debug = p.join("debug.sock").display(),
-        );
-        std::fs::write(p.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(p.join("containerd.log")).unwrap();
-        let child = std::process::Command::new("containerd")
-            .arg("--config")
-            .arg(p.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let c = Containerd {
-            child: Some(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = c
-                .ctr()
-                .arg("version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .unwrap();
-            if v.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd not ready: {}",
-                std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        c
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(self.sock());
-        c
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        // Unmount anything left under our directory, deepest first.
-        let prefix = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&m)
-                .status();
-        }
-    }
+/// `ctr` against the test kit's containerd, as a tokio command (the registry serves from this
+/// runtime meanwhile).
+fn ctr(ctrd: &Containerd) -> Command {
+    Command::from(ctrd.ctr_command())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_plain_http_with_and_without_credentials() {
-    if !require(
-        have("skopeo") && have("containerd") && have("ctr"),
-        "skopeo, containerd and ctr",
-    ) || !require(is_root(), "root (containerd)")
-    {
+    if !testkit::require(&[Need::Skopeo, Need::Containerd, Need::Root]) {
         return;
     }
     let (dir, info) = image();
-    let ctrd = Containerd::start().await;
+    let t = testkit::TestDir::new();
+    let ctrd = Containerd::plain(&t.path().join("ctrd"));
 
     // Anonymous registry.
     let open = Reg::start(false, &[]).await;
@@ -434,8 +302,7 @@ async fn containerd_pulls_plain_http_with_and_without_credentials() {
     .unwrap();
     assert_eq!(r.manifest_digest, info.manifest_digest);
     let image_ref = format!("{}/ctr/open:1", open.host());
-    let out = run(ctrd
-        .ctr()
+    let out = run(ctr(&ctrd)
         .args(["images", "pull", "--plain-http"])
         .arg(&image_ref))
     .await;
@@ -451,14 +318,12 @@ async fn containerd_pulls_plain_http_with_and_without_credentials() {
     o.user = Some(registry_client::Credentials::new(USER, PASS));
     fixtures::push(&o).await.unwrap();
     let image_ref = format!("{}/ctr/secure:1", secure.host());
-    let anon = run(ctrd
-        .ctr()
+    let anon = run(ctr(&ctrd)
         .args(["images", "pull", "--plain-http"])
         .arg(&image_ref))
     .await;
     assert!(!anon.status.success(), "anonymous ctr pull must be refused");
-    let out = run(ctrd
-        .ctr()
+    let out = run(ctr(&ctrd)
         .args([
             "images",
             "pull",
@@ -477,7 +342,7 @@ async fn containerd_pulls_plain_http_with_and_without_credentials() {
 }
 
 async fn assert_listed(ctrd: &Containerd, image_ref: &str, digest: &str) {
-    let out = run(ctrd.ctr().args(["images", "ls"])).await;
+    let out = run(ctr(ctrd).args(["images", "ls"])).await;
     assert!(out.status.success());
     let ls = String::from_utf8_lossy(&out.stdout);
     let line = ls
@@ -514,7 +379,7 @@ async fn check_expansion_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teleport_push_then_check_expansion_cli() {
-    if !require(have("skopeo"), "skopeo") {
+    if !testkit::require(&[Need::Skopeo]) {
         return;
     }
     let (dir, info) = image();

@@ -2,13 +2,11 @@
 //! (on tokio's paused clock, so the check is about the schedule, not the machine's speed).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::registry::*;
 
 #[tokio::test]
 async fn bytes_served_are_counted_per_kind() {

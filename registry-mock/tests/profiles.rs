@@ -4,14 +4,12 @@
 //! restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use emulator::Digest;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+use testkit::registry::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -2,14 +2,12 @@
 //! expanded index/data serving, `_expand`, failures, de-duplication and restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use emulator::{Digest, EntryKind, Index};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+use testkit::registry::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -7,8 +7,6 @@
 // Test helpers panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -59,7 +57,7 @@ async fn skopeo_pushes_over_tls_trusting_the_generated_ca() {
     assert!(std::fs::read_to_string(&ca_path)
         .unwrap()
         .starts_with("-----BEGIN CERTIFICATE-----"));
-    let mut reg = common::start_with(|c| c.tls = Some(tls)).await;
+    let mut reg = testkit::registry::start_with(|c| c.tls = Some(tls)).await;
     assert!(reg.url.starts_with("https://"), "{}", reg.url);
     let host = reg.reg().addr().to_string();
 
@@ -110,7 +108,7 @@ async fn skopeo_pushes_over_tls_trusting_the_generated_ca() {
     assert!(err.contains("certificate"), "{err}");
 
     // A plain-HTTP client gets no answer.
-    let plain = common::client()
+    let plain = testkit::registry::client()
         .get(format!("http://{host}/v2/"))
         .send()
         .await;
@@ -134,7 +132,7 @@ async fn certificate_and_key_from_pem_files() {
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     let tls = Tls::from_pem_files(&cert_path, &key_path).unwrap();
     assert!(tls.ca_pem.is_none());
-    let mut reg = common::start_with(|c| c.tls = Some(tls)).await;
+    let mut reg = testkit::registry::start_with(|c| c.tls = Some(tls)).await;
 
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
@@ -190,7 +188,7 @@ fn bad_tls_arguments_are_refused() {
 #[tokio::test]
 async fn silent_client_is_dropped_at_the_header_timeout() {
     let tls = Tls::self_signed().unwrap();
-    let mut reg = common::start_with(|c| {
+    let mut reg = testkit::registry::start_with(|c| {
         c.tls = Some(tls);
         c.limits.header_read_timeout = Duration::from_millis(200);
     })

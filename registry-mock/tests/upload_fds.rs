@@ -3,10 +3,8 @@
 //! so no other test opens descriptors meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers outside #[test] fns.
 
-mod common;
-
-use common::*;
 use reqwest::StatusCode;
+use testkit::registry::*;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

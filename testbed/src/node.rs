@@ -210,7 +210,7 @@ pub fn render_config(cfg: &NodeConfig, p: &NodePaths, version: Version) -> Strin
             // runc's state under the node's state dir, so a recycle wipes it.
             runc_root: Some(p.state.join("runc")),
             // The system runc: another containerd line's own runc may need a newer glibc.
-            runc_binary: find_in_path("runc"),
+            runc_binary: which::which("runc").ok(),
             // Sandboxed CI runners (and this machine) lack CAP_SYS_RESOURCE: runc fails a pod
             // asking for a lower oom_score_adj than ours.
             restrict_oom_score_adj: true,
@@ -221,14 +221,6 @@ pub fn render_config(cfg: &NodeConfig, p: &NodePaths, version: Version) -> Strin
         proxy_snapshotter: proxy,
     };
     containerd_config::node_config(version, &settings)
-}
-
-fn find_in_path(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(bin))
-            .find(|c| c.is_file())
-    })
 }
 
 /// `TB_CONTAINERD_BIN=DIR`: the containerd under test (`containerd`, `containerd-shim-runc-v2`,

@@ -147,7 +147,7 @@ async fn scaled_compare_measures_both_nodes() {
     assert!(loops.is_empty(), "loop devices left: {loops:?}");
     // Nothing left behind.
     assert!(common::mounts_under(tmp.path()).is_empty());
-    assert!(common::processes_mentioning(tmp.path()).is_empty());
+    assert!(testkit::processes_mentioning(tmp.path()).is_empty());
 }
 
 /// The plan, metrics and report machinery on the shuttle alone (runs without teleportd's
@@ -204,7 +204,7 @@ async fn shuttle_compare_writes_reports() {
         .unwrap()
         .contains("<rect"));
     assert!(common::mounts_under(tmp.path()).is_empty());
-    assert!(common::processes_mentioning(tmp.path()).is_empty());
+    assert!(testkit::processes_mentioning(tmp.path()).is_empty());
 }
 
 /// `--image oci:DIR:TAG` of an image built here (a tiny fixture layout, used as any OCI image):
@@ -265,5 +265,5 @@ async fn image_compare_imports_any_oci_layout() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains(&format!("oci:{}:t1", layout.display())), "{md}");
     assert!(common::mounts_under(tmp.path()).is_empty());
-    assert!(common::processes_mentioning(tmp.path()).is_empty());
+    assert!(testkit::processes_mentioning(tmp.path()).is_empty());
 }

@@ -36,7 +36,7 @@ async fn node_up_answers_cri_and_stops_clean() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "containerd {pid} still running"
     );
-    assert!(common::processes_mentioning(&dir).is_empty());
+    assert!(testkit::processes_mentioning(&dir).is_empty());
     assert!(common::mounts_under(&dir).is_empty());
     node.destroy().await.unwrap();
     assert!(!dir.exists());
@@ -58,6 +58,6 @@ async fn dropping_a_node_stops_it() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "containerd {pid} survived drop"
     );
-    assert!(common::processes_mentioning(&dir).is_empty());
+    assert!(testkit::processes_mentioning(&dir).is_empty());
     assert!(common::mounts_under(&dir).is_empty());
 }

@@ -88,6 +88,6 @@ async fn shuttle_pulls_runs_and_recycle_wipes() {
 
     node.destroy().await.unwrap();
     assert!(common::mounts_under(&dir).is_empty());
-    assert!(common::processes_mentioning(&dir).is_empty());
+    assert!(testkit::processes_mentioning(&dir).is_empty());
     w.registry.shutdown().await.unwrap();
 }

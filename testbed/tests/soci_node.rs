@@ -311,7 +311,7 @@ async fn soci_node_pulls_lazily_from_tls_registry() {
 
     node.destroy().await.unwrap();
     assert!(common::mounts_under(&dir).is_empty());
-    assert!(common::processes_mentioning(&dir).is_empty());
+    assert!(testkit::processes_mentioning(&dir).is_empty());
     assert!(common::mounts_under(tmp.path()).is_empty());
     registry.shutdown().await.unwrap();
 }

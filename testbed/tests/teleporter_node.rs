@@ -45,7 +45,7 @@ async fn teleporter_node_runs_pod_through_teleportd() {
     );
     node.destroy().await.unwrap();
     assert!(common::mounts_under(&dir).is_empty());
-    assert!(common::processes_mentioning(&dir).is_empty());
+    assert!(testkit::processes_mentioning(&dir).is_empty());
     w.registry.shutdown().await.unwrap();
 }
 
@@ -93,7 +93,7 @@ async fn killed_teleportd_leaves_nothing_after_node_stop() {
         "orphaned fuse manager survived node stop"
     );
     assert_eq!(common::mounts_under(&dir), Vec::<String>::new());
-    assert_eq!(common::processes_mentioning(&dir), Vec::new());
+    assert_eq!(testkit::processes_mentioning(&dir), Vec::new());
     w.registry.shutdown().await.unwrap();
 }
 

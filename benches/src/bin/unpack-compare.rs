@@ -221,7 +221,7 @@ fn main() -> anyhow::Result<()> {
             CacheMode::Warm => "page cache: `sync`, then every input read once, before every timed step, both sides (inputs warm)".to_string(),
         },
     ];
-    if which("unpigz").is_none() {
+    if which::which("unpigz").is_err() {
         notes.push("unpigz is not installed: containerd decompresses gzip with Go's compress/gzip (as on a stock node without pigz).".into());
     } else {
         notes.push("unpigz is installed: containerd decompresses gzip with it.".into());
@@ -475,12 +475,4 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|p| p.is_file())
-    })
 }

@@ -129,53 +129,16 @@ pub fn read_pid(root: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Decodes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match oct {
-            Some(d) => {
-                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push(u8::try_from(v).unwrap_or(b'?'));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    use std::os::unix::ffi::OsStringExt;
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// One line of `/proc/self/mountinfo` under a root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mountpoint: PathBuf,
-    pub fstype: String,
-}
+pub use crate::mountinfo::MountEntry;
 
 /// Mounts strictly below `root` in this mount namespace, deepest first (the order to detach).
 pub fn mounts_below(root: &Path) -> Vec<MountEntry> {
+    // Mount points in mountinfo are canonical paths.
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<MountEntry> = text
-        .lines()
-        .filter_map(|l| {
-            let mountpoint = unescape(l.split(' ').nth(4)?);
-            let (_, after) = l.split_once(" - ")?;
-            let fstype = after.split(' ').next()?.to_owned();
-            (mountpoint != root && mountpoint.starts_with(&root))
-                .then_some(MountEntry { mountpoint, fstype })
-        })
+    let mut out: Vec<MountEntry> = crate::mountinfo::under(&root)
+        .into_iter()
+        .filter(|m| m.mount_point != root)
         .collect();
-    out.sort_by_key(|m| std::cmp::Reverse(m.mountpoint.components().count()));
     out.dedup();
     out
 }
@@ -185,24 +148,11 @@ pub fn mounts_below(root: &Path) -> Vec<MountEntry> {
 /// so a FUSE lower under a running container unmounts without EBUSY: this is how such a use
 /// is seen.
 pub fn overlay_lowers() -> std::collections::HashSet<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = std::collections::HashSet::new();
-    for l in text.lines() {
-        let Some((_, after)) = l.split_once(" - ") else {
-            continue;
-        };
-        let mut f = after.split(' ');
-        if f.next() != Some("overlay") {
-            continue;
-        }
-        let Some(opts) = f.nth(1) else { continue };
-        for o in opts.split(',') {
-            if let Some(lowers) = o.strip_prefix("lowerdir=") {
-                out.extend(lowers.split(':').filter(|s| !s.is_empty()).map(unescape));
-            }
-        }
-    }
-    out
+    crate::mountinfo::read()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(crate::mountinfo::overlay_lowers)
+        .collect()
 }
 
 /// What [`kill_manager`] did.
@@ -274,13 +224,13 @@ pub fn kill_manager(root: &Path, grace: Duration) -> Result<Cleanup> {
         done.stopped = Some(pid);
     }
     for m in mounts_below(root) {
-        match crate::fs::detach(&m.mountpoint) {
+        match crate::fs::detach(&m.mount_point) {
             Ok(()) => {
-                info!(mountpoint = %m.mountpoint.display(), fstype = %m.fstype, "detached leftover mount");
-                done.detached.push(m.mountpoint);
+                info!(mountpoint = %m.mount_point.display(), fstype = %m.fs_type, "detached leftover mount");
+                done.detached.push(m.mount_point);
             }
             Err(e) => {
-                warn!(mountpoint = %m.mountpoint.display(), error = %e, "detaching leftover mount")
+                warn!(mountpoint = %m.mount_point.display(), error = %e, "detaching leftover mount")
             }
         }
     }
@@ -297,13 +247,6 @@ pub fn kill_manager(root: &Path, grace: Duration) -> Result<Cleanup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/a\040b/c"), PathBuf::from("/a b/c"));
-        assert_eq!(unescape(r"/x\\y"), PathBuf::from(r"/x\\y"));
-        assert_eq!(unescape(r"/t\0"), PathBuf::from(r"/t\0"));
-    }
 
     #[test]
     fn this_process_is_not_a_manager() {

@@ -1,4 +1,5 @@
-//! Shared helpers of the `fs_*` tests: a test image (tar layers), tree walks, mount guards.
+//! Shared helpers of the `fs_*` tests: a test image (tar layers) and tree walks (mount guards
+//! and prerequisites come from the test kit).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -9,31 +10,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+#[allow(unused_imports)] // each fs_* test uses some of them
+pub use testkit::{mounts_under, KernelMount, NoMountsLeft};
+
 /// Chunk size of the test layers: small, so the big file spans many chunks.
 pub const CHUNK: u32 = 64 << 10;
-
-/// Root + /dev/fuse + overlay, or why not. In CI a missing prerequisite is a failure.
-pub fn prerequisites() -> Option<()> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let fuse = Path::new("/dev/fuse").exists();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let missing = if !root {
-        Some("not root")
-    } else if !fuse {
-        Some("/dev/fuse missing")
-    } else {
-        None
-    };
-    match missing {
-        None => Some(()),
-        Some(why) if ci => panic!("CI=true but FUSE test prerequisite missing: {why}"),
-        Some(why) => {
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
-}
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -333,65 +314,6 @@ pub fn walk(root: &Path) -> BTreeMap<String, Meta> {
         }
     }
     out
-}
-
-/// Mount points currently under `prefix` (from /proc/self/mountinfo).
-pub fn mounts_under(prefix: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = prefix.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&prefix))
-        .collect()
-}
-
-/// A kernel mount made by the test (overlayfs); unmounted on drop, even on panic.
-pub struct KernelMount(pub PathBuf);
-
-impl KernelMount {
-    pub fn overlay(target: &Path, lowers_top_first: &[&Path]) -> KernelMount {
-        let lower: Vec<String> = lowers_top_first
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        let opts = CString::new(format!("lowerdir={}", lower.join(":"))).unwrap();
-        let t = CString::new(target.as_os_str().as_bytes()).unwrap();
-        let src = CString::new("overlay").unwrap();
-        // SAFETY: all pointers are valid NUL-terminated strings for the call.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                t.as_ptr(),
-                src.as_ptr(),
-                libc::MS_RDONLY,
-                opts.as_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, 0, "overlay mount: {}", std::io::Error::last_os_error());
-        KernelMount(target.to_path_buf())
-    }
-}
-
-impl Drop for KernelMount {
-    fn drop(&mut self) {
-        let _ = fuse_mount::fs::detach(&self.0);
-    }
-}
-
-/// Fails the test if anything is still mounted under `dir` when dropped (runs after the
-/// mount guards declared later, which drop first).
-pub struct NoMountsLeft(pub PathBuf);
-
-impl Drop for NoMountsLeft {
-    fn drop(&mut self) {
-        let left = mounts_under(&self.0);
-        for m in &left {
-            let _ = fuse_mount::fs::detach(Path::new(m));
-        }
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "mounts left behind: {left:?}");
-        }
-    }
 }
 
 pub fn huge_file() -> Vec<u8> {

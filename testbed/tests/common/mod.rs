@@ -21,22 +21,6 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Processes whose cmdline mentions `needle` (a node's unique directory).
-pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
-    let needle = needle.to_string_lossy().into_owned();
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-            cmd.contains(&needle).then_some((pid, cmd))
-        })
-        .collect()
-}
-
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     testbed::mounts::mounts_under(dir)
         .unwrap()
@@ -45,20 +29,10 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The teleportd binary: found beside the test binary / $TELEPORTD_BIN / $PATH, or built now
-/// with cargo (same target dir) when `cargo test -p testbed` ran alone.
-/// teleportd built from this checkout: always asks cargo (a no-op when fresh) so a stale binary
-/// left by an earlier build is never tested.
+/// teleportd built from this checkout (the test kit has cargo build it once per test binary, so
+/// a stale binary left by an earlier build is never tested).
 pub fn teleportd() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args(["build", "-p", "fuse-mount", "--bin", "teleportd"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build for teleportd");
-    assert!(st.success(), "building teleportd failed");
-    testbed::bed::find_teleportd(None)
-        .expect("teleportd built but not found beside the test binary")
+    testkit::bin("teleportd")
 }
 
 /// A registry with the pause image and one scaled fixture pushed to `repo:tag`.
