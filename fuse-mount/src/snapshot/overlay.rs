@@ -183,6 +183,16 @@ impl OverlaySnapshotter {
             let store = self.store();
             self.mounts_of(&store, key)?
         };
+        // Refused before anything is attached: such a stack could never be mounted, and
+        // attaching hundreds of FUSE layers first would only delay the error.
+        let lowers = overlay_lowers(&mounts);
+        if lowers > OVERLAY_MAX_LOWERS {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key:?} needs {lowers} overlay lower layers but overlayfs stacks at \
+                 most {OVERLAY_MAX_LOWERS}: squash the image, or (remote layers) run teleportd \
+                 with --mount-mode merged, which mounts a whole image as one lower layer"
+            )));
+        }
         let Some(remote) = &self.inner.remote else {
             return Ok(mounts);
         };
@@ -405,6 +415,20 @@ fn make_dirs(dir: &Path, kind: Kind) -> Result<()> {
         mk(&dir.join("work"), 0o700)?;
     }
     Ok(())
+}
+
+/// Lower layers one overlayfs mount can stack (the kernel's `OVL_MAX_STACK`).
+pub const OVERLAY_MAX_LOWERS: usize = 500;
+
+/// The number of lower directories of the overlay mount among `mounts` (0 without one).
+fn overlay_lowers(mounts: &[Mount]) -> usize {
+    mounts
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .filter_map(|o| o.strip_prefix("lowerdir="))
+        .map(|l| l.split(':').count())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The mounts containerd's overlay snapshotter would return for a snapshot `id` of `kind` whose
@@ -690,6 +714,40 @@ mod tests {
         assert_eq!(
             v[0].options,
             vec!["index=off", "lowerdir=/r/snapshots/3/fs:/r/snapshots/2/fs"]
+        );
+        assert_eq!(overlay_lowers(&m), 3);
+        assert_eq!(overlay_lowers(&mounts_for(r, Kind::Active, 1, &[])), 0);
+        let many: Vec<u64> = (1..=600).collect();
+        assert_eq!(
+            overlay_lowers(&mounts_for(r, Kind::Active, 601, &lw(&many))),
+            600
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stack_deeper_than_overlayfs_allows_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OverlaySnapshotter::open(dir.path(), None).unwrap();
+        let mut parent = String::new();
+        for i in 0..=OVERLAY_MAX_LOWERS {
+            let key = format!("l{i}");
+            s.prepare(format!("a{i}"), parent.clone(), labels(&[]))
+                .await
+                .unwrap();
+            s.commit(key.clone(), format!("a{i}"), labels(&[]))
+                .await
+                .unwrap();
+            parent = key;
+        }
+        let e = s
+            .prepare("c".into(), parent, labels(&[]))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, SnapshotError::FailedPrecondition(_)), "{e}");
+        assert!(
+            msg.contains("501") && msg.contains("500") && msg.contains("merged"),
+            "{msg}"
         );
     }
 
