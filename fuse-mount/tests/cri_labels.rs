@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 use fuse_mount::labels::{
     LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_TARGET_REF,
 };
@@ -17,6 +16,7 @@ use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
 };
 use node_api::snapshots::{snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest};
+use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 
 async fn committed(socket: &std::path::Path) -> Vec<(String, String, BTreeMap<String, String>)> {
     let ch = node_api::connect(socket).await.unwrap();

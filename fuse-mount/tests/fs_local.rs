@@ -747,7 +747,7 @@ fn fs_node_state_is_private_to_root_and_fixed_at_start() {
 /// interpreter's imports): the first miss brings its tar neighbours in the same request.
 #[test]
 fn fs_a_small_files_first_miss_fetches_its_neighbours_in_one_request() {
-    if prerequisites().is_none() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
         return;
     }
     const NAMES: [&str; 8] = [

@@ -7,13 +7,13 @@
 
 use std::time::Duration;
 
-use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 use fuse_mount::labels::LABEL_REMOTE;
 use node_api::cri::{
     image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
 };
 use node_api::snapshots::{snapshots_client::SnapshotsClient, Kind, ListSnapshotsRequest};
 use registry_mock::metrics::ServedKind;
+use testkit::{mounts_under, Containerd, Teleportd, TestDir};
 
 async fn remote_committed(socket: &std::path::Path) -> usize {
     let ch = node_api::connect(socket).await.unwrap();

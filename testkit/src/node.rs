@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use fuse_mount::snapshot::{
+use fuse_mount::labels::{
     LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_TARGET_REF,
 };
 use node_api::snapshots::{snapshots_client::SnapshotsClient, PrepareSnapshotRequest};
