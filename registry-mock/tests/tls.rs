@@ -217,7 +217,7 @@ async fn a_second_tls_listener_serves_the_same_store_and_counters() {
     let ca = dir.path().join("ca.crt");
     let tls = Tls::self_signed().unwrap();
     std::fs::write(&ca, tls.ca_pem.as_deref().unwrap()).unwrap();
-    let mut reg = common::start_with(|c| {
+    let mut reg = testkit::registry::start_with(|c| {
         c.tls_listener = Some(registry_mock::TlsListener {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             tls,
@@ -226,11 +226,12 @@ async fn a_second_tls_listener_serves_the_same_store_and_counters() {
     .await;
     assert!(reg.url.starts_with("http://"), "{}", reg.url);
     let tls_addr = reg.reg().tls_addr().expect("TLS listener bound");
-    let c = common::client();
-    let layer = common::gzip_tar(&[("a.txt", &common::random_bytes(4096, 7))]);
-    let pushed = common::push_image(&c, &reg.url, "two/doors", "v1", &[layer]).await;
+    let c = testkit::registry::client();
+    let layer =
+        testkit::registry::gzip_tar(&[("a.txt", &testkit::registry::random_bytes(4096, 7))]);
+    let pushed = testkit::registry::push_image(&c, &reg.url, "two/doors", "v1", &[layer]).await;
     let (digest, _) = &pushed.layers[0];
-    let before = common::metric(
+    let before = testkit::registry::metric(
         &c,
         &reg.url,
         "registry_bytes_served_total{kind=\"layer_blob\"}",
@@ -249,7 +250,7 @@ async fn a_second_tls_listener_serves_the_same_store_and_counters() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout.len(), 10);
-    let after = common::metric(
+    let after = testkit::registry::metric(
         &c,
         &reg.url,
         "registry_bytes_served_total{kind=\"layer_blob\"}",

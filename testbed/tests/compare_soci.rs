@@ -141,5 +141,5 @@ async fn compare_measures_soci_beside_ours() {
         "{:?}",
         common::mounts_under(tmp.path())
     );
-    assert!(common::processes_mentioning(tmp.path()).is_empty());
+    assert!(testkit::processes_mentioning(tmp.path()).is_empty());
 }
