@@ -16,17 +16,9 @@ pub use testkit::{mounts_under, KernelMount, NoMountsLeft};
 /// Chunk size of the test layers: small, so the big file spans many chunks.
 pub const CHUNK: u32 = 64 << 10;
 
-/// Deterministic pseudo-random bytes.
+/// Deterministic pseudo-random bytes (the kit's generator, arguments in this file's order).
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    testkit::image::random_bytes(len, seed)
 }
 
 pub fn sha(b: &[u8]) -> String {
