@@ -30,4 +30,6 @@ pub enum Error {
     UnsupportedVersion(u32),
     #[error("merge: {0}")]
     Merge(String),
+    #[error("image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
 }

@@ -1,10 +1,8 @@
-//! OCI / Docker media types and the JSON documents the registry and tools exchange.
+//! OCI / Docker media types, the JSON documents the registry and tools exchange (`oci-spec`'s),
+//! and the checks this project adds on top of them (sha256-only digests).
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::collections::BTreeMap;
 
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -37,122 +35,45 @@ pub fn is_manifest_media_type(mt: &str) -> bool {
     mt == MT_OCI_MANIFEST || mt == MT_DOCKER_MANIFEST
 }
 
-/// A content descriptor. Unknown fields are kept in `extra` so documents round-trip.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urls: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
-}
+// The documents themselves are `oci-spec`'s, re-exported so every crate reads the same types
+// without each depending on `oci-spec`. Docker schema 2 documents have the same shape; their media
+// types arrive as `MediaType::Other`, matched against the constants above.
+pub use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Platform, RootFs,
+};
 
-impl Descriptor {
-    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Self {
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size,
-            urls: None,
-            annotations: None,
-            platform: None,
-            artifact_type: None,
-            extra: BTreeMap::new(),
-        }
+/// An image reference (`oci-spec`'s: the distribution grammar, its length limits).
+pub use oci_spec::distribution::Reference;
+
+/// Parse `HOST[:PORT]/REPO[:TAG][@DIGEST]`. Unlike `docker pull`, a reference must name its
+/// registry — docker's rule: the first `/`-separated part is a host if it contains `.` or `:` or
+/// is `localhost` — because the node and the tools only talk to an explicit registry, never to a
+/// default one (`oci-spec` alone would read `app:v1` as `docker.io/library/app:v1`).
+pub fn parse_reference(s: &str) -> Result<Reference> {
+    let bad = |reason: String| Error::BadReference {
+        reference: s.to_owned(),
+        reason,
+    };
+    let host = s.split_once('/').map(|(h, _)| h);
+    if !host.is_some_and(|h| h.contains('.') || h.contains(':') || h == "localhost") {
+        return Err(bad("does not name a registry host".into()));
     }
+    // The grammar's `\w` is Unicode-aware; names and tags on the wire are ASCII.
+    if !s.is_ascii() {
+        return Err(bad("not ASCII".into()));
+    }
+    s.parse::<Reference>().map_err(|e| bad(e.to_string()))
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(
-        default,
-        rename = "os.version",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_version: Option<String>,
-    #[serde(
-        default,
-        rename = "os.features",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_features: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+/// The digest of a descriptor as this project's sha256-only [`Digest`]; anything else is an
+/// error (the store, the chunk cache and the expanded-layer format only know sha256).
+pub fn sha256(d: &Descriptor) -> Result<Digest> {
+    d.digest().as_ref().parse()
 }
 
-/// An image manifest (OCI or Docker schema 2: same shape).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    pub config: Descriptor,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
-}
-
-/// An image index / Docker manifest list.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageIndex {
-    pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
-}
-
-/// The parts of an image config this project reads; everything else is kept in `extra`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ImageConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub architecture: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// The runtime config (Cmd, Entrypoint, Env, ...), kept as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<Value>,
-    pub rootfs: RootFs,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<Value>>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootFs {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub diff_ids: Vec<Digest>,
+/// The config's `rootfs.diff_ids` as sha256 digests (`oci-spec` keeps them as strings).
+pub fn diff_ids(c: &ImageConfiguration) -> Result<Vec<Digest>> {
+    c.rootfs().diff_ids().iter().map(|d| d.parse()).collect()
 }
 
 /// Parse a JSON document, mapping errors to the crate's error type.
@@ -165,26 +86,82 @@ mod tests {
     use super::*;
 
     #[test]
-    fn manifest_round_trips_unknown_fields() {
+    fn manifest_tolerates_unknown_fields_and_keeps_known_ones() {
         let json = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
           "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":7},
           "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":9,"x-extra":1}],
           "futureField":true}"#;
-        let m: Manifest = from_json(json.as_bytes()).unwrap();
-        assert_eq!(m.layers[0].size, 9);
-        assert!(is_layer_media_type(&m.layers[0].media_type));
-        assert_eq!(m.extra.get("futureField"), Some(&Value::Bool(true)));
-        let back: Value = serde_json::to_value(&m).unwrap();
-        let orig: Value = serde_json::from_str(json).unwrap();
-        assert_eq!(back, orig);
+        let m: ImageManifest = from_json(json.as_bytes()).unwrap();
+        assert_eq!(m.layers()[0].size(), 9);
+        assert!(is_layer_media_type(&m.layers()[0].media_type().to_string()));
+        assert_eq!(sha256(m.config()).unwrap().hex(), "0".repeat(64));
+        let back: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(back["layers"][0]["size"], 9);
+        assert_eq!(back["mediaType"], MT_OCI_MANIFEST);
+    }
+
+    #[test]
+    fn docker_media_types_are_kept_verbatim() {
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MT_DOCKER_MANIFEST}",
+              "config":{{"mediaType":"{MT_DOCKER_CONFIG}","digest":"sha256:{z}","size":7}},
+              "layers":[{{"mediaType":"{MT_DOCKER_LAYER_GZIP}","digest":"sha256:{z}","size":9}}]}}"#,
+            z = "0".repeat(64)
+        );
+        let m: ImageManifest = from_json(json.as_bytes()).unwrap();
+        assert_eq!(
+            m.media_type().as_ref().unwrap().to_string(),
+            MT_DOCKER_MANIFEST
+        );
+        assert_eq!(m.layers()[0].media_type().to_string(), MT_DOCKER_LAYER_GZIP);
+    }
+
+    #[test]
+    fn non_sha256_descriptor_digests_are_refused() {
+        let json = format!(
+            r#"{{"mediaType":"{MT_OCI_LAYER_TAR}","digest":"sha512:{}","size":1}}"#,
+            "0".repeat(128)
+        );
+        let d: Descriptor = from_json(json.as_bytes()).unwrap();
+        assert!(sha256(&d).is_err());
+    }
+
+    #[test]
+    fn references_must_name_a_registry() {
+        let r = parse_reference("127.0.0.1:5000/team/app:v1").unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("127.0.0.1:5000", "team/app", Some("v1"))
+        );
+        let r = parse_reference("localhost/app").unwrap();
+        assert_eq!((r.registry(), r.tag()), ("localhost", Some("latest")));
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("reg.example/a/b@{d}")).unwrap();
+        assert_eq!((r.repository(), r.digest()), ("a/b", Some(d.as_str())));
+        for bad in [
+            "app:v1",
+            "team/app:v1",
+            "nohost",
+            "",
+            "h:1/Bad:x",
+            "h.io/a:t\u{e9}",
+            "h.io/a:-x",
+            "h.io//a",
+            "h.io/a@sha256:xyz",
+        ] {
+            assert!(parse_reference(bad).is_err(), "{bad}");
+        }
+        let long = format!("h.io/{}", "a".repeat(256));
+        assert!(parse_reference(&long).is_err());
     }
 
     #[test]
     fn config_diff_ids_are_digests() {
         let json = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:2222222222222222222222222222222222222222222222222222222222222222"]}}"#;
-        let c: ImageConfig = from_json(json.as_bytes()).unwrap();
-        assert_eq!(c.rootfs.diff_ids.len(), 1);
+        let c: ImageConfiguration = from_json(json.as_bytes()).unwrap();
+        assert_eq!(diff_ids(&c).unwrap().len(), 1);
         let bad = json.replace("sha256:2222", "sha256:ZZZZ");
-        assert!(from_json::<ImageConfig>(bad.as_bytes()).is_err());
+        let c: ImageConfiguration = from_json(bad.as_bytes()).unwrap();
+        assert!(diff_ids(&c).is_err());
     }
 }

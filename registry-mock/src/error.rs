@@ -46,6 +46,9 @@ pub enum Error {
     ChunkSize(u32),
     #[error("background task failed: {0}")]
     Task(String),
+    /// A stored manifest that fails the checks `manifest::parse` made when it was pushed.
+    #[error("stored manifest: {0}")]
+    StoredManifest(String),
 }
 
 impl Error {

@@ -289,29 +289,36 @@ impl Expander {
             children: Vec::new(),
         };
         match &m.kind {
-            Kind::Image { layers, .. } => {
-                for l in layers
-                    .iter()
-                    .filter(|l| is_expandable(&l.media_type, !l.urls.is_empty()))
-                {
+            Kind::Image(image) => {
+                for l in image.layers() {
+                    let media_type = l.media_type().to_string();
+                    let foreign = l.urls().as_ref().is_some_and(|u| !u.is_empty());
+                    if !is_expandable(&media_type, foreign) {
+                        continue;
+                    }
                     let lr = LayerRef {
-                        digest: l.digest.clone(),
-                        media_type: l.media_type.clone(),
-                        size: l.size,
+                        digest: manifest::digest(l).map_err(Error::StoredManifest)?,
+                        media_type,
+                        size: l.size(),
                     };
                     self.enqueue(&lr, retry_failed)?;
                     record.layers.push(lr);
                 }
             }
-            Kind::Index { manifests } => {
-                for c in manifests {
-                    if store.manifest_media_type(repo, &c.digest)?.is_some() {
-                        self.request_image(repo, &c.digest, retry_failed)?;
+            Kind::Index(index) => {
+                for c in index.manifests() {
+                    let child = manifest::digest(c).map_err(Error::StoredManifest)?;
+                    if store.manifest_media_type(repo, &child)?.is_some() {
+                        self.request_image(repo, &child, retry_failed)?;
                     }
                     record.children.push(ChildRef {
-                        digest: c.digest.clone(),
-                        media_type: c.media_type.clone(),
-                        platform: c.platform.clone(),
+                        digest: child,
+                        media_type: c.media_type().to_string(),
+                        platform: c
+                            .platform()
+                            .as_ref()
+                            .and_then(|p| serde_json::to_value(p).ok())
+                            .unwrap_or_default(),
                     });
                 }
             }
@@ -399,10 +406,12 @@ impl Expander {
         let Ok(m) = manifest::parse(&bytes, Some(&mt)) else {
             return fail(&first, "manifest no longer parses".into());
         };
-        let Kind::Image { config, layers } = m.kind else {
+        let Kind::Image(image) = m.kind else {
             return Ok(None);
         };
-        let path = store.blob_path(&config.digest);
+        let (config, layers) = (image.config(), image.layers());
+        let config_digest = manifest::digest(config).map_err(Error::StoredManifest)?;
+        let path = store.blob_path(&config_digest);
         let cfg = match fs::File::open(&path) {
             Ok(f) => {
                 let mut b = Vec::new();
@@ -415,7 +424,9 @@ impl Expander {
                         format!("image config is over {MAX_CONFIG_BYTES} bytes"),
                     );
                 }
-                match emulator::oci::from_json::<emulator::oci::ImageConfig>(&b) {
+                match emulator::oci::from_json::<emulator::oci::ImageConfiguration>(&b)
+                    .and_then(|c| emulator::oci::diff_ids(&c))
+                {
                     Ok(c) => c,
                     Err(e) => {
                         return fail(&first, format!("image config has no rootfs.diff_ids: {e}"))
@@ -423,11 +434,11 @@ impl Expander {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return fail(&first, format!("image config {} is missing", config.digest));
+                return fail(&first, format!("image config {config_digest} is missing"));
             }
             Err(e) => return Err(Error::io(&path)(e)),
         };
-        let claimed = &cfg.rootfs.diff_ids;
+        let claimed = &cfg;
         if claimed.len() != layers.len() {
             return fail(
                 &first,
@@ -439,12 +450,13 @@ impl Expander {
             );
         }
         for (i, (l, want)) in layers.iter().zip(claimed).enumerate() {
-            let Some(got) = computed.get(&l.digest) else {
+            let l = manifest::digest(l).map_err(Error::StoredManifest)?;
+            let Some(got) = computed.get(&l) else {
                 continue; // Not a filesystem layer: not expanded, nothing to compare.
             };
             if *got != want {
                 return fail(
-                    &l.digest,
+                    &l,
                     format!(
                         "diff_id mismatch: image config claims {want} for layer {i} but its \
                          content is {got}"

@@ -1,86 +1,85 @@
-//! Manifest parsing and structural validation (OCI and Docker schema 2, images and indexes).
+//! Manifest parsing and structural validation (OCI and Docker schema 2, images and indexes) over
+//! `oci-spec`'s documents (re-exported by `emulator::oci`): this module adds the registry's policy —
+//! schemaVersion 2, mediaType against Content-Type, one shape per media type, sha256 digests.
 //! Existence checks against the store live in the manifests route.
 
-use emulator::oci::{MT_DOCKER_MANIFEST, MT_DOCKER_MANIFEST_LIST, MT_OCI_INDEX, MT_OCI_MANIFEST};
+use emulator::oci::{
+    self, Descriptor, ImageIndex, ImageManifest, MT_DOCKER_MANIFEST, MT_DOCKER_MANIFEST_LIST,
+    MT_OCI_INDEX, MT_OCI_MANIFEST,
+};
 use emulator::Digest;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-/// A descriptor as found in manifests.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default)]
-    pub urls: Vec<String>,
-    #[serde(default)]
-    pub platform: serde_json::Value,
-    #[serde(default)]
-    pub annotations: serde_json::Value,
-    #[serde(default)]
-    pub artifact_type: Option<String>,
-}
-
+/// The fields that decide which document this is, read before the typed parse (the typed
+/// documents drop fields they do not know, so "an index with layers" would otherwise pass).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Raw {
+struct Shape {
     schema_version: Option<u32>,
     #[serde(default)]
     media_type: Option<String>,
     #[serde(default)]
-    artifact_type: Option<String>,
+    config: Option<IgnoredAny>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    layers: Option<IgnoredAny>,
     #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    subject: Option<Descriptor>,
-    #[serde(default)]
-    annotations: serde_json::Value,
+    manifests: Option<IgnoredAny>,
 }
 
 #[derive(Debug)]
 pub enum Kind {
-    Image {
-        config: Descriptor,
-        layers: Vec<Descriptor>,
-    },
-    Index {
-        manifests: Vec<Descriptor>,
-    },
+    Image(ImageManifest),
+    Index(ImageIndex),
 }
 
 #[derive(Debug)]
 pub struct Manifest {
+    /// The effective media type (the document's, else the request's Content-Type, else guessed).
     pub media_type: String,
     pub kind: Kind,
-    pub subject: Option<Descriptor>,
-    pub artifact_type: Option<String>,
-    pub annotations: serde_json::Value,
 }
 
 impl Manifest {
     /// The artifact type the referrers API reports: `artifactType`, else the config media type.
     pub fn effective_artifact_type(&self) -> Option<String> {
-        if let Some(a) = &self.artifact_type {
-            return Some(a.clone());
-        }
         match &self.kind {
-            Kind::Image { config, .. } => Some(config.media_type.clone()),
-            Kind::Index { .. } => None,
+            Kind::Image(m) => Some(
+                m.artifact_type()
+                    .as_ref()
+                    .unwrap_or(m.config().media_type())
+                    .to_string(),
+            ),
+            Kind::Index(i) => i.artifact_type().as_ref().map(|a| a.to_string()),
         }
     }
 
     pub fn layers(&self) -> &[Descriptor] {
         match &self.kind {
-            Kind::Image { layers, .. } => layers,
-            Kind::Index { .. } => &[],
+            Kind::Image(m) => m.layers(),
+            Kind::Index(_) => &[],
         }
     }
+
+    pub fn subject(&self) -> Option<&Descriptor> {
+        match &self.kind {
+            Kind::Image(m) => m.subject().as_ref(),
+            Kind::Index(i) => i.subject().as_ref(),
+        }
+    }
+
+    pub fn annotations(&self) -> Option<&std::collections::HashMap<String, String>> {
+        match &self.kind {
+            Kind::Image(m) => m.annotations().as_ref(),
+            Kind::Index(i) => i.annotations().as_ref(),
+        }
+    }
+}
+
+/// A descriptor's digest. [`parse`] refused every manifest with a non-sha256 descriptor, so on
+/// descriptors of a parsed [`Manifest`] this is the identity; on others it is still checked.
+pub fn digest(d: &Descriptor) -> Result<Digest, String> {
+    oci::sha256(d).map_err(|e| e.to_string())
 }
 
 pub fn is_manifest_type(mt: &str) -> bool {
@@ -97,7 +96,7 @@ pub fn is_index_type(mt: &str) -> bool {
 /// Parse a manifest; `content_type` is the request's Content-Type (may be absent or generic).
 /// Errors are human-readable reasons for MANIFEST_INVALID.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, String> {
-    let raw: Raw =
+    let raw: Shape =
         serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest JSON: {e}"))?;
     if raw.schema_version != Some(2) {
         return Err(format!(
@@ -121,38 +120,43 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Strin
     if !is_manifest_type(&media_type) {
         return Err(format!("unsupported manifest media type {media_type:?}"));
     }
+    let bad = |e: serde_json::Error| format!("not a valid manifest: {e}");
     let kind = if is_index_type(&media_type) {
         if raw.config.is_some() || raw.layers.is_some() {
             return Err("an index must not have config or layers".into());
         }
-        Kind::Index {
-            manifests: raw.manifests.ok_or("index without manifests")?,
+        if raw.manifests.is_none() {
+            return Err("index without manifests".into());
         }
+        Kind::Index(serde_json::from_slice(bytes).map_err(bad)?)
     } else {
         if raw.manifests.is_some() {
             return Err("an image manifest must not have manifests".into());
         }
-        let config = raw.config.ok_or("manifest without config")?;
-        let layers = raw.layers.ok_or("manifest without layers")?;
-        if media_type == MT_DOCKER_MANIFEST && layers.is_empty() {
+        if raw.config.is_none() {
+            return Err("manifest without config".into());
+        }
+        if raw.layers.is_none() {
+            return Err("manifest without layers".into());
+        }
+        let m: ImageManifest = serde_json::from_slice(bytes).map_err(bad)?;
+        if media_type == MT_DOCKER_MANIFEST && m.layers().is_empty() {
             return Err("docker manifest without layers".into());
         }
-        Kind::Image { config, layers }
+        Kind::Image(m)
     };
-    let descs: Vec<&Descriptor> = match &kind {
-        Kind::Image { config, layers } => std::iter::once(config).chain(layers).collect(),
-        Kind::Index { manifests } => manifests.iter().collect(),
+    let m = Manifest { media_type, kind };
+    let descs: Vec<&Descriptor> = match &m.kind {
+        Kind::Image(i) => std::iter::once(i.config()).chain(i.layers()).collect(),
+        Kind::Index(i) => i.manifests().iter().collect(),
     };
-    if let Some(d) = descs.iter().find(|d| d.media_type.is_empty()) {
-        return Err(format!("descriptor {} has no mediaType", d.digest));
+    for d in descs.into_iter().chain(m.subject()) {
+        if d.media_type().to_string().is_empty() {
+            return Err(format!("descriptor {} has no mediaType", d.digest()));
+        }
+        digest(d)?;
     }
-    Ok(Manifest {
-        media_type,
-        kind,
-        subject: raw.subject,
-        artifact_type: raw.artifact_type,
-        annotations: raw.annotations,
-    })
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -172,7 +176,16 @@ mod tests {
         assert_eq!(p.layers().len(), 1);
         let i = serde_json::json!({"schemaVersion":2,"manifests":[{"mediaType":MT_OCI_MANIFEST,"digest":d('c'),"size":5}]});
         let p = parse(i.to_string().as_bytes(), Some(MT_OCI_INDEX)).unwrap();
-        assert!(matches!(p.kind, Kind::Index { .. }));
+        assert!(matches!(p.kind, Kind::Index(_)));
+        let docker = serde_json::json!({"schemaVersion":2,"mediaType":MT_DOCKER_MANIFEST,
+            "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":d('a'),"size":2},
+            "layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":d('b'),"size":3}]});
+        let p = parse(docker.to_string().as_bytes(), None).unwrap();
+        assert_eq!(p.media_type, MT_DOCKER_MANIFEST);
+        assert_eq!(
+            p.effective_artifact_type().as_deref(),
+            Some("application/vnd.docker.container.image.v1+json")
+        );
     }
 
     #[test]
@@ -190,5 +203,16 @@ mod tests {
         assert!(parse(m.to_string().as_bytes(), None)
             .unwrap_err()
             .contains("mediaType"));
+        let m = serde_json::json!({"schemaVersion":2,"mediaType":MT_OCI_MANIFEST,
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":d('a'),"size":2},
+            "layers":[],"manifests":[]});
+        assert!(parse(m.to_string().as_bytes(), None).is_err());
+        let m = serde_json::json!({"schemaVersion":2,"mediaType":MT_OCI_INDEX,"manifests":[],"layers":[]});
+        assert!(parse(m.to_string().as_bytes(), None).is_err());
+        // Only sha256 digests: the store and the expanded format know no other.
+        let m = serde_json::json!({"schemaVersion":2,"mediaType":MT_OCI_MANIFEST,
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":format!("sha512:{}", "a".repeat(128)),"size":2},
+            "layers":[]});
+        assert!(parse(m.to_string().as_bytes(), None).is_err());
     }
 }

@@ -184,12 +184,17 @@ impl Metrics {
     }
     /// Note the layers of a pushed manifest: an image's layers, or a referrer's artifacts.
     pub fn note_manifest(&self, m: &crate::manifest::Manifest) {
-        let ds = m.layers().iter().map(|l| &l.digest);
-        if m.subject.is_some() {
+        // `manifest::parse` refused non-sha256 descriptors, so nothing is dropped here.
+        let ds: Vec<Digest> = m
+            .layers()
+            .iter()
+            .filter_map(|l| crate::manifest::digest(l).ok())
+            .collect();
+        if m.subject().is_some() {
             let mut s = lock(&self.artifacts);
-            s.extend(ds.cloned());
+            s.extend(ds);
         } else {
-            self.note_layers(ds);
+            self.note_layers(ds.iter());
         }
     }
     pub fn blob_kind(&self, d: &Digest) -> ServedKind {

@@ -91,28 +91,38 @@ impl HttpResolver {
             .get_manifest(&image.repo, &manifest, MANIFEST_MAX)
             .await
             .map_err(|e| e.to_string())?;
-        let m: emulator::oci::Manifest =
-            serde_json::from_slice(&m).map_err(|e| format!("manifest: {e}"))?;
-        if m.config.size > CONFIG_MAX {
-            return Err(format!("config of {} bytes", m.config.size));
+        let m: emulator::oci::ImageManifest =
+            emulator::oci::from_json(&m).map_err(|e| format!("manifest: {e}"))?;
+        let config_size = m.config().size();
+        if config_size > CONFIG_MAX {
+            return Err(format!("config of {config_size} bytes"));
         }
+        let config_digest =
+            emulator::oci::sha256(m.config()).map_err(|e| format!("config: {e}"))?;
         let c = self
             .client
-            .get_blob(&image.repo, &m.config.digest, m.config.size)
+            .get_blob(&image.repo, &config_digest, config_size)
             .await
             .map_err(|e| e.to_string())?;
-        let c: emulator::oci::ImageConfig =
-            serde_json::from_slice(&c).map_err(|e| format!("config: {e}"))?;
-        if c.rootfs.diff_ids.len() != m.layers.len() {
+        let c: emulator::oci::ImageConfiguration =
+            emulator::oci::from_json(&c).map_err(|e| format!("config: {e}"))?;
+        let diff_ids = emulator::oci::diff_ids(&c).map_err(|e| format!("config: {e}"))?;
+        if diff_ids.len() != m.layers().len() {
             return Err(format!(
                 "config lists {} diff IDs for {} layers",
-                c.rootfs.diff_ids.len(),
-                m.layers.len()
+                diff_ids.len(),
+                m.layers().len()
             ));
         }
-        let diff_ids: Vec<String> = c.rootfs.diff_ids.iter().map(|d| d.to_string()).collect();
+        let diff_ids: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
+        let layers = m
+            .layers()
+            .iter()
+            .map(|d| emulator::oci::sha256(d).map(|d| d.to_string()))
+            .collect::<emulator::Result<Vec<String>>>()
+            .map_err(|e| format!("manifest: {e}"))?;
         let chain = Arc::new(ImageChain {
-            layers: m.layers.iter().map(|d| d.digest.to_string()).collect(),
+            layers,
             chain: super::chain_ids(&diff_ids),
             diff_ids,
         });

@@ -46,36 +46,18 @@ impl ImageRef {
     /// From `cri.image-ref` (`host/repo[:tag][@digest]`) and `cri.manifest-digest`.
     pub fn parse(image_ref: &str, manifest: &str) -> Result<Self> {
         let bad = || RemoteError::BadReference(image_ref.to_owned());
-        let without_digest = image_ref.split('@').next().unwrap_or(image_ref);
-        let (host, rest) = without_digest.split_once('/').ok_or_else(bad)?;
-        // docker's rule: the first component is a host if it has '.' or ':' or is localhost.
-        if !(host.contains('.') || host.contains(':') || host == "localhost") {
-            return Err(bad());
-        }
-        let repo = match rest.rsplit_once(':') {
-            Some((r, tag)) if !tag.contains('/') => r,
-            _ => rest,
-        };
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.split('/').all(|c| {
-                    c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                        && c.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                        })
-                })
-        };
+        let r = emulator::oci::parse_reference(image_ref).map_err(|_| bad())?;
         let digest_ok = manifest.strip_prefix("sha256:").is_some_and(|h| {
             h.len() == 64
                 && h.bytes()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         });
-        if !valid(repo) || !digest_ok {
+        if !digest_ok {
             return Err(bad());
         }
         Ok(ImageRef {
-            host: host.to_owned(),
-            repo: repo.to_owned(),
+            host: r.registry().to_owned(),
+            repo: r.repository().to_owned(),
             manifest: manifest.to_owned(),
         })
     }

@@ -14,12 +14,13 @@ use crate::http_util::{
     set_header, status_only, BodyError, Resp,
 };
 use crate::link::bytes_body;
-use crate::manifest::{self, Descriptor, Kind};
+use crate::manifest::{self, Kind};
 use crate::metrics::ServedKind;
 use crate::names::{Reference, RepoName};
 use crate::routes::blobs::parse_digest;
 use crate::state::AppState;
 use crate::store::{RepoAttrs, Store};
+use emulator::oci::Descriptor;
 
 /// Manifests larger than this are refused (the distribution spec suggests at least 4 MiB).
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -144,14 +145,19 @@ pub fn check_index_tree(
         Enter(Digest, usize),
         Leave(Digest),
     }
-    for c in children {
-        if store.manifest_media_type(name, &c.digest)?.is_none() {
+    let children = children
+        .iter()
+        .map(manifest::digest)
+        .collect::<Result<Vec<Digest>, String>>()
+        .map_err(ApiError::manifest_invalid)?;
+    for c in &children {
+        if store.manifest_media_type(name, c)?.is_none() {
             return Err(ApiError::spec(
                 StatusCode::BAD_REQUEST,
                 Code::ManifestBlobUnknown,
                 "manifest unknown to registry",
             )
-            .with_detail(serde_json::json!({ "digest": c.digest.as_str() })));
+            .with_detail(serde_json::json!({ "digest": c.as_str() })));
         }
     }
     let mut on_path = std::collections::HashSet::from([own.clone()]);
@@ -159,7 +165,7 @@ pub fn check_index_tree(
     let mut stack: Vec<Step> = children
         .iter()
         .rev()
-        .map(|c| Step::Enter(c.digest.clone(), 2))
+        .map(|c| Step::Enter(c.clone(), 2))
         .collect();
     while let Some(step) = stack.pop() {
         let (d, level) = match step {
@@ -192,7 +198,7 @@ pub fn check_index_tree(
             done.insert(d);
             continue;
         };
-        let Kind::Index { manifests } = m.kind else {
+        let Kind::Index(index) = m.kind else {
             done.insert(d);
             continue;
         };
@@ -203,11 +209,14 @@ pub fn check_index_tree(
         }
         on_path.insert(d.clone());
         stack.push(Step::Leave(d));
+        // A stored child that is not sha256 cannot have been pushed here: nothing to walk.
         stack.extend(
-            manifests
+            index
+                .manifests()
                 .iter()
                 .rev()
-                .map(|c| Step::Enter(c.digest.clone(), level + 1)),
+                .filter_map(|c| manifest::digest(c).ok())
+                .map(|c| Step::Enter(c, level + 1)),
         );
     }
     Ok(())
@@ -235,31 +244,32 @@ pub async fn put(
     }
     // Everything the manifest references must already be in this repository.
     match &m.kind {
-        Kind::Image { config, layers } => {
-            for desc in std::iter::once(config).chain(layers.iter()) {
-                if !desc.urls.is_empty() {
+        Kind::Image(image) => {
+            for desc in std::iter::once(image.config()).chain(image.layers()) {
+                if desc.urls().as_ref().is_some_and(|u| !u.is_empty()) {
                     continue; // Foreign layer: fetched from its URLs, never pushed here.
                 }
-                match st.store.repo_blob_size(name, &desc.digest) {
+                let d = manifest::digest(desc).map_err(ApiError::manifest_invalid)?;
+                match st.store.repo_blob_size(name, &d) {
                     None => {
                         return Err(ApiError::spec(
                             StatusCode::BAD_REQUEST,
                             Code::ManifestBlobUnknown,
                             "blob unknown to registry",
                         )
-                        .with_detail(serde_json::json!({ "digest": desc.digest.as_str() })))
+                        .with_detail(serde_json::json!({ "digest": d.as_str() })))
                     }
-                    Some(size) if size != desc.size => {
+                    Some(size) if size != desc.size() => {
                         return Err(ApiError::manifest_invalid(format!(
-                            "descriptor {} says size {} but the blob has {size}",
-                            desc.digest, desc.size
+                            "descriptor {d} says size {} but the blob has {size}",
+                            desc.size()
                         )))
                     }
                     Some(_) => {}
                 }
             }
         }
-        Kind::Index { manifests } => check_index_tree(&st.store, name, &digest, manifests)?,
+        Kind::Index(index) => check_index_tree(&st.store, name, &digest, index.manifests())?,
     }
     let (store, n, mt, b, tag) = (
         st.store.clone(),
@@ -296,8 +306,8 @@ pub async fn put(
         &format!("/v2/{name}/manifests/{digest}"),
     );
     set_header(&mut r, "docker-content-digest", digest.as_str());
-    if let Some(s) = &m.subject {
-        set_header(&mut r, "oci-subject", s.digest.as_str());
+    if let Some(s) = m.subject() {
+        set_header(&mut r, "oci-subject", s.digest().as_ref());
     }
     Ok(r)
 }
@@ -403,7 +413,7 @@ pub fn referrers(
         let Ok(m) = manifest::parse(&bytes, Some(&mt)) else {
             continue;
         };
-        if m.subject.as_ref().map(|s| &s.digest) != Some(&subject) {
+        if m.subject().map(|s| s.digest().as_ref()) != Some(subject.as_str()) {
             continue;
         }
         let at = m.effective_artifact_type();
@@ -417,8 +427,8 @@ pub fn referrers(
         if let Some(a) = at {
             desc["artifactType"] = serde_json::Value::String(a);
         }
-        if m.annotations.is_object() {
-            desc["annotations"] = m.annotations.clone();
+        if let Some(a) = m.annotations() {
+            desc["annotations"] = serde_json::json!(a);
         }
         out.push(desc);
     }
