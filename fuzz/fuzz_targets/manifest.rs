@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = m.layers();
         let _ = m.effective_artifact_type();
     }
-    let _ = emulator::oci::from_json::<emulator::oci::Manifest>(body);
+    let _ = emulator::oci::from_json::<emulator::oci::ImageManifest>(body);
     let _ = emulator::oci::from_json::<emulator::oci::ImageIndex>(body);
-    let _ = emulator::oci::from_json::<emulator::oci::ImageConfig>(body);
+    if let Ok(c) = emulator::oci::from_json::<emulator::oci::ImageConfiguration>(body) {
+        let _ = emulator::oci::diff_ids(&c);
+    }
+    if let Ok(s) = std::str::from_utf8(body) {
+        let _ = emulator::oci::parse_reference(s);
+    }
 });
