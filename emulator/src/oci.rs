@@ -93,7 +93,7 @@ mod tests {
           "futureField":true}"#;
         let m: ImageManifest = from_json(json.as_bytes()).unwrap();
         assert_eq!(m.layers()[0].size(), 9);
-        assert!(is_layer_media_type(&m.layers()[0].media_type().to_string()));
+        assert!(is_layer_media_type(m.layers()[0].media_type().as_ref()));
         assert_eq!(sha256(m.config()).unwrap().hex(), "0".repeat(64));
         let back: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(back["layers"][0]["size"], 9);

@@ -412,37 +412,37 @@ impl Expander {
         let (config, layers) = (image.config(), image.layers());
         let config_digest = manifest::digest(config).map_err(Error::StoredManifest)?;
         let path = store.blob_path(&config_digest);
-        let cfg =
-            match fs::File::open(&path) {
-                Ok(f) => {
-                    let mut b = Vec::new();
-                    f.take(MAX_CONFIG_BYTES + 1)
-                        .read_to_end(&mut b)
-                        .map_err(Error::io(&path))?;
-                    if b.len() as u64 > MAX_CONFIG_BYTES {
+        let claimed = match fs::File::open(&path) {
+            Ok(f) => {
+                let mut b = Vec::new();
+                f.take(MAX_CONFIG_BYTES + 1)
+                    .read_to_end(&mut b)
+                    .map_err(Error::io(&path))?;
+                if b.len() as u64 > MAX_CONFIG_BYTES {
+                    return fail(
+                        &first,
+                        format!("image config is over {MAX_CONFIG_BYTES} bytes"),
+                    );
+                }
+                match emulator::oci::from_json::<emulator::oci::ImageConfiguration>(&b)
+                    .and_then(|c| emulator::oci::diff_ids(&c))
+                {
+                    Ok(diff_ids) => diff_ids,
+                    Err(e) => {
                         return fail(
-                            &first,
-                            format!("image config is over {MAX_CONFIG_BYTES} bytes"),
-                        );
-                    }
-                    match emulator::oci::from_json::<emulator::oci::ImageConfiguration>(&b)
-                        .and_then(|c| emulator::oci::diff_ids(&c))
-                    {
-                        Ok(c) => c,
-                        Err(e) => return fail(
                             &first,
                             format!(
                                 "image config does not parse (its rootfs.diff_ids are needed): {e}"
                             ),
-                        ),
+                        )
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return fail(&first, format!("image config {config_digest} is missing"));
-                }
-                Err(e) => return Err(Error::io(&path)(e)),
-            };
-        let claimed = &cfg;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fail(&first, format!("image config {config_digest} is missing"));
+            }
+            Err(e) => return Err(Error::io(&path)(e)),
+        };
         if claimed.len() != layers.len() {
             return fail(
                 &first,
@@ -453,7 +453,7 @@ impl Expander {
                 ),
             );
         }
-        for (i, (l, want)) in layers.iter().zip(claimed).enumerate() {
+        for (i, (l, want)) in layers.iter().zip(&claimed).enumerate() {
             let l = manifest::digest(l).map_err(Error::StoredManifest)?;
             let Some(got) = computed.get(&l) else {
                 continue; // Not a filesystem layer: not expanded, nothing to compare.

@@ -29,8 +29,9 @@ struct Shape {
 
 #[derive(Debug)]
 pub enum Kind {
-    Image(ImageManifest),
-    Index(ImageIndex),
+    // Boxed: both documents are hundreds of bytes, and a `Manifest` is passed around by value.
+    Image(Box<ImageManifest>),
+    Index(Box<ImageIndex>),
 }
 
 #[derive(Debug)]
@@ -128,7 +129,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Strin
         if raw.manifests.is_none() {
             return Err("index without manifests".into());
         }
-        Kind::Index(serde_json::from_slice(bytes).map_err(bad)?)
+        Kind::Index(Box::new(serde_json::from_slice(bytes).map_err(bad)?))
     } else {
         if raw.manifests.is_some() {
             return Err("an image manifest must not have manifests".into());
@@ -143,7 +144,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, Strin
         if media_type == MT_DOCKER_MANIFEST && m.layers().is_empty() {
             return Err("docker manifest without layers".into());
         }
-        Kind::Image(m)
+        Kind::Image(Box::new(m))
     };
     let m = Manifest { media_type, kind };
     let descs: Vec<&Descriptor> = match &m.kind {
