@@ -47,12 +47,7 @@ impl ImageRef {
     pub fn parse(image_ref: &str, manifest: &str) -> Result<Self> {
         let bad = || RemoteError::BadReference(image_ref.to_owned());
         let r = emulator::oci::parse_reference(image_ref).map_err(|_| bad())?;
-        let digest_ok = manifest.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64
-                && h.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        });
-        if !digest_ok {
+        if manifest.parse::<emulator::Digest>().is_err() {
             return Err(bad());
         }
         Ok(ImageRef {
