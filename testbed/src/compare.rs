@@ -20,6 +20,7 @@ use crate::peers::soci::{self, IndexOptions, SociBed, SociBins, SociNode};
 use crate::peers::Peer;
 use crate::pod::{run_pod, ReadyProbe, RunOptions};
 use crate::report::{LinkSettings, ProcessInfo, Report};
+use emulator::oci::{ImageIndex, ImageManifest};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -215,7 +216,11 @@ impl BedNode {
 }
 
 /// GET a JSON document (a manifest, a referrers list) from the registry's plain listener.
-async fn get_json(http: &reqwest::Client, url: String) -> Result<serde_json::Value> {
+/// Parsed as the typed OCI document `T` (`emulator::oci`).
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> Result<T> {
     let err = |reason: String| Error::Registry {
         url: url.clone(),
         reason,
@@ -229,9 +234,8 @@ async fn get_json(http: &reqwest::Client, url: String) -> Result<serde_json::Val
     if !r.status().is_success() {
         return Err(err(format!("GET: {}", r.status())));
     }
-    r.json::<serde_json::Value>()
-        .await
-        .map_err(|e| err(e.to_string()))
+    let body = r.bytes().await.map_err(|e| err(e.to_string()))?;
+    emulator::oci::from_json(&body).map_err(|e| err(e.to_string()))
 }
 
 /// The largest layer (compressed bytes) of the image `digest` in `repo`.
@@ -241,16 +245,9 @@ async fn largest_layer(
     repo: &str,
     digest: &str,
 ) -> Result<u64> {
-    let m = get_json(http, format!("{registry_url}/v2/{repo}/manifests/{digest}")).await?;
-    Ok(m["layers"]
-        .as_array()
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| l["size"].as_u64())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0))
+    let m: ImageManifest =
+        get_json(http, format!("{registry_url}/v2/{repo}/manifests/{digest}")).await?;
+    Ok(m.layers().iter().map(|l| l.size()).max().unwrap_or(0))
 }
 
 /// The zTOCs of the SOCI index that refers to `subject` in `repo`, found as SOCI finds it:
@@ -261,26 +258,23 @@ async fn soci_index_facts(
     repo: &str,
     subject: &str,
 ) -> Result<(String, usize, u64)> {
-    let refs = get_json(
+    let refs: ImageIndex = get_json(
         http,
         format!("{registry_url}/v2/{repo}/referrers/{subject}"),
     )
     .await?;
-    let Some(index) = refs["manifests"]
-        .as_array()
-        .and_then(|m| {
-            m.iter()
-                .filter(|d| d["artifactType"].as_str() == Some(soci::INDEX_ARTIFACT_TYPE))
-                .find_map(|d| d["digest"].as_str())
-        })
-        .map(str::to_string)
+    let Some(index) = refs
+        .manifests()
+        .iter()
+        .find(|d| d.artifact_type().as_ref().map(|a| a.as_ref()) == Some(soci::INDEX_ARTIFACT_TYPE))
+        .map(|d| d.digest().to_string())
     else {
         return Ok((String::new(), 0, 0));
     };
-    let m = get_json(http, format!("{registry_url}/v2/{repo}/manifests/{index}")).await?;
-    let layers = m["layers"].as_array().cloned().unwrap_or_default();
-    let bytes = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
-    Ok((index, layers.len(), bytes))
+    let m: ImageManifest =
+        get_json(http, format!("{registry_url}/v2/{repo}/manifests/{index}")).await?;
+    let bytes = m.layers().iter().map(|l| l.size()).sum();
+    Ok((index, m.layers().len(), bytes))
 }
 
 fn bar(total: u64, interactive: bool) -> ProgressBar {
