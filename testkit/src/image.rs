@@ -107,20 +107,20 @@ pub fn oci_archive(path: &Path, name: &str, layers: &[(Vec<u8>, Vec<u8>)]) {
         .iter()
         .map(|(gz, _)| {
             let (d, s) = add(gz.clone());
-            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s})
+            serde_json::json!({"mediaType": crate::registry::MT_LAYER, "digest": d, "size": s})
         })
         .collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "mediaType": crate::registry::MT_MANIFEST,
+        "config": {"mediaType": crate::registry::MT_CONFIG, "digest": cd, "size": cs},
         "layers": layer_descs,
     });
     let (md, ms) = add(serde_json::to_vec(&manifest).unwrap());
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": crate::registry::MT_MANIFEST,
             "digest": md, "size": ms,
             "platform": {"architecture": "amd64", "os": "linux"},
             "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"},

@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 use crate::bins::bin;
 use crate::wait::wait_for;
 
-pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+// The media types are emulator's (one place); the short names read better in tests.
+pub use emulator::oci::{
+    MT_OCI_CONFIG as MT_CONFIG, MT_OCI_INDEX as MT_INDEX, MT_OCI_LAYER_GZIP as MT_LAYER,
+    MT_OCI_MANIFEST as MT_MANIFEST,
+};
 
 /// Tracing to the test's output, filtered by `RUST_LOG` (idempotent).
 pub fn init_tracing() {
