@@ -1,8 +1,6 @@
 //! Shared helpers for the testbed's end-to-end tests (real containerd, root).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
 /// `true` = run; `false` = skip (printed reason, only off CI when not root). Panics in CI
 /// when a prerequisite is missing, so CI fails loudly.
 pub fn prerequisites() -> bool {
@@ -21,13 +19,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    testbed::mounts::mounts_under(dir)
-        .unwrap()
-        .into_iter()
-        .map(|m| format!("{} ({})", m.mount_point.display(), m.fs_type))
-        .collect()
-}
+pub use testkit::mounts_under;
 
 /// teleportd built from this checkout (the test kit has cargo build it once per test binary, so
 /// a stale binary left by an earlier build is never tested).
