@@ -14,7 +14,7 @@ use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use testkit::registry::{random_bytes, RegistryProcess as Server};
-use testkit::{fd_count, peak_rss_kib, rss_kib};
+use testkit::{fd_count, file_fd_count, peak_rss_kib, rss_kib};
 
 fn poll<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
     testkit::wait_for(what, Duration::from_secs(secs), f)
@@ -298,6 +298,7 @@ fn a_thousand_concurrent_uploads_succeed_and_leave_descriptors_and_memory_bounde
     );
     let pid = s.pid();
     let fd0 = fd_count(pid);
+    let files0 = file_fd_count(pid);
     let rss0 = rss_kib(pid);
     let url = s.url.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -305,7 +306,7 @@ fn a_thousand_concurrent_uploads_succeed_and_leave_descriptors_and_memory_bounde
         .enable_all()
         .build()
         .unwrap();
-    let (fd_peak, over) = rt.block_on(async move {
+    let (fd_peak, files_peak, over) = rt.block_on(async move {
         let c = reqwest::Client::new();
         // Phase 1: N sessions opened at once (all held open), each with a first chunk.
         let mut tasks = Vec::new();
@@ -352,6 +353,7 @@ fn a_thousand_concurrent_uploads_succeed_and_leave_descriptors_and_memory_bounde
             .unwrap();
         let over = (r.status(), r.text().await.unwrap_or_default());
         let fd_peak = fd_count(pid);
+        let files_peak = file_fd_count(pid);
         // Phase 2: all N finished at once (last chunk + digest).
         let mut tasks = Vec::new();
         for (loc, body) in open {
@@ -398,7 +400,7 @@ fn a_thousand_concurrent_uploads_succeed_and_leave_descriptors_and_memory_bounde
                 .unwrap();
             assert_eq!(&Digest::sha256_of(&b), d);
         }
-        (fd_peak, over)
+        (fd_peak, files_peak, over)
     });
     drop(rt); // closes the client's connections
     assert_eq!(over.0, StatusCode::TOO_MANY_REQUESTS, "{}", over.1);
@@ -412,14 +414,18 @@ fn a_thousand_concurrent_uploads_succeed_and_leave_descriptors_and_memory_bounde
     let rss = rss_kib(pid);
     let peak = peak_rss_kib(pid);
     eprintln!(
-        "load: fds {fd0} -> peak {fd_peak} -> {fd_after}; VmRSS {rss0} KiB -> {rss} KiB, \
+        "load: fds {fd0} -> peak {fd_peak} ({files0} -> {files_peak} files) -> {fd_after}; VmRSS {rss0} KiB -> {rss} KiB, \
          peak (VmHWM) {peak} KiB"
     );
-    // About one descriptor per client connection (the client opens a few more than N while
-    // finishing sessions as others are being opened): a session holding its file open would
-    // add N more on top.
+    // The sockets are the client's connections (between N and 2N: its pool opens new ones while
+    // others finish); what must not grow is files: a session holding its file open would add
+    // one per session.
     assert!(
-        fd_peak < fd0 + N + N / 2,
+        files_peak <= files0 + 8,
+        "{files_peak} open files with {N} sessions open (baseline {files0})"
+    );
+    assert!(
+        fd_peak < fd0 + 2 * N,
         "{fd_peak} descriptors with {N} sessions open (baseline {fd0})"
     );
     // Bodies are streamed to disk: 1,000 sessions of ~6 KiB stay far below this, while holding

@@ -337,6 +337,16 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
 }
 
+/// Descriptors of `pid` that name a file or directory (not a socket, pipe or anonymous inode):
+/// what a server holding files open per session or request would grow.
+pub fn file_fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t.is_absolute()))
+        .count()
+}
+
 /// Processes other than this one whose command line mentions `needle` (a node's unique dir).
 pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
     let needle = needle.to_string_lossy().into_owned();
