@@ -107,20 +107,20 @@ pub fn oci_archive(path: &Path, name: &str, layers: &[(Vec<u8>, Vec<u8>)]) {
         .iter()
         .map(|(gz, _)| {
             let (d, s) = add(gz.clone());
-            serde_json::json!({"mediaType": crate::registry::MT_LAYER, "digest": d, "size": s})
+            serde_json::json!({"mediaType": emulator::oci::MT_OCI_LAYER_GZIP, "digest": d, "size": s})
         })
         .collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": crate::registry::MT_MANIFEST,
-        "config": {"mediaType": crate::registry::MT_CONFIG, "digest": cd, "size": cs},
+        "mediaType": emulator::oci::MT_OCI_MANIFEST,
+        "config": {"mediaType": emulator::oci::MT_OCI_CONFIG, "digest": cd, "size": cs},
         "layers": layer_descs,
     });
     let (md, ms) = add(serde_json::to_vec(&manifest).unwrap());
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": crate::registry::MT_MANIFEST,
+            "mediaType": emulator::oci::MT_OCI_MANIFEST,
             "digest": md, "size": ms,
             "platform": {"architecture": "amd64", "os": "linux"},
             "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"},
