@@ -67,12 +67,7 @@ async fn killed_teleportd_leaves_nothing_after_node_stop() {
     // Layers are attached on first use: run a pod (left running) so they are mounted.
     run_app(&node, &w, false).await;
 
-    let fuse_mounts = || {
-        common::mounts_under(&dir)
-            .into_iter()
-            .filter(|m| m.contains("fuse"))
-            .count()
-    };
+    let fuse_mounts = || testkit::fuse_mounts_under(&dir).len();
     assert!(fuse_mounts() > 0, "teleport pull made no FUSE mount");
 
     // SIGKILL: teleportd gets no chance to clean up.
