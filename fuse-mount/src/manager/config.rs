@@ -130,12 +130,12 @@ impl ManagerConfig {
                 .credentials
                 .as_ref()
                 .map(|c| hex::encode(sha2::Sha256::digest(c.password.as_bytes()))),
-            start_profile: self.settings.start_profile(),
-            profile_window_ms: u64::try_from(self.settings.profile_window.as_millis())
-                .unwrap_or(u64::MAX),
-            prefetch_layers: self.settings.prefetch_layers,
-            cache_max_bytes: self.settings.cache_max_bytes,
-            neighbour_ahead: self.settings.neighbour_ahead,
+            settings: self
+                .settings
+                .to_args()
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
         }
     }
 }
@@ -161,6 +161,21 @@ mod tests {
             argv.extend(s.to_args());
             assert_eq!(Only::try_parse_from(argv).unwrap().settings, s);
         }
+    }
+
+    #[test]
+    fn any_changed_setting_changes_the_fingerprint() {
+        let cfg = ManagerConfig {
+            root: "/r".into(),
+            registry: "http://127.0.0.1:1".into(),
+            credentials: None,
+            cache_dir: "/c".into(),
+            settings: MountSettings::default(),
+        };
+        let mut other = cfg.clone();
+        other.settings.neighbour_ahead = 0;
+        assert_ne!(cfg.fingerprint(), other.fingerprint());
+        assert_eq!(cfg.fingerprint(), cfg.clone().fingerprint());
     }
 
     #[test]

@@ -28,18 +28,11 @@ pub struct Fingerprint {
     /// sha256 of the password: a changed secret must restart the manager, without the secret
     /// travelling over the socket.
     pub password_sha256: Option<String>,
-    /// Start-profile, prefetch and cache settings: a manager kept with other ones would go on
-    /// serving with its old settings.
+    /// Its [`MountSettings`](super::config::MountSettings) as the flags a spawned manager gets
+    /// (`to_args`): a manager kept with other settings would go on serving with its old ones,
+    /// and every setting is in here without being listed twice.
     #[serde(default)]
-    pub start_profile: bool,
-    #[serde(default)]
-    pub profile_window_ms: u64,
-    #[serde(default)]
-    pub prefetch_layers: bool,
-    #[serde(default)]
-    pub cache_max_bytes: Option<u64>,
-    #[serde(default)]
-    pub neighbour_ahead: u64,
+    pub settings: Vec<String>,
 }
 
 /// One layer to mount, as the snapshotter's [`LayerRef`] names it (the registry's `/mount`
