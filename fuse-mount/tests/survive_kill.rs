@@ -387,7 +387,8 @@ fn manager_reuse_replacement_and_kill() {
     // Kept across a clean stop, reused by the next teleportd with the same config.
     let mut td = start(&with_cache("c1"), &["--keep-fuse-manager"]);
     let m1 = manager_pid(&root);
-    assert!(td.stop().success());
+    let st = td.stop();
+    assert!(st.success(), "{st}: {}", td.log_text());
     assert!(
         pid_alive(m1),
         "--keep-fuse-manager leaves the manager running"
@@ -424,6 +425,65 @@ fn manager_reuse_replacement_and_kill() {
     .unwrap();
     let done = fuse_mount::daemon::kill_manager(&root).unwrap();
     assert_eq!(done.stopped, None);
+    rt.block_on(reg.shutdown()).unwrap();
+    assert!(mounts_under(dir).is_empty());
+}
+
+/// A SIGTERM that arrives while teleportd is still starting is a clean stop, not death by
+/// signal: the handlers are installed first thing. (Installed on the shutdown future's first
+/// poll, after the socket was bound, a SIGTERM right after the socket accepted killed it.)
+/// Here the start is held deterministically: a socket at the fuse manager's path that accepts
+/// but never answers keeps teleportd waiting (5 s) before it binds its own socket.
+#[test]
+fn sigterm_while_starting_is_a_clean_stop() {
+    if !testkit::prerequisites() {
+        return;
+    }
+    let t = TestDir::new();
+    let dir = t.path();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt
+        .block_on(registry_mock::start(registry_mock::Config::new(
+            dir.join("reg"),
+        )))
+        .unwrap();
+    let url = reg.url();
+    let (root, socket) = (dir.join("teleportd"), dir.join("t.sock"));
+    let _guard = ManagerGuard(root.clone());
+    std::fs::create_dir_all(&root).unwrap();
+    let mute = std::os::unix::net::UnixListener::bind(root.join("fuse-manager.sock")).unwrap();
+    let log = std::fs::File::create(dir.join("teleportd.log")).unwrap();
+    let mut child = std::process::Command::new(testkit::bin("teleportd"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--address")
+        .arg(&socket)
+        .args(["--insecure-registry", "--registry", &url])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Its manager probe has connected to the mute socket: teleportd is mid-start.
+    let (_probe, _) = mute.accept().unwrap();
+    assert!(
+        !socket.exists(),
+        "teleportd bound its socket before its manager answered"
+    );
+    assert!(
+        testkit::catches_signal(child.id(), libc::SIGTERM),
+        "teleportd does not catch SIGTERM while starting"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let st = wait_for("teleportd exit", Duration::from_secs(30), || {
+        child.try_wait().unwrap()
+    });
+    let log = std::fs::read_to_string(dir.join("teleportd.log")).unwrap();
+    assert!(st.success(), "{st}: {log}");
+    assert!(!socket.exists(), "a clean stop removes the socket");
+    if let Some(m) = fuse_mount::manager::read_pid(&root) {
+        assert!(!pid_alive(m), "a clean stop stops the manager it started");
+    }
     rt.block_on(reg.shutdown()).unwrap();
     assert!(mounts_under(dir).is_empty());
 }

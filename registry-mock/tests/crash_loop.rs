@@ -116,3 +116,18 @@ fn sigkilled_expansions_fail_the_layer_after_three_attempts() {
     assert_eq!(state(root, &ld).unwrap()["state"], "failed");
     kill(s);
 }
+
+/// SIGTERM is a clean stop (exit 0), not death by signal: once the port accepts, the handler
+/// is in place (it is installed before the listener is bound).
+#[test]
+fn sigterm_once_the_port_accepts_is_a_clean_stop() {
+    const SIGTERM: i32 = 15;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RegistryProcess::start(dir.path(), &[]);
+    assert!(
+        testkit::catches_signal(s.pid(), SIGTERM),
+        "registry-mock listens before it catches SIGTERM"
+    );
+    let st = s.stop();
+    assert!(st.success(), "{st}: {}", s.log_text());
+}

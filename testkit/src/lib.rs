@@ -21,7 +21,7 @@ pub use image::{expected_tree, layer, oci_archive, test_image, Node, BUSYBOX, TR
 pub use mounts::{fuse_mounts_under, mounts_under, KernelMount, NoMountsLeft, TestDir, Tmpfs};
 pub use prereq::{prerequisites, require, Need};
 pub use process::{
-    fd_count, file_fd_count, peak_rss_kib, processes_mentioning, rss_kib, Containerd, ManagerGuard,
-    Teleportd,
+    catches_signal, fd_count, file_fd_count, peak_rss_kib, processes_mentioning, rss_kib,
+    Containerd, ManagerGuard, Teleportd,
 };
 pub use wait::{poll_until, tail, wait_for};

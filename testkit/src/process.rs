@@ -310,6 +310,19 @@ impl Drop for ManagerGuard {
     }
 }
 
+/// Whether `pid` has a handler installed for `signal` (its `SigCgt` mask in `/proc/PID/status`):
+/// a daemon that is ready but does not catch SIGTERM dies by it instead of stopping cleanly.
+pub fn catches_signal(pid: u32, signal: i32) -> bool {
+    let st = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let mask = st
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigCgt in /proc/{pid}/status"));
+    (1..=64).contains(&signal) && mask & (1 << (signal - 1)) != 0
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmHWM`, `VmRSS`).
 fn status_kib(pid: u32, field: &str) -> u64 {
     let st = fs::read_to_string(format!("/proc/{pid}/status"))

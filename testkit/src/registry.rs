@@ -140,6 +140,16 @@ impl RegistryProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let child = &mut self.child;
+        wait_for("registry-mock exit", Duration::from_secs(15), || {
+            child.try_wait().unwrap()
+        })
+    }
+
     /// Whether the process is still running (not exited, not reaped).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -107,20 +107,26 @@ fn registry_setup(cli: &Cli, registry: &str) -> anyhow::Result<Option<config::Cr
     Ok(config::resolve_login(&sources, registry)?)
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now and returns the future that completes on the first
+/// one. Registering eagerly matters: a handler installed only when the future is first polled
+/// (after the socket is bound) leaves a window where a SIGTERM kills the process outright.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+    );
+    async move {
+        match signals {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
 }
 
 #[tokio::main]
@@ -139,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let shutdown = shutdown_signal();
     if let Some(Command::FuseManager) = cli.command {
         let registry = cli
             .registry
@@ -152,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
             credentials: login,
             settings: cli.mount,
         };
-        fuse_mount::manager::server::run(cfg, shutdown_signal()).await?;
+        fuse_mount::manager::server::run(cfg, shutdown).await?;
         return Ok(());
     }
     let remote = !cli.no_remote && cli.registry.is_some();
@@ -180,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
         mount: cli.mount,
         ..Config::new(cli.root, cli.address)
     };
-    daemon::run(cfg, shutdown_signal()).await?;
+    daemon::run(cfg, shutdown).await?;
     Ok(())
 }
 
