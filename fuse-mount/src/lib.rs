@@ -18,5 +18,6 @@ pub mod private;
 pub mod remote;
 pub mod snapshot;
 pub mod timing;
+pub mod trace;
 
 pub use node_api;

@@ -801,3 +801,73 @@ fn fs_a_small_files_first_miss_fetches_its_neighbours_in_one_request() {
         "{with:?} vs {alone:?}"
     );
 }
+
+/// The start trace lists a mount's opens (with paths) and reads in order, with each read's
+/// wait and whether it was cached; neighbour-ahead turns later files' misses into hits.
+#[test]
+fn fs_trace_lists_opens_and_reads_in_order_with_misses_and_waits() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
+        return;
+    }
+    use fuse_mount::trace::{self, Op, Summary};
+    const NAMES: [&str; 8] = [
+        "lib/t0.py",
+        "lib/t1.py",
+        "lib/t2.py",
+        "lib/t3.py",
+        "lib/t4.py",
+        "lib/t5.py",
+        "lib/t6.py",
+        "lib/t7.py",
+    ];
+    let names = NAMES;
+    let files: Vec<Vec<u8>> = (0..8).map(|i| bytes(70 + i, 40_000)).collect();
+    let mut items = vec![Item::Dir("lib", 0o755, 0)];
+    for (name, data) in names.iter().zip(&files) {
+        items.push(Item::File(name, 0o644, 0, data.clone()));
+    }
+    let layer = tar_layer(&items);
+    // Process-wide ring: other tests' mounts may record too; each run reads only its mount's.
+    trace::set_capacity(1 << 20);
+    let run = |neighbour_ahead: u64| {
+        let env = env_of(std::slice::from_ref(&layer), false);
+        let _guard = NoMountsLeft(env.root.clone());
+        let m = mkdir(&env.root.join("mnt/m"));
+        let o = MountOptions {
+            neighbour_ahead,
+            ..opts()
+        };
+        let cursor = trace::cursor();
+        let h = mount_merged(&m, env.layers.clone(), &o).unwrap();
+        for (name, want) in names.iter().zip(&files) {
+            assert_eq!(&std::fs::read(m.join(name)).unwrap(), want, "{name}");
+        }
+        h.unmount().unwrap();
+        let id = trace::mount_id(&m.to_string_lossy());
+        let mine: Vec<trace::Event> = trace::page(cursor, usize::MAX)
+            .events
+            .into_iter()
+            .filter(|e| e.mount == id)
+            .collect();
+        mine
+    };
+    let alone = run(0);
+    let opens: Vec<&str> = alone
+        .iter()
+        .filter(|e| e.op == Op::Open)
+        .filter_map(|e| e.path.as_deref())
+        .collect();
+    let want: Vec<String> = names.iter().map(|n| format!("/{n}")).collect();
+    assert_eq!(
+        opens, want,
+        "one open per file, in the order they were read"
+    );
+    assert!(alone.windows(2).all(|w| w[0].seq < w[1].seq));
+    let s = Summary::of(&alone);
+    assert_eq!(s.read_bytes, 8 * 40_000, "{s:?}");
+    assert!(s.miss_reads >= 4 && s.miss_wait_s > 0.0, "{s:?}");
+    assert_eq!(s.failed, 0);
+    let with = Summary::of(&run(512 << 10));
+    assert!(with.miss_reads < s.miss_reads, "{with:?} vs {s:?}");
+    assert!(with.cached_reads > s.cached_reads, "{with:?} vs {s:?}");
+}

@@ -198,6 +198,32 @@ fn survive_kill(mode: &str) {
     td.kill();
     assert!(pid_alive(manager), "the fuse manager survives teleportd");
     check_reads_through(&ctrd, &c1, pid);
+    // The start trace lives in the manager too: `teleportd trace` lists what was just read.
+    let out = std::process::Command::new(testkit::bin("teleportd"))
+        .arg("--root")
+        .arg(&root)
+        .arg("trace")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "open",
+        "/etc/hello.txt",
+        "/bin/busybox",
+        "read",
+        "misses",
+        "next ",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want:?} missing from the trace:\n{text}"
+        );
+    }
 
     // Restart: the same manager, the same mounts (no re-mount, no stacking).
     let mut td = Teleportd::start_with(&root, &socket, &log, &targs);

@@ -878,12 +878,31 @@ async fn measure(
     if opts.drop_caches && !matches!(run_kind, Run::Warm(_)) {
         drop_page_cache();
     }
+    // The fuse manager's trace cursor: only this run's events are summed after it.
+    let trace_root = tp_url
+        .is_some()
+        .then(|| node.paths().teleportd_root.clone());
+    let trace_from = match &trace_root {
+        Some(r) => fuse_mount::manager::client::trace_at(r, u64::MAX)
+            .await
+            .ok()
+            .filter(|p| p.capacity > 0)
+            .map(|p| p.next),
+        None => None,
+    };
     let host_before = HostProbe::now();
     let tp_before = tp_scrape(tp_url.clone()).await;
     let before = metrics::scrape(http, metrics_url).await?;
     let t = run_pod(node, &spec, &run, &events).await?;
     let after = metrics::scrape(http, metrics_url).await?;
     let tp_after = tp_scrape(tp_url).await;
+    let trace = match (&trace_root, trace_from) {
+        (Some(r), Some(from)) => fuse_mount::manager::client::trace_all(r, from)
+            .await
+            .ok()
+            .map(|p| fuse_mount::trace::Summary::of(&p.events)),
+        _ => None,
+    };
     let host = HostState::between(&host_before, &HostProbe::now());
     let ready = t.ready.clone().unwrap_or_default();
     Ok(Sample {
@@ -916,5 +935,6 @@ async fn measure(
             .blob_range_requests()
             .saturating_sub(before.blob_range_requests()),
         teleportd_metrics: tp_before.delta(&tp_after),
+        trace,
     })
 }

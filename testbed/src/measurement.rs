@@ -52,6 +52,10 @@ pub struct Sample {
     /// teleportd `/metrics` changes during the run (teleporters only; empty if unavailable).
     #[serde(default)]
     pub teleportd_metrics: std::collections::BTreeMap<String, f64>,
+    /// Teleporters: what the fuse manager's start trace adds up to for this run (FUSE opens
+    /// and reads, cached or missed, and their waits; `teleportd trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<fuse_mount::trace::Summary>,
 }
 
 /// Image facts a report row needs.

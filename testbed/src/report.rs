@@ -562,6 +562,7 @@ impl Report {
         if peers {
             s.push_str(&self.soci_notes());
         }
+        s.push_str(&self.trace_breakdown());
         let _ = writeln!(
             s,
             "**published (Azure, 2021) — for comparison only.** Their figure is kubelet's pull time \
@@ -589,6 +590,82 @@ impl Report {
             "\nSource: {}",
             self.published.first().map_or("", |p| p.source.as_str())
         );
+        s
+    }
+
+    /// Where a teleporter's cold start goes, from the fuse manager's trace: medians per node
+    /// and kind of start. Empty when no sample carries a trace.
+    fn trace_breakdown(&self) -> String {
+        let mut s = String::new();
+        let mut keys: Vec<(Variant, &str, &str, bool)> = Vec::new();
+        for x in self.samples.iter().filter(|x| !x.warm && x.trace.is_some()) {
+            let k = (
+                x.variant,
+                x.node.as_str(),
+                x.start_profile.as_str(),
+                x.first_start,
+            );
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        if keys.is_empty() {
+            return s;
+        }
+        keys.sort_by_key(|(v, n, _, f)| (v.as_str(), *f, *n));
+        let _ = writeln!(
+            s,
+            "**Where a teleporter's start goes** (`teleportd trace`: every FUSE open and read of \
+             the run, medians). A *miss* is a read whose bytes were not yet on the node; \
+             *registry-bound* is the time in which at least one miss was waiting.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| Image | Node | Start | Ready | opens | reads | cached reads | misses | miss wait (summed) | registry-bound | longest miss | traced span |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for (v, node, profile, first) in keys {
+            let xs: Vec<&Sample> = self
+                .samples
+                .iter()
+                .filter(|x| {
+                    !x.warm
+                        && x.variant == v
+                        && x.node == node
+                        && x.first_start == first
+                        && x.trace.is_some()
+                })
+                .collect();
+            let t = |f: &dyn Fn(&fuse_mount::trace::Summary) -> f64| {
+                Stat::of(
+                    &xs.iter()
+                        .filter_map(|x| x.trace.as_ref().map(f))
+                        .collect::<Vec<_>>(),
+                )
+                .map_or(0.0, |s| s.median)
+            };
+            let ready = Stat::of(&xs.iter().map(|x| x.ready_seconds).collect::<Vec<_>>())
+                .map_or(0.0, |s| s.median);
+            let start = if first {
+                "first start".to_string()
+            } else {
+                format!("profile {profile}")
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {node} | {start} | {ready:.2} s | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} s | {:.2} s | {:.3} s | {:.2} s |",
+                v.as_str(),
+                t(&|x| x.opens as f64),
+                t(&|x| x.reads as f64),
+                t(&|x| x.cached_reads as f64),
+                t(&|x| x.miss_reads as f64),
+                t(&|x| x.miss_wait_s),
+                t(&|x| x.miss_busy_s),
+                t(&|x| x.longest_miss_s),
+                t(&|x| x.span_s),
+            );
+        }
+        s.push('\n');
         s
     }
 
@@ -902,6 +979,7 @@ mod tests {
             },
             blob_range_requests: 0,
             teleportd_metrics: Default::default(),
+            trace: None,
         }
     }
 
@@ -1182,6 +1260,70 @@ mod tests {
             .svg()
             .contains("Teleport and SOCI rows on their own scale"));
         assert!(r.csv().lines().nth(1).unwrap().ends_with(",70,9"));
+    }
+
+    #[test]
+    fn trace_breakdown_gives_medians_per_teleporter_and_start_kind() {
+        let traced = |ready: f64, misses: u64, busy: f64, first: bool| {
+            let mut x = sample(
+                "teleporter-merged",
+                "merged",
+                "teleporter",
+                Some(0),
+                0.2,
+                ready,
+                0,
+            );
+            x.first_start = first;
+            x.trace = Some(fuse_mount::trace::Summary {
+                opens: 10,
+                reads: 20,
+                cached_reads: 20 - misses,
+                miss_reads: misses,
+                miss_wait_s: busy * 2.0,
+                miss_busy_s: busy,
+                longest_miss_s: 0.004,
+                span_s: 1.0,
+                ..Default::default()
+            });
+            x
+        };
+        let mut samples = vec![
+            sample("shuttle", "overlayfs", "shuttle", Some(0), 10.0, 12.0, 900),
+            traced(2.0, 4, 0.1, false),
+            traced(3.0, 6, 0.3, false),
+            traced(4.0, 8, 0.2, false),
+            traced(5.0, 15, 0.9, true),
+        ];
+        let mut warm = traced(1.0, 0, 0.0, false);
+        warm.warm = true;
+        samples.push(warm);
+        let r = Report::build(
+            "p",
+            1.0,
+            0.06,
+            LinkSettings {
+                bandwidth_bytes_per_sec: None,
+                bandwidth: None,
+                latency_ms: 0.0,
+            },
+            MachineInfo::detect(),
+            Versions::detect(),
+            Vec::new(),
+            samples,
+            "pause".into(),
+        );
+        let md = r.markdown();
+        assert!(md.contains("Where a teleporter's start goes"), "{md}");
+        // Medians of the three cold learned runs (the warm run is left out).
+        assert!(
+            md.contains("| layered | teleporter-merged | profile learned | 3.00 s | 10 | 20 | 14 | 6 | 0.40 s | 0.20 s | 0.004 s | 1.00 s |"),
+            "{md}"
+        );
+        assert!(md.contains("| layered | teleporter-merged | first start | 5.00 s | 10 | 20 | 5 | 15 | 1.80 s | 0.90 s |"), "{md}");
+        let mut plain = r.clone();
+        plain.samples.iter_mut().for_each(|x| x.trace = None);
+        assert!(!plain.markdown().contains("Where a teleporter's start goes"));
     }
 
     /// `testbed diff` reads a schema-2 report (no peer fields anywhere).

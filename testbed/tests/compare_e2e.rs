@@ -62,6 +62,13 @@ async fn scaled_compare_measures_both_nodes() {
             .sum()
     };
     for s in report.samples.iter().filter(|s| s.role == "teleporter") {
+        // The fuse manager's trace of the run: the app's reads all went through FUSE (a
+        // first start has nothing cached before it: some of them missed).
+        let t = s.trace.as_ref().unwrap_or_else(|| panic!("no trace: {s:?}"));
+        assert!(t.opens > 0 && t.reads > 0 && t.failed == 0, "{t:?}");
+        if s.first_start {
+            assert!(t.miss_reads > 0 && t.miss_busy_s > 0.0, "{t:?}");
+        }
         if s.first_start || s.start_profile == "off" {
             assert_eq!(profile_layers(s), 0.0, "{s:?}");
         } else if !s.warm {
@@ -139,6 +146,7 @@ async fn scaled_compare_measures_both_nodes() {
     // Nodes ran on fresh loop-backed ext4 filesystems (the default), all released now.
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("containerd"), "containerd version shown: {md}");
+    assert!(md.contains("Where a teleporter's start goes"), "{md}");
     let loops: Vec<String> = std::fs::read_dir("/sys/block")
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("loop/backing_file")).ok())

@@ -89,6 +89,20 @@ enum Command {
     /// --cache-dir, --user and TELEPORTD_PASSWORD.
     #[command(name = "fuse-manager")]
     FuseManager,
+    /// Print the fuse manager's start trace (of --root): every FUSE open and read in order,
+    /// cached or a registry miss, with its wait; then the summary. Kept: the newest
+    /// --trace-events of them.
+    Trace {
+        /// Start at this event number (a previous run's last "next" line).
+        #[arg(long, default_value = "0")]
+        since: u64,
+        /// Keep printing new events as they come (Ctrl-C ends).
+        #[arg(long)]
+        follow: bool,
+        /// The raw pages as JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// TLS settings for every registry client of this process, the scheme check, and the login.
@@ -129,6 +143,57 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// `teleportd trace`: pages from the manager's socket, printed as they come.
+async fn print_trace(
+    root: &std::path::Path,
+    mut since: u64,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use fuse_mount::trace::{Printer, Summary};
+    let mut printer = Printer::default();
+    let mut events = Vec::new();
+    loop {
+        let page = fuse_mount::manager::client::trace_at(root, since)
+            .await
+            .with_context(|| format!("asking the fuse manager of {}", root.display()))?;
+        if page.capacity == 0 {
+            anyhow::bail!("the fuse manager keeps no trace (it runs with --trace-events 0)");
+        }
+        since = page.next;
+        if json {
+            println!("{}", serde_json::to_string(&page)?);
+        } else {
+            print!("{}", printer.lines(&page));
+        }
+        let empty = page.events.is_empty();
+        events.extend(page.events);
+        if empty && !follow {
+            break;
+        }
+        if empty {
+            // Polling a live process's ring: nothing to wait on but time.
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    if !json {
+        for (i, m) in printer_mounts(root).await.iter().enumerate() {
+            println!("m{i} = {m}");
+        }
+        print!("{}", Summary::of(&events));
+        println!("next {since}");
+    }
+    Ok(())
+}
+
+async fn printer_mounts(root: &std::path::Path) -> Vec<String> {
+    fuse_mount::manager::client::trace_at(root, u64::MAX)
+        .await
+        .map(|p| p.mounts)
+        .unwrap_or_default()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let argv = emulator::settings_file::splice_config_file(std::env::args_os().collect(), 1)?;
@@ -139,6 +204,14 @@ async fn main() -> anyhow::Result<()> {
         });
         print!("{}", containerd_config::snippet(v, &cli.address));
         return Ok(());
+    }
+    if let Some(Command::Trace {
+        since,
+        follow,
+        json,
+    }) = cli.command
+    {
+        return print_trace(&cli.root, since, follow, json).await;
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -221,6 +294,7 @@ mod tests {
             prefetch_layers: false,
             cache_max_bytes: Some(8192),
             neighbour_ahead: 256 << 10,
+            trace_events: 65536,
         };
         assert_eq!(cli.mount, want);
         // The manager's command line: teleportd's own flags, parsed by the same Cli.

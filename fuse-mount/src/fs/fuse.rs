@@ -15,6 +15,7 @@ use fuser::{
 use super::tree::{Node, NodeKind, Tree};
 use crate::fetch::{Counters, LayerHandle};
 use crate::timing::{FuseOp, OpTimer};
+use crate::trace;
 
 /// Largest read the kernel sends us (and readahead window).
 pub(crate) const MAX_READ: u32 = 1 << 20;
@@ -30,6 +31,8 @@ pub(crate) struct TeleportFs {
     pub prefetch_on_open_max: u64,
     pub read_ahead: u64,
     pub neighbour_ahead: u64,
+    /// This mount's index in the start trace, when tracing is on ([`crate::trace`]).
+    pub trace_mount: Option<u32>,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -83,6 +86,19 @@ fn attr(ino: u64, n: &Node) -> FileAttr {
 impl TeleportFs {
     fn get(&self, ino: INodeNo) -> Result<&Node, Errno> {
         self.tree.node(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    /// Whether a read's first and last bytes are in the cache already (the trace's hit test).
+    fn is_cached(&self, n: &Node, offset: u64, size: u32) -> bool {
+        let len = u64::from(size).min(n.size.saturating_sub(offset));
+        match n.data {
+            None => true,
+            Some(_) if len == 0 => true,
+            Some((slot, base)) => self.layers.get(slot).is_some_and(|l| {
+                l.is_cached(base.saturating_add(offset))
+                    && l.is_cached(base.saturating_add(offset + len - 1))
+            }),
+        }
     }
 
     /// Bytes `offset..offset+size` of file `ino`, clamped to its size.
@@ -179,6 +195,7 @@ impl Filesystem for TeleportFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _timer = OpTimer::start(FuseOp::Open);
+        let span = self.trace_mount.map(|m| (m, trace::Span::start()));
         let n = match self.get(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -206,6 +223,19 @@ impl Filesystem for TeleportFs {
         }
         // Contents never change: let the page cache keep them across opens.
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        if let Some((mount, span)) = span {
+            span.finish(trace::Event {
+                mount,
+                op: trace::Op::Open,
+                ino: ino.0,
+                path: self.tree.path_of(ino.0),
+                len: n.size,
+                cached: n.data.is_none_or(|(slot, base)| {
+                    self.layers.get(slot).is_some_and(|l| l.is_cached(base))
+                }),
+                ..trace::Event::blank()
+            });
+        }
     }
 
     fn read(
@@ -227,10 +257,30 @@ impl Filesystem for TeleportFs {
         if n.kind != NodeKind::File {
             return reply.error(Errno::EINVAL);
         }
-        match self.read_file(n, offset, size) {
+        let Some(mount) = self.trace_mount else {
+            return match self.read_file(n, offset, size) {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(e),
+            };
+        };
+        let span = trace::Span::start();
+        let cached = self.is_cached(n, offset, size);
+        let r = self.read_file(n, offset, size);
+        let failed = r.is_err();
+        match r {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(e),
         }
+        span.finish(trace::Event {
+            mount,
+            op: trace::Op::Read,
+            ino: ino.0,
+            offset,
+            len: u64::from(size).min(n.size.saturating_sub(offset)),
+            cached,
+            failed,
+            ..trace::Event::blank()
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

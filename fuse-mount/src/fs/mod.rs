@@ -264,6 +264,8 @@ fn mount_tree(
         prefetch_on_open_max: opts.prefetch_on_open_max,
         read_ahead: opts.read_ahead,
         neighbour_ahead: opts.neighbour_ahead,
+        trace_mount: crate::trace::enabled()
+            .then(|| crate::trace::mount_id(&path.to_string_lossy())),
     };
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![

@@ -118,6 +118,29 @@ impl Tree {
             .map(|i| dir.children[i].1)
     }
 
+    /// A path of `ino` inside the mount (`/a/b`; a hard link's first name). Walks the parents
+    /// and scans each one's children, so it is for traces, not for hot paths.
+    pub(crate) fn path_of(&self, ino: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let parent = self.node(cur)?.parent;
+            let (name, _) = self
+                .node(parent)?
+                .children
+                .iter()
+                .find(|(_, i)| *i == cur)?;
+            parts.push(name.as_str());
+            // A tree is acyclic by construction; the bound keeps a bad one from looping.
+            if parts.len() > self.nodes.len() {
+                return None;
+            }
+            cur = parent;
+        }
+        parts.reverse();
+        Some(format!("/{}", parts.join("/")))
+    }
+
     /// Build from `(entry, layer slot)` pairs; a later entry for the same path wins (the caller
     /// passes an already-resolved view, so duplicates only come from a layer re-listing a path).
     /// Whiteout / opaque markers are expected in their overlay form already and are skipped here.
@@ -337,6 +360,9 @@ mod tests {
         assert_eq!(t.total_bytes, 5);
         assert!(t.node(0).is_none());
         assert!(t.lookup(fi, b"x").is_none());
+        assert_eq!(t.path_of(fi).as_deref(), Some("/a/b/f"));
+        assert_eq!(t.path_of(ROOT).as_deref(), Some("/"));
+        assert_eq!(t.path_of(999), None);
     }
 
     #[test]

@@ -79,6 +79,33 @@ async fn info_at(socket: &Path, timeout: Duration) -> Result<ManagerInfo> {
     }
 }
 
+/// The start trace of the manager serving `root`, from cursor `since` on (one page; call again
+/// from [`crate::trace::Page::next`] while events come back).
+pub async fn trace_at(root: &Path, since: u64) -> Result<crate::trace::Page> {
+    let req = Request::Trace {
+        since,
+        max: super::proto::TRACE_PAGE,
+    };
+    match call_at(&super::socket_path(root), &req, QUICK).await? {
+        Response::Trace(p) => Ok(p),
+        other => Err(Error::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Every event from `since` on, paged; the returned page holds them all.
+pub async fn trace_all(root: &Path, since: u64) -> Result<crate::trace::Page> {
+    let mut all = trace_at(root, since).await?;
+    loop {
+        let more = trace_at(root, all.next).await?;
+        if more.events.is_empty() {
+            all.mounts = more.mounts;
+            return Ok(all);
+        }
+        all.next = more.next;
+        all.events.extend(more.events);
+    }
+}
+
 fn expect_ok(r: Response) -> Result<()> {
     match r {
         Response::Ok => Ok(()),

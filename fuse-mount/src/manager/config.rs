@@ -38,6 +38,10 @@ pub struct MountSettings {
     /// round trip each. 0 turns it off.
     #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub neighbour_ahead: u64,
+    /// Keep the newest this many FUSE opens and reads, in order with their waits, for
+    /// `teleportd trace` (about 100 bytes each). 0 turns the trace off.
+    #[arg(long, default_value = "65536", value_name = "EVENTS")]
+    pub trace_events: usize,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -84,6 +88,8 @@ impl MountSettings {
         }
         a.push("--neighbour-ahead".into());
         a.push(self.neighbour_ahead.to_string().into());
+        a.push("--trace-events".into());
+        a.push(self.trace_events.to_string().into());
         a
     }
 
@@ -154,6 +160,7 @@ mod tests {
                 prefetch_layers: true,
                 cache_max_bytes: Some(1 << 30),
                 neighbour_ahead: 0,
+                trace_events: 7,
             },
         ];
         for s in cases {

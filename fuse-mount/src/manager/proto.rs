@@ -120,6 +120,13 @@ pub enum Request {
     Stats,
     /// The manager's latency histograms ([`crate::timing::manager`]) as OpenMetrics text.
     Timings,
+    /// The start trace from cursor `since` on, at most `max` events ([`crate::trace::page`]).
+    Trace {
+        #[serde(default)]
+        since: u64,
+        #[serde(default = "default_trace_max")]
+        max: usize,
+    },
     /// Serve on with these registry credentials (a rotated password): answered Ok, the
     /// manager's fingerprint then says so. Mounts are not touched.
     SetCredentials {
@@ -134,6 +141,13 @@ pub enum Request {
         force: bool,
     },
 }
+
+fn default_trace_max() -> usize {
+    TRACE_PAGE
+}
+
+/// Events per trace answer (a line of JSON each answer: kept to a few MiB).
+pub const TRACE_PAGE: usize = 16_384;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManagerInfo {
@@ -159,6 +173,7 @@ pub enum Response {
     Stats {
         mounts: Vec<(PathBuf, CountersSnapshot)>,
     },
+    Trace(crate::trace::Page),
     Error {
         message: String,
     },

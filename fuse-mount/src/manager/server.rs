@@ -65,6 +65,7 @@ pub async fn run(cfg: ManagerConfig, shutdown: impl Future<Output = ()> + Send) 
         cfg.settings.client_options(),
     )?;
     write_pid(&cfg.root)?;
+    crate::trace::set_capacity(cfg.settings.trace_events);
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let state = Arc::new(State {
         layers: FuseLayers::new(client, cfg.settings.mount_options()),
@@ -243,6 +244,9 @@ async fn handle(req: Request, state: &State) -> (Response, bool) {
         Request::Timings => Response::Timings {
             text: crate::timing::manager().render(),
         },
+        Request::Trace { since, max } => {
+            Response::Trace(crate::trace::page(since, max.min(super::proto::TRACE_PAGE)))
+        }
         Request::Stats => Response::Stats {
             mounts: layers.stats().await,
         },
