@@ -125,7 +125,12 @@ fn setup() -> Bed {
         ClientOptions::default(),
     )
     .expect("client");
-    let opts = MountOptions::default();
+    let opts = MountOptions {
+        kernel_read_ahead_kb: std::env::var("TELEPORT_FUSE_READ_AHEAD_KB")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        ..MountOptions::default()
+    };
     let layer = mount_layer(
         dir.join("mnt-layer"),
         client.local_layer(ex.index.clone(), data.clone()),

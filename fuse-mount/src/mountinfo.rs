@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 /// One line of mountinfo, the fields anyone here uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The filesystem's device, `major:minor` (a FUSE mount's backing-device name in
+    /// `/sys/class/bdi`).
+    pub dev: String,
     pub mount_point: PathBuf,
     /// Per-mount options (`rw,nosuid,nodev,…`).
     pub options: String,
@@ -47,7 +50,9 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
-            let mut pre = pre.split(' ').skip(4);
+            let mut pre = pre.split(' ').skip(2);
+            let dev = pre.next()?.to_owned();
+            let _root = pre.next()?;
             let mount_point = unescape(pre.next()?);
             let options = pre.next().unwrap_or("").to_owned();
             let mut post = post.split(' ');
@@ -57,6 +62,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
                 .into_owned();
             let super_options = post.next().unwrap_or("").to_owned();
             Some(MountEntry {
+                dev,
                 mount_point,
                 options,
                 fs_type,
@@ -127,6 +133,7 @@ garbage
         assert_eq!(all.len(), 5);
         assert_eq!(all[4].mount_point, PathBuf::from("/tmp/n/with space"));
         assert_eq!(all[4].fs_type, "fuse.teleportd");
+        assert_eq!(all[4].dev, "0:29");
         assert_eq!(all[1].options, "rw");
         assert_eq!(
             overlay_lowers(&all[2]),
