@@ -187,7 +187,13 @@ fn decompress_layer(src: &Path, dest: &Path) -> Result<u64> {
 /// Convert the image tagged `tag` in the OCI layout `src` into a nydus image (RAFS v6, one data
 /// blob per layer plus a bootstrap layer) in a new OCI layout `dst`, tagged `tag`, using `work`
 /// for intermediates (removed afterwards). Blocking: run it off the async workers.
-pub fn convert(nydus_image: &Path, src: &Path, tag: &str, dst: &Path, work: &Path) -> Result<Converted> {
+pub fn convert(
+    nydus_image: &Path,
+    src: &Path,
+    tag: &str,
+    dst: &Path,
+    work: &Path,
+) -> Result<Converted> {
     let img = fixtures::squash::read_layout(src, Some(tag))
         .map_err(|e| Error::Invalid(format!("nydus convert: {e}")))?;
     mounts::remove_tree(dst)?;
@@ -220,19 +226,42 @@ pub fn convert(nydus_image: &Path, src: &Path, tag: &str, dst: &Path, work: &Pat
         std::fs::rename(&out, &named).map_err(Error::io(format!("rename {}", out.display())))?;
         blobs.push((hex, size));
     }
-    // 2. Merge the layers' metadata into the image's bootstrap (whiteouts applied here).
+    // 2. Merge the layers' metadata into the image's bootstrap (whiteouts applied here). Each
+    //    source is a blob named by its digest; `--blob-dir` is where nydus-image finds them to
+    //    extract their inlined metadata.
     let boot = work.join("image.boot");
+    let merge_json = work.join("merge.json");
     let mut merge = Command::new(nydus_image);
     merge
         .args(["merge", "--log-level", "warn", "--prefetch-policy", "fs"])
+        .arg("--blob-dir")
+        .arg(work.join("blobs"))
         .arg("--output-json")
-        .arg(work.join("merge.json"))
+        .arg(&merge_json)
         .arg("--bootstrap")
         .arg(&boot);
     for (hex, _) in &blobs {
         merge.arg(work.join("blobs").join(hex));
     }
     run_checked("nydus-image merge", &mut merge, b"/")?;
+    // The blobs the bootstrap refers to, in its blob table's order: the manifest's layers.
+    let merged: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&merge_json).map_err(Error::io(format!("read {}", merge_json.display())))?,
+    )
+    .map_err(|source| Error::Json {
+        what: "nydus-image merge --output-json".into(),
+        source,
+    })?;
+    let referenced: Vec<&str> = merged["blobs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|b| b.as_str()).collect())
+        .unwrap_or_default();
+    let ours: Vec<&str> = blobs.iter().map(|(h, _)| h.as_str()).collect();
+    if referenced != ours {
+        return Err(Error::Invalid(format!(
+            "nydus-image merge: the bootstrap refers to blobs {referenced:?}, not the layers' {ours:?}"
+        )));
+    }
     // 3. The bootstrap layer: a gzip tar holding image/image.boot.
     let boot_bytes = std::fs::read(&boot).map_err(Error::io(format!("read {}", boot.display())))?;
     let mut tar = tar::Builder::new(Vec::new());
@@ -478,6 +507,27 @@ pub fn render_nydusd_config(prefetch: bool) -> String {
     v.to_string()
 }
 
+/// `dir/bin/nydusd`: a script that runs `real` with `--rlimit-nofile 0`. nydusd raises its
+/// descriptor limit to 1,000,000 by default, which fails with EPERM ("Operation not
+/// permitted", nydusd exits at once) where the hard limit is lower and the process lacks
+/// CAP_SYS_RESOURCE (sandboxed runners, this machine); the snapshotter builds nydusd's command
+/// line itself, so the flag goes through this wrapper. 0 keeps the node's limit.
+fn write_nydusd_wrapper(dir: &Path, real: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).map_err(Error::io(format!("create {}", bin.display())))?;
+    let p = bin.join("nydusd");
+    let real = real.to_string_lossy().replace('\'', "'\\''");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nexec '{real}' \"$@\" --rlimit-nofile 0\n"),
+    )
+    .map_err(Error::io(format!("write {}", p.display())))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+        .map_err(Error::io(format!("chmod {}", p.display())))?;
+    Ok(p)
+}
+
 /// PIDs of `nydusd` processes whose arguments name a path under `dir` (the ones a node's
 /// snapshotter started: their API sockets and mount points are under its root).
 pub fn nydusd_pids_under(dir: &Path) -> Vec<u32> {
@@ -556,6 +606,21 @@ impl NydusNode {
         self.cfg.nydus_dir().join("snapshotter.log")
     }
 
+    /// The last lines of every nydusd log under the node's root (`logs/<daemon>/`), for
+    /// errors: nydusd reports there, not to the snapshotter's log.
+    pub fn nydusd_log_tails(&self) -> String {
+        let mut out = String::new();
+        let Ok(daemons) = std::fs::read_dir(self.cfg.root().join("logs")) else {
+            return out;
+        };
+        for d in daemons.flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                out.push_str(&crate::process::log_tail(&f.path(), 20));
+            }
+        }
+        out
+    }
+
     /// The node's running nydusd processes.
     pub fn nydusd_pids(&self) -> Vec<u32> {
         nydusd_pids_under(&self.cfg.dir)
@@ -576,6 +641,7 @@ impl NydusNode {
             node::fresh_filesystem(&self.cfg.dir, bytes, &targets)?;
         }
         std::fs::create_dir_all(&root).map_err(Error::io(format!("create {}", root.display())))?;
+        let nydusd = write_nydusd_wrapper(&nd, &self.cfg.bins.nydusd)?;
         let nydusd_config = nd.join("nydusd-config.json");
         std::fs::write(&nydusd_config, render_nydusd_config(self.cfg.prefetch))
             .map_err(Error::io(format!("write {}", nydusd_config.display())))?;
@@ -587,7 +653,7 @@ impl NydusNode {
             render_snapshotter_config(
                 &root,
                 &socket,
-                &self.cfg.bins.nydusd,
+                &nydusd,
                 &self.cfg.bins.nydus_image,
                 &nydusd_config,
             ),
