@@ -83,30 +83,28 @@ impl NydusBins {
         Ok(b)
     }
 
-    /// `nydusd --version`'s first line and the snapshotter package's version (from
-    /// `VERSIONS`, written by get-peers: the Debian build prints "unknown").
+    /// The versions `get-peers.sh` recorded in `VERSIONS` (the Debian build of the snapshotter
+    /// and a crates.io build of nydusd print "unknown"), on one line.
     pub fn versions(&self) -> String {
-        let nydusd = crate::process::output_of(&self.nydusd.to_string_lossy(), &["--version"])
-            .unwrap_or_default();
-        let nydusd = nydusd
-            .lines()
-            .find(|l| l.contains("Version"))
-            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
-            .unwrap_or_default();
-        let package = self
+        let file = self
             .snapshotter
             .ancestors()
             .nth(3)
             .map(|d| d.join("VERSIONS"))
             .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| {
-                t.lines()
-                    .skip_while(|l| !l.contains("nydus-snapshotter"))
-                    .nth(1)
-                    .map(|l| l.trim_start_matches("Version:").trim().to_string())
-            })
             .unwrap_or_default();
-        format!("nydus-snapshotter {package}, nydusd {nydusd}")
+        let mut out = Vec::new();
+        let mut package = None;
+        for l in file.lines() {
+            if let Some(p) = l.strip_prefix("Package: ") {
+                package = Some(p.trim().to_string());
+            } else if let (Some(v), Some(p)) = (l.strip_prefix("Version: "), package.take()) {
+                out.push(format!("{p} {}", v.trim()));
+            } else if !l.trim().is_empty() {
+                out.push(l.trim().to_string());
+            }
+        }
+        out.join(", ")
     }
 }
 
