@@ -1334,7 +1334,7 @@ mod tests {
         assert!(md.contains("background fetch **on**"), "{md}");
         assert!(r
             .svg()
-            .contains("Teleport and SOCI rows on their own scale"));
+            .contains("Teleport and peer rows on their own scale"));
         assert!(r.csv().lines().nth(1).unwrap().ends_with(",70,9"));
     }
 
