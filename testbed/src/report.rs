@@ -1402,6 +1402,72 @@ mod tests {
         assert!(!plain.markdown().contains("Where a teleporter's start goes"));
     }
 
+    /// A nydus row sits after teleport's, shows bootstrap + ranged blob bytes (no zTOCs), and
+    /// its conversion gets its own table; no SOCI notes when no SOCI row ran.
+    #[test]
+    fn nydus_rows_beside_ours() {
+        let mut nydus = sample("nydus", "nydus", "nydus", Some(0), 0.3, 3.0, 500);
+        nydus.blob_range_requests = 12;
+        let samples = vec![
+            sample("shuttle", "overlayfs", "shuttle", Some(0), 10.0, 12.0, 900),
+            nydus,
+        ];
+        let img = ImageFacts {
+            variant: Variant::Layered,
+            reference: "r".into(),
+            repo: "tb/app".into(),
+            manifest_digest: "d".into(),
+            layers: 29,
+            image_bytes: 1,
+            compressed_bytes: 1,
+            working_set_hash: "h".into(),
+            layer_digests: Vec::new(),
+            files: Vec::new(),
+            working_set_files: 1,
+            working_set_bytes: 1,
+            peers: vec![crate::measurement::PeerImage {
+                node: "nydus".into(),
+                reference: "x/tb/app-nydus:v1".into(),
+                index_build_seconds: 2.5,
+                index_digest: "sha256:m".into(),
+                nydus_blobs: 29,
+                nydus_blob_bytes: 2048,
+                nydus_bootstrap_bytes: 100,
+                ..Default::default()
+            }],
+        };
+        let link = LinkSettings {
+            bandwidth_bytes_per_sec: None,
+            bandwidth: None,
+            latency_ms: 0.0,
+        };
+        let r = Report::build(
+            "p",
+            1.0,
+            0.06,
+            link,
+            MachineInfo::detect(),
+            Versions::detect(),
+            vec![img],
+            samples,
+            "pause".into(),
+        );
+        let names: Vec<&str> = r.rows.iter().map(|r| r.node_name.as_str()).collect();
+        assert_eq!(names, ["shuttle", "nydus"]);
+        assert_eq!(r.rows[1].speedup_ready, Some(4.0));
+        let md = r.markdown();
+        assert!(md.contains("Standard vs Teleport vs nydus,"), "{md}");
+        assert!(md.contains("| 500 B blobs (12 ranged GETs) |"), "{md}");
+        assert!(
+            md.contains("| layered | nydus | 29 | 2.0 kB | 100 B | 2.50 s |"),
+            "{md}"
+        );
+        assert!(!md.contains("zTOC"), "{md}");
+        assert!(r
+            .svg()
+            .contains("Teleport and peer rows on their own scale"));
+    }
+
     /// `testbed diff` reads a schema-2 report (no peer fields anywhere).
     #[test]
     fn schema_2_reports_still_load() {
