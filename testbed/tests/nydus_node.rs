@@ -118,6 +118,13 @@ async fn nydus_node_pulls_converted_image_lazily() {
     );
     let image_ref = nydus::push(&out, &host, "nydus/avf", &tag).await.unwrap();
 
+    // nydus's default places outside the node: they must not appear because of this node.
+    let defaults = [
+        "/var/lib/containerd-nydus",
+        "/run/containerd-nydus",
+        "/etc/nydus",
+    ];
+    let existed: Vec<bool> = defaults.iter().map(|p| Path::new(p).exists()).collect();
     let dir = tmp.path().join("nydus-node");
     let mut nc = NydusConfig::new("nydus", &dir, bins, &host);
     nc.sandbox_image = pause_ref.clone();
@@ -211,6 +218,8 @@ async fn nydus_node_pulls_converted_image_lazily() {
     );
 
     node.destroy().await.unwrap();
+    let exist: Vec<bool> = defaults.iter().map(|p| Path::new(p).exists()).collect();
+    assert_eq!(exist, existed, "nydus wrote outside its root: {defaults:?}");
     assert!(common::mounts_under(&dir).is_empty());
     assert!(testkit::processes_mentioning(&dir).is_empty());
     assert!(common::mounts_under(tmp.path()).is_empty());
