@@ -558,6 +558,8 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             .map_err(|e| Error::Invalid(format!("nydus convert task: {e}")))??;
             let reference = nydus::push(&out, &host, &format!("{repo}-{node}"), &tag).await?;
             let took = t.elapsed();
+            // The registry holds it now; the layout would only take disk.
+            crate::mounts::remove_tree(&out)?;
             tracing::info!(%reference, blobs = conv.blobs, blob_bytes = conv.blob_bytes, seconds = took.as_secs_f64(), "nydus image converted and pushed");
             img.peers.push(PeerImage {
                 node,
