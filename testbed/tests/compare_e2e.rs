@@ -64,7 +64,10 @@ async fn scaled_compare_measures_both_nodes() {
     for s in report.samples.iter().filter(|s| s.role == "teleporter") {
         // The fuse manager's trace of the run: the app's reads all went through FUSE (a
         // first start has nothing cached before it: some of them missed).
-        let t = s.trace.as_ref().unwrap_or_else(|| panic!("no trace: {s:?}"));
+        let t = s
+            .trace
+            .as_ref()
+            .unwrap_or_else(|| panic!("no trace: {s:?}"));
         assert!(t.opens > 0 && t.reads > 0 && t.failed == 0, "{t:?}");
         if s.first_start {
             assert!(t.miss_reads > 0 && t.miss_busy_s > 0.0, "{t:?}");
