@@ -5,7 +5,10 @@
 //!
 //! With `--peers soci`, SOCI nodes run beside them on the same registry (its TLS listener),
 //! link and counters: after the push the image is copied to one repository per SOCI node,
-//! whose index a helper containerd builds and pushes (timed apart).
+//! whose index a helper containerd builds and pushes (timed apart). With `--peers nydus`, the
+//! bed converts each image once with `nydus-image` (timed apart), pushes it to a repository of
+//! its own, and a nydus node (containerd + nydus-snapshotter, nydusd in FUSE mode) pulls it
+//! over the same plain-HTTP listener as our nodes.
 
 use crate::bed::{self, Fixture, NodeSet, StartProfile, Variant, PAUSE_REPO, PAUSE_TAG};
 use crate::cri::PodSpec;
@@ -16,6 +19,7 @@ use crate::measurement::HostProbe;
 pub use crate::measurement::{HostState, ImageFacts, NodeOrder, PeerImage, RunSettings, Sample};
 use crate::metrics::{self, Served};
 use crate::node::{MountMode, Node};
+use crate::peers::nydus::{self, NydusBins, NydusConfig, NydusNode};
 use crate::peers::soci::{self, IndexOptions, SociBed, SociBins, SociNode};
 use crate::peers::Peer;
 use crate::pod::{run_pod, ReadyProbe, RunOptions};
@@ -82,6 +86,12 @@ pub struct CompareOptions {
     pub soci_span_size: u64,
     /// SOCI's background fetch (its default: on).
     pub soci_background_fetch: bool,
+    /// nydus's binaries (`scripts/get-peers.sh nydus`); default: `out/peers/nydus` here or in
+    /// the source checkout.
+    pub nydus_dir: Option<PathBuf>,
+    /// nydusd's background prefetch of the whole image (on in nydus-snapshotter's shipped
+    /// nydusd config).
+    pub nydus_prefetch: bool,
 }
 
 impl CompareOptions {
@@ -119,6 +129,8 @@ impl CompareOptions {
             soci_min_layer_sizes: vec![IndexOptions::default().min_layer_size, 0],
             soci_span_size: IndexOptions::default().span_size,
             soci_background_fetch: true,
+            nydus_dir: None,
+            nydus_prefetch: true,
         }
     }
 }
@@ -149,10 +161,26 @@ fn soci_bins(explicit: Option<&Path>) -> Result<SociBins> {
     SociBins::in_peer_dir(&checkout)
 }
 
+/// Where nydus's binaries are: explicit, `./out/peers/nydus`, or the source checkout's.
+fn nydus_bins(explicit: Option<&Path>) -> Result<NydusBins> {
+    if let Some(d) = explicit {
+        return NydusBins::in_peer_dir(d);
+    }
+    let here = Path::new(nydus::PEER_DIR);
+    if here.join("bin").is_dir() {
+        return NydusBins::in_peer_dir(here);
+    }
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(nydus::PEER_DIR);
+    NydusBins::in_peer_dir(&checkout)
+}
+
 /// A node of the run: one of ours (shuttle, teleporters) or a peer system's.
 enum BedNode {
     Own(Box<Node>),
     Soci(Box<SociNode>),
+    Nydus(Box<NydusNode>),
 }
 
 impl BedNode {
@@ -160,30 +188,33 @@ impl BedNode {
         match self {
             BedNode::Own(n) => n,
             BedNode::Soci(s) => s.node(),
+            BedNode::Nydus(n) => n.node(),
         }
     }
     fn name(&self) -> &str {
         self.node().name()
     }
     fn is_peer(&self) -> bool {
-        matches!(self, BedNode::Soci(_))
+        matches!(self, BedNode::Soci(_) | BedNode::Nydus(_))
     }
     fn role(&self) -> &'static str {
         match self {
             BedNode::Own(n) => n.kind().role(),
             BedNode::Soci(_) => "soci",
+            BedNode::Nydus(_) => "nydus",
         }
     }
     fn mount_mode(&self) -> &'static str {
         match self {
             BedNode::Own(n) => n.kind().mount_mode_label(),
             BedNode::Soci(_) => "soci",
+            BedNode::Nydus(_) => "nydus",
         }
     }
     fn start_profile(&self) -> Option<StartProfile> {
         match self {
             BedNode::Own(n) => bed::start_profile_of(n),
-            BedNode::Soci(_) => None,
+            BedNode::Soci(_) | BedNode::Nydus(_) => None,
         }
     }
     /// The pause image by the name this node reaches the registry with.
@@ -191,26 +222,31 @@ impl BedNode {
         match self {
             BedNode::Own(_) => ours,
             BedNode::Soci(s) => s.sandbox_image(),
+            BedNode::Nydus(n) => n.sandbox_image(),
         }
     }
     async fn recycle(&mut self) -> Result<()> {
         match self {
             BedNode::Own(n) => n.recycle().await,
             BedNode::Soci(s) => s.recycle().await,
+            BedNode::Nydus(n) => n.recycle().await,
         }
     }
-    /// After a SOCI node's last run: stop it, so its background fetch cannot run into the next
-    /// node's sample (it shares the link and the counters). The next recycle starts it again.
+    /// After a peer node's last run: stop it, so its background fetch (SOCI's, nydusd's
+    /// prefetch) cannot run into the next node's sample (it shares the link and the counters).
+    /// The next recycle starts it again.
     async fn settle(&mut self) -> Result<()> {
         match self {
             BedNode::Own(_) => Ok(()),
             BedNode::Soci(s) => s.stop().await,
+            BedNode::Nydus(n) => n.stop().await,
         }
     }
     async fn destroy(self) -> Result<()> {
         match self {
             BedNode::Own(n) => (*n).destroy().await,
             BedNode::Soci(s) => (*s).destroy().await,
+            BedNode::Nydus(n) => (*n).destroy().await,
         }
     }
 }
@@ -343,6 +379,11 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     // TLS (same store, link and counters), under a name whose certificate it carries.
     let soci_bins = if opts.peers.contains(&Peer::Soci) {
         Some(soci_bins(opts.soci_dir.as_deref())?)
+    } else {
+        None
+    };
+    let nydus_bins = if opts.peers.contains(&Peer::Nydus) {
+        Some(nydus_bins(opts.nydus_dir.as_deref())?)
     } else {
         None
     };
@@ -485,8 +526,51 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
                     index_digest,
                     ztocs,
                     ztoc_bytes,
+                    ..PeerImage::default()
                 });
             }
+        }
+    }
+
+    // nydus: each image converted once (timed apart, like SOCI's index build and teleport's
+    // expansion) and pushed to a repository of its own, pulled over the plain listener.
+    if let Some(bins) = &nydus_bins {
+        for (i, img) in facts.iter_mut().enumerate() {
+            let (layout, tag) = match images.get(i) {
+                Some(fx) => (fx.layout.clone(), fx.info.tag.clone()),
+                None => {
+                    let im = imported
+                        .iter()
+                        .find(|m| m.variant == img.variant)
+                        .ok_or_else(|| Error::Invalid("imported image missing".into()))?;
+                    (im.layout.clone(), im.tag.clone())
+                }
+            };
+            let node = nydus::SNAPSHOTTER.to_string();
+            let out = work.join("nydus").join(img.variant.as_str());
+            let conv_work = work.join("nydus").join("work");
+            let t = std::time::Instant::now();
+            let (ni, out2, tag2) = (bins.nydus_image.clone(), out.clone(), tag.clone());
+            let conv = tokio::task::spawn_blocking(move || {
+                nydus::convert(&ni, &layout, &tag2, &out2, &conv_work)
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("nydus convert task: {e}")))??;
+            let reference = nydus::push(&out, &host, &format!("{repo}-{node}"), &tag).await?;
+            let took = t.elapsed();
+            // The registry holds it now; the layout would only take disk.
+            crate::mounts::remove_tree(&out)?;
+            tracing::info!(%reference, blobs = conv.blobs, blob_bytes = conv.blob_bytes, seconds = took.as_secs_f64(), "nydus image converted and pushed");
+            img.peers.push(PeerImage {
+                node,
+                reference,
+                index_build_seconds: took.as_secs_f64(),
+                index_digest: conv.manifest_digest,
+                nydus_blobs: conv.blobs,
+                nydus_blob_bytes: conv.blob_bytes,
+                nydus_bootstrap_bytes: conv.bootstrap_bytes,
+                ..PeerImage::default()
+            });
         }
     }
 
@@ -529,7 +613,30 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
             nodes.push(BedNode::Soci(Box::new(n)));
         }
     }
+    if let Some(bins) = &nydus_bins {
+        let name = nydus::SNAPSHOTTER;
+        let mut c = NydusConfig::new(name, &work.join("nodes").join(name), bins.clone(), &host);
+        c.sandbox_image = pause_ref.clone();
+        c.prefetch = opts.nydus_prefetch;
+        c.fresh_fs_bytes = opts.fresh_fs_bytes;
+        c.containerd_bin = crate::node::containerd_bin_from_env();
+        let n = NydusNode::start(c).await?;
+        peer_processes.push(ProcessInfo {
+            name: format!("{name} containerd"),
+            args: cmdline(n.node().containerd_pid()),
+            config: std::fs::read_to_string(&n.node().paths().config).ok(),
+        });
+        peer_processes.push(ProcessInfo {
+            name: format!("{name} containerd-nydus-grpc"),
+            args: cmdline(n.snapshotter_pid()),
+            config: Some(n.config_text()),
+        });
+        nodes.push(BedNode::Nydus(Box::new(n)));
+    }
     let mut versions = Versions::detect();
+    if let Some(b) = &nydus_bins {
+        versions.nydus = b.versions();
+    }
     if let Some(b) = &soci_bins {
         let exe = b.snapshotter.to_string_lossy().into_owned();
         versions.soci = crate::process::output_of(&exe, &["--version"])
@@ -645,7 +752,7 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         ],
         config: None,
     }];
-    // SOCI nodes are stopped after their runs: recorded when they started.
+    // Peer nodes are stopped after their runs: recorded when they started.
     processes.append(&mut peer_processes);
     for n in nodes.iter().filter(|b| !b.is_peer()).map(BedNode::node) {
         processes.push(ProcessInfo {

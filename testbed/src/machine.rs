@@ -19,6 +19,9 @@ pub struct Versions {
     /// `soci-snapshotter-grpc --version` when SOCI nodes ran; empty otherwise.
     #[serde(default)]
     pub soci: String,
+    /// nydus-snapshotter's package and nydusd's versions when a nydus node ran.
+    #[serde(default)]
+    pub nydus: String,
 }
 
 impl MachineInfo {
@@ -72,6 +75,7 @@ impl Versions {
             runc: first(output_of("runc", &["--version"])),
             testbed: env!("CARGO_PKG_VERSION").to_string(),
             soci: String::new(),
+            nydus: String::new(),
         }
     }
 }

@@ -183,8 +183,8 @@ struct CompareArgs {
     /// Per-run limit for the app's ready line.
     #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
-    /// Peer systems to measure beside ours on the same registry and link: soci (needs
-    /// `bash scripts/get-peers.sh soci`).
+    /// Peer systems to measure beside ours on the same registry and link: soci, nydus (need
+    /// `bash scripts/get-peers.sh soci|nydus`).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// SOCI's unpacked package (default: out/peers/soci here or in the source checkout).
@@ -200,6 +200,13 @@ struct CompareArgs {
     /// Turn SOCI's background fetch off (on by default, as SOCI ships).
     #[arg(long)]
     soci_no_background_fetch: bool,
+    /// nydus's peer directory (default: out/peers/nydus here or in the source checkout).
+    #[arg(long)]
+    nydus_dir: Option<PathBuf>,
+    /// Turn nydusd's background prefetch of the whole image off (on by default, as
+    /// nydus-snapshotter's nydusd config ships).
+    #[arg(long)]
+    nydus_no_prefetch: bool,
 }
 
 fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
@@ -385,6 +392,8 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("--soci-span-size")?;
     o.soci_background_fetch = !a.soci_no_background_fetch;
+    o.nydus_dir = a.nydus_dir;
+    o.nydus_prefetch = !a.nydus_no_prefetch;
     o.command = (!a.command.is_empty()).then_some(a.command);
     o.args = (!a.args.is_empty()).then_some(a.args);
     let report = tokio::select! {

@@ -86,10 +86,10 @@ pub struct ImageFacts {
     pub peers: Vec<PeerImage>,
 }
 
-/// A peer node's copy of an image and its index build.
+/// A peer node's copy of an image and its index build (SOCI) or conversion (nydus).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PeerImage {
-    /// The node that pulls it (`soci`, `soci-min0`).
+    /// The node that pulls it (`soci`, `soci-min0`, `nydus`).
     pub node: String,
     /// What that node pulls (its own repository on the same registry, so each node finds only
     /// its own index through the referrers API).
@@ -99,15 +99,24 @@ pub struct PeerImage {
     /// `soci create --span-size` (bytes).
     pub span_size: u64,
     /// `soci create` + `soci push` on the helper containerd, seconds (the helper's pull of the
-    /// image before it is not included).
+    /// image before it is not included); for nydus, the conversion (`nydus-image create` per
+    /// layer, `merge`) and its push.
     pub index_build_seconds: f64,
     /// The SOCI index found through the referrers API (empty: no index, e.g. every layer below
-    /// `min_layer_size`, so the node pulls every layer whole).
+    /// `min_layer_size`, so the node pulls every layer whole); for nydus, the converted
+    /// image's manifest.
     pub index_digest: String,
     /// zTOCs in the index (one per layer it indexes; the others are pulled whole) and their
     /// bytes.
     pub ztocs: usize,
     pub ztoc_bytes: u64,
+    /// nydus: data blobs (one per layer) and their bytes, and the bootstrap layer's bytes.
+    #[serde(default)]
+    pub nydus_blobs: usize,
+    #[serde(default)]
+    pub nydus_blob_bytes: u64,
+    #[serde(default)]
+    pub nydus_bootstrap_bytes: u64,
 }
 
 /// Load average and CPU steal at one instant.

@@ -171,14 +171,26 @@ pub fn published() -> Vec<Published> {
     ]
 }
 
-/// Version of report.json's layout (bumped when fields change meaning). 3: peer rows (`soci`
-/// role and mount mode), `images[].peers`, `served.artifact_blob`, `blob_range_requests`;
-/// every addition defaults, so 2's reports still load.
+/// Version of report.json's layout (bumped when fields change meaning). 3: peer rows (`soci`,
+/// `nydus` role and mount mode), `images[].peers`, `served.artifact_blob`,
+/// `blob_range_requests`; every addition defaults, so 2's reports still load.
 pub const SCHEMA_VERSION: u32 = 3;
 
 /// A row's mount mode: ours (`overlayfs`, teleport's) or a peer's.
 fn is_peer_mode(mode: &str) -> bool {
-    mode == "soci"
+    mode == "soci" || mode == "nydus"
+}
+
+/// " vs SOCI", " vs nydus", " vs SOCI vs nydus" or nothing: the peers among `rows`.
+fn peers_label<'a>(modes: impl Iterator<Item = &'a str> + Clone) -> String {
+    let mut s = String::new();
+    for (mode, label) in [("soci", "SOCI"), ("nydus", "nydus")] {
+        if modes.clone().any(|m| m == mode) {
+            s.push_str(" vs ");
+            s.push_str(label);
+        }
+    }
+    s
 }
 
 /// Row order: the standard node, teleport, then peers.
@@ -449,13 +461,12 @@ impl Report {
     /// The Markdown table: ready is the headline (speed-up = standard ready ÷ this ready).
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let peers = self.rows.iter().any(|r| is_peer_mode(&r.mount_mode));
+        let modes = self.rows.iter().map(|r| r.mount_mode.as_str());
+        let peers = peers_label(modes.clone());
         let _ = writeln!(
             s,
-            "# Standard vs Teleport{}, time to ready: `{}` (scale {})\n",
-            if peers { " vs SOCI" } else { "" },
-            self.profile,
-            self.scale
+            "# Standard vs Teleport{peers}, time to ready: `{}` (scale {})\n",
+            self.profile, self.scale
         );
         let l = self.link.latency_ms;
         let link = match &self.link.bandwidth {
@@ -497,6 +508,12 @@ impl Report {
             };
             let bytes = if r.mount_mode == "overlayfs" {
                 human_bytes(r.layer_blob_bytes_downloaded)
+            } else if r.mount_mode == "nydus" {
+                format!(
+                    "{} blobs ({} ranged GETs)",
+                    human_bytes(r.layer_blob_bytes_downloaded),
+                    r.blob_range_requests
+                )
             } else if is_peer_mode(&r.mount_mode) {
                 format!(
                     "{} blobs ({} ranged GETs) + {} zTOCs",
@@ -559,8 +576,11 @@ impl Report {
             },
             self.settings.warm_runs,
         );
-        if peers {
+        if modes.clone().any(|m| m == "soci") {
             s.push_str(&self.soci_notes());
+        }
+        if modes.clone().any(|m| m == "nydus") {
+            s.push_str(&self.nydus_notes());
         }
         s.push_str(&self.trace_breakdown());
         let _ = writeln!(
@@ -696,7 +716,7 @@ impl Report {
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for img in &self.images {
-            for p in &img.peers {
+            for p in img.peers.iter().filter(|p| p.node.starts_with("soci")) {
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {} | {} of {} | {} | {} |",
@@ -712,6 +732,61 @@ impl Report {
                     } else {
                         format!("{:.2} s", p.index_build_seconds)
                     },
+                );
+            }
+        }
+        s.push('\n');
+        s
+    }
+
+    /// The nydus row's reading: how the image was converted (timed apart) and what nydusd ran
+    /// with.
+    fn nydus_notes(&self) -> String {
+        let mut s = String::new();
+        let prefetch = self
+            .processes
+            .iter()
+            .find(|p| p.name.ends_with("containerd-nydus-grpc"))
+            .and_then(|p| p.config.as_deref())
+            .map(|c| c.contains(r#""prefetch_all":true"#));
+        let _ = writeln!(
+            s,
+            "**nydus** (`{}`): containerd with nydus-snapshotter as proxy snapshotter and one \
+             nydusd per image in FUSE mode (RAFS v6, blob cache on the node). The bed converted \
+             each image once, as nydusify does (`nydus-image create --type tar-rafs` per layer, \
+             `nydus-image merge` into a bootstrap layer), and pushed it to a repository of its \
+             own on the same registry, link and counters (plain HTTP, like our nodes). Its pull \
+             downloads the bootstrap layer only; nydusd fetches blob ranges on first read. \
+             nydusd's background prefetch of the whole image (`fs_prefetch.prefetch_all`, on in \
+             the shipped config) was **{}**; the node is stopped after its runs so it never \
+             overlaps another node's.\n",
+            if self.versions.nydus.is_empty() {
+                "?"
+            } else {
+                &self.versions.nydus
+            },
+            match prefetch {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "?",
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| Image | Node | data blobs | blob bytes | bootstrap layer | conversion + push |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for img in &self.images {
+            for p in img.peers.iter().filter(|p| p.node.starts_with("nydus")) {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {:.2} s |",
+                    img.variant.as_str(),
+                    p.node,
+                    p.nydus_blobs,
+                    human_bytes(p.nydus_blob_bytes),
+                    human_bytes(p.nydus_bootstrap_bytes),
+                    p.index_build_seconds,
                 );
             }
         }
@@ -739,15 +814,15 @@ impl Report {
             .iter()
             .filter(|r| r.mount_mode != "overlayfs")
             .collect();
-        let peers = lazy.iter().any(|r| is_peer_mode(&r.mount_mode));
+        let peers = peers_label(lazy.iter().map(|r| r.mount_mode.as_str()));
         let all: Vec<&Row> = self.rows.iter().collect();
         let panels: Vec<(&str, Vec<&Row>)> = vec![
             ("All rows: median seconds to ready, by phase", all),
             (
-                if peers {
-                    "Teleport and SOCI rows on their own scale"
-                } else {
+                if peers.is_empty() {
                     "Teleport rows on their own scale"
+                } else {
+                    "Teleport and peer rows on their own scale"
                 },
                 lazy,
             ),
@@ -765,7 +840,7 @@ impl Report {
             r#"<text x="10" y="20" font-size="15">{} (scale {}): time to ready, standard vs Teleport{}</text>"#,
             xml(&self.profile),
             self.scale,
-            if peers { " vs SOCI" } else { "" }
+            peers
         );
         for (i, (name, color, _)) in phases.iter().enumerate() {
             let x = 10.0 + i as f64 * 130.0;
@@ -1218,6 +1293,7 @@ mod tests {
                 index_digest: "sha256:i".into(),
                 ztocs: 29,
                 ztoc_bytes: 70,
+                ..Default::default()
             }],
         };
         let link = LinkSettings {
@@ -1258,7 +1334,7 @@ mod tests {
         assert!(md.contains("background fetch **on**"), "{md}");
         assert!(r
             .svg()
-            .contains("Teleport and SOCI rows on their own scale"));
+            .contains("Teleport and peer rows on their own scale"));
         assert!(r.csv().lines().nth(1).unwrap().ends_with(",70,9"));
     }
 
@@ -1324,6 +1400,72 @@ mod tests {
         let mut plain = r.clone();
         plain.samples.iter_mut().for_each(|x| x.trace = None);
         assert!(!plain.markdown().contains("Where a teleporter's start goes"));
+    }
+
+    /// A nydus row sits after teleport's, shows bootstrap + ranged blob bytes (no zTOCs), and
+    /// its conversion gets its own table; no SOCI notes when no SOCI row ran.
+    #[test]
+    fn nydus_rows_beside_ours() {
+        let mut nydus = sample("nydus", "nydus", "nydus", Some(0), 0.3, 3.0, 500);
+        nydus.blob_range_requests = 12;
+        let samples = vec![
+            sample("shuttle", "overlayfs", "shuttle", Some(0), 10.0, 12.0, 900),
+            nydus,
+        ];
+        let img = ImageFacts {
+            variant: Variant::Layered,
+            reference: "r".into(),
+            repo: "tb/app".into(),
+            manifest_digest: "d".into(),
+            layers: 29,
+            image_bytes: 1,
+            compressed_bytes: 1,
+            working_set_hash: "h".into(),
+            layer_digests: Vec::new(),
+            files: Vec::new(),
+            working_set_files: 1,
+            working_set_bytes: 1,
+            peers: vec![crate::measurement::PeerImage {
+                node: "nydus".into(),
+                reference: "x/tb/app-nydus:v1".into(),
+                index_build_seconds: 2.5,
+                index_digest: "sha256:m".into(),
+                nydus_blobs: 29,
+                nydus_blob_bytes: 2048,
+                nydus_bootstrap_bytes: 100,
+                ..Default::default()
+            }],
+        };
+        let link = LinkSettings {
+            bandwidth_bytes_per_sec: None,
+            bandwidth: None,
+            latency_ms: 0.0,
+        };
+        let r = Report::build(
+            "p",
+            1.0,
+            0.06,
+            link,
+            MachineInfo::detect(),
+            Versions::detect(),
+            vec![img],
+            samples,
+            "pause".into(),
+        );
+        let names: Vec<&str> = r.rows.iter().map(|r| r.node_name.as_str()).collect();
+        assert_eq!(names, ["shuttle", "nydus"]);
+        assert_eq!(r.rows[1].speedup_ready, Some(4.0));
+        let md = r.markdown();
+        assert!(md.contains("Standard vs Teleport vs nydus,"), "{md}");
+        assert!(md.contains("| 500 B blobs (12 ranged GETs) |"), "{md}");
+        assert!(
+            md.contains("| layered | nydus | 29 | 2.0 kB | 100 B | 2.50 s |"),
+            "{md}"
+        );
+        assert!(!md.contains("zTOC"), "{md}");
+        assert!(r
+            .svg()
+            .contains("Teleport and peer rows on their own scale"));
     }
 
     /// `testbed diff` reads a schema-2 report (no peer fields anywhere).
