@@ -479,37 +479,16 @@ impl Node {
     }
 
     async fn wait_for_socket_accepting(&mut self) -> Result<()> {
-        let deadline = Instant::now() + self.cfg.start_timeout;
-        loop {
-            if let Some(d) = self.teleportd.as_mut() {
-                if let Some(status) = d.exited() {
-                    return Err(Error::DaemonExited {
-                        node: self.cfg.name.clone(),
-                        process: "teleportd".into(),
-                        status,
-                        log: d.log_tail(),
-                    });
-                }
-            }
-            if tokio::net::UnixStream::connect(&self.paths.teleportd_socket)
+        match self.teleportd.as_mut() {
+            Some(d) => {
+                d.wait_for_socket(
+                    &self.paths.teleportd_socket,
+                    &self.cfg.name,
+                    self.cfg.start_timeout,
+                )
                 .await
-                .is_ok()
-            {
-                return Ok(());
             }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    node: self.cfg.name.clone(),
-                    what: "teleportd socket".into(),
-                    timeout: self.cfg.start_timeout,
-                    log: self
-                        .teleportd
-                        .as_ref()
-                        .map(Daemon::log_tail)
-                        .unwrap_or_default(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+            None => Ok(()),
         }
     }
 

@@ -58,6 +58,37 @@ impl Daemon {
         }
     }
 
+    /// Polls until `socket` accepts a connection; fails with the log's tail if the daemon exits
+    /// first or `timeout` passes (`node` names it in the error).
+    pub async fn wait_for_socket(
+        &mut self,
+        socket: &Path,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while tokio::net::UnixStream::connect(socket).await.is_err() {
+            if let Some(status) = self.exited() {
+                return Err(Error::DaemonExited {
+                    node: node.to_string(),
+                    process: self.name.clone(),
+                    status,
+                    log: self.log_tail(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    node: node.to_string(),
+                    what: format!("{} socket", self.name),
+                    timeout,
+                    log: self.log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+        }
+        Ok(())
+    }
+
     /// Last lines of the log, formatted for an error message.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log, 15)

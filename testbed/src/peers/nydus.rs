@@ -22,7 +22,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::Digest as _;
 
@@ -669,26 +669,8 @@ impl NydusNode {
             .arg("--log-to-stdout");
         let mut d = Daemon::spawn("containerd-nydus-grpc", cmd, &self.log())?;
         tracing::info!(node = %self.cfg.name, pid = d.pid(), "containerd-nydus-grpc started");
-        let deadline = Instant::now() + self.cfg.start_timeout;
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            if let Some(status) = d.exited() {
-                return Err(Error::DaemonExited {
-                    node: self.cfg.name.clone(),
-                    process: "containerd-nydus-grpc".into(),
-                    status,
-                    log: d.log_tail(),
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    node: self.cfg.name.clone(),
-                    what: "containerd-nydus-grpc socket".into(),
-                    timeout: self.cfg.start_timeout,
-                    log: d.log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
-        }
+        d.wait_for_socket(&socket, &self.cfg.name, self.cfg.start_timeout)
+            .await?;
         let mut nc = NodeConfig::new(
             &self.cfg.name,
             &self.cfg.dir.join("containerd"),

@@ -332,26 +332,8 @@ impl SociNode {
             .env("SSL_CERT_FILE", &self.cfg.registry_ca);
         let mut d = Daemon::spawn("soci-snapshotter-grpc", cmd, &self.soci_log())?;
         tracing::info!(node = %self.cfg.name, pid = d.pid(), "soci-snapshotter-grpc started");
-        let deadline = Instant::now() + self.cfg.start_timeout;
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            if let Some(status) = d.exited() {
-                return Err(Error::DaemonExited {
-                    node: self.cfg.name.clone(),
-                    process: "soci-snapshotter-grpc".into(),
-                    status,
-                    log: d.log_tail(),
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    node: self.cfg.name.clone(),
-                    what: "soci-snapshotter-grpc socket".into(),
-                    timeout: self.cfg.start_timeout,
-                    log: d.log_tail(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
-        }
+        d.wait_for_socket(&socket, &self.cfg.name, self.cfg.start_timeout)
+            .await?;
         let mut nc = NodeConfig::new(
             &self.cfg.name,
             &self.cfg.dir.join("containerd"),
