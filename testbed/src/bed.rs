@@ -202,6 +202,58 @@ pub async fn start_registry_tls(
         })
 }
 
+/// A tokio runtime of the in-process registry's own, its threads named
+/// [`crate::cpu::REGISTRY_THREAD`], so the registry's CPU time can be told apart from the rest
+/// of this process (pool starts report it). Dropping it stops whatever still runs on it.
+pub struct RegistryRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl RegistryRuntime {
+    /// `workers` threads; idle blocking threads are kept (an ended thread's CPU time can no
+    /// longer be read per thread).
+    pub fn new(workers: usize) -> Result<RegistryRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name(crate::cpu::REGISTRY_THREAD)
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()
+            .map_err(Error::io("build the registry's runtime"))?;
+        Ok(RegistryRuntime { rt: Some(rt) })
+    }
+
+    /// [`start_registry_tls`] with every task of the registry on this runtime.
+    pub async fn start_registry(
+        &self,
+        root: &Path,
+        bandwidth_bytes_per_sec: Option<u64>,
+        latency: Duration,
+        teleport_repos: Vec<String>,
+        tls: Option<registry_mock::tls::Tls>,
+    ) -> Result<registry_mock::Registry> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("registry runtime already stopped".into()))?;
+        let root = root.to_path_buf();
+        rt.spawn(async move {
+            start_registry_tls(&root, bandwidth_bytes_per_sec, latency, teleport_repos, tls).await
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("registry start task: {e}")))?
+    }
+}
+
+impl Drop for RegistryRuntime {
+    fn drop(&mut self) {
+        // Without blocking: this may drop inside another runtime's task.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// ACR's check-expansion: `repo:tag`'s digest and the registry's `/mount` answer, polled every
 /// 100 ms while it says "expanding", at most `timeout`.
 pub async fn check_expansion(

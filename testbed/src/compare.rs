@@ -3,6 +3,10 @@
 //! PullImage (timed) → RunPodSandbox → CreateContainer → StartContainer → ready line; plus one
 //! warm run per node and variant. Bytes come from the registry's `/metrics` deltas.
 //!
+//! With `--fanout N` (N > 1), each variant's reps also start the image on N fresh nodes of each
+//! of our kinds at once (a pool behind the registry's one emulated link; kinds one after
+//! another), recording every node's sample and the registry's bytes and CPU per pool start.
+//!
 //! With `--peers soci`, SOCI nodes run beside them on the same registry (its TLS listener),
 //! link and counters: after the push the image is copied to one repository per SOCI node,
 //! whose index a helper containerd builds and pushes (timed apart). With `--peers nydus`, the
@@ -10,24 +14,30 @@
 //! its own, and a nydus node (containerd + nydus-snapshotter, nydusd in FUSE mode) pulls it
 //! over the same plain-HTTP listener as our nodes.
 
-use crate::bed::{self, Fixture, NodeSet, StartProfile, Variant, PAUSE_REPO, PAUSE_TAG};
+use crate::bed::{
+    self, Fixture, NodeSet, RegistryRuntime, StartProfile, Variant, PAUSE_REPO, PAUSE_TAG,
+};
+use crate::cpu::{self, ThreadCpu, REGISTRY_THREAD};
 use crate::cri::PodSpec;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::machine::{MachineInfo, Versions};
 use crate::measurement::HostProbe;
-pub use crate::measurement::{HostState, ImageFacts, NodeOrder, PeerImage, RunSettings, Sample};
+pub use crate::measurement::{
+    HostState, ImageFacts, NodeOrder, PeerImage, PoolRun, PoolTag, RunSettings, Sample,
+};
 use crate::metrics::{self, Served};
 use crate::node::{MountMode, Node};
 use crate::peers::nydus::{self, NydusBins, NydusConfig, NydusNode};
 use crate::peers::soci::{self, IndexOptions, SociBed, SociBins, SociNode};
 use crate::peers::Peer;
-use crate::pod::{run_pod, ReadyProbe, RunOptions};
+use crate::pod::{run_pod, PodTimings, ReadyProbe, RunOptions};
 use crate::report::{LinkSettings, ProcessInfo, Report};
 use emulator::oci::{ImageIndex, ImageManifest};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Everything `compare` needs.
 #[derive(Debug, Clone)]
@@ -92,6 +102,9 @@ pub struct CompareOptions {
     /// nydusd's background prefetch of the whole image (on in nydus-snapshotter's shipped
     /// nydusd config).
     pub nydus_prefetch: bool,
+    /// Nodes per pool start (`--fanout N`): above 1, each rep also starts the image on N fresh
+    /// nodes of each of our kinds at the same moment. 1: single-node starts only.
+    pub fanout: usize,
 }
 
 impl CompareOptions {
@@ -131,6 +144,7 @@ impl CompareOptions {
             soci_background_fetch: true,
             nydus_dir: None,
             nydus_prefetch: true,
+            fanout: 1,
         }
     }
 }
@@ -333,6 +347,9 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     if opts.reps == 0 {
         return Err(Error::Invalid("--reps must be at least 1".into()));
     }
+    if opts.fanout == 0 {
+        return Err(Error::Invalid("--fanout must be at least 1".into()));
+    }
     if !(opts.working_set > 0.0 && opts.working_set <= 1.0) {
         return Err(Error::Invalid("--working-set must be in (0, 1]".into()));
     }
@@ -398,14 +415,35 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         .as_ref()
         .and_then(|t| t.ca_pem.clone())
         .unwrap_or_default();
-    let registry = bed::start_registry_tls(
-        &reg_root,
-        opts.bandwidth_bytes_per_sec,
-        opts.latency,
-        vec![repo.clone()],
-        tls,
-    )
-    .await?;
+    // Pools report the registry's CPU: it then runs on threads of its own (2, like the
+    // runtime it shares otherwise), whose times are read apart from the rest of the process.
+    let reg_rt = if opts.fanout > 1 {
+        Some(RegistryRuntime::new(2)?)
+    } else {
+        None
+    };
+    let registry = match &reg_rt {
+        Some(rt) => {
+            rt.start_registry(
+                &reg_root,
+                opts.bandwidth_bytes_per_sec,
+                opts.latency,
+                vec![repo.clone()],
+                tls,
+            )
+            .await?
+        }
+        None => {
+            bed::start_registry_tls(
+                &reg_root,
+                opts.bandwidth_bytes_per_sec,
+                opts.latency,
+                vec![repo.clone()],
+                tls,
+            )
+            .await?
+        }
+    };
     let host = registry.addr().to_string();
     let pause_ref = bed::push(&pause, &host, PAUSE_REPO).await?;
     let mut facts = Vec::new();
@@ -648,8 +686,15 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         .iter()
         .filter(|n| n.start_profile() == Some(StartProfile::Learned))
         .count() as u64;
+    let own_kinds = nodes.iter().filter(|n| !n.is_peer()).count() as u64;
+    let pool_runs = if opts.fanout > 1 {
+        u64::from(opts.reps) * own_kinds * opts.fanout as u64
+    } else {
+        0
+    };
     let per_image = u64::from(opts.reps) * (nodes.len() as u64 + learners)
-        + u64::from(opts.warm_runs) * nodes.len() as u64;
+        + u64::from(opts.warm_runs) * nodes.len() as u64
+        + pool_runs;
     let total = per_image * facts.len() as u64;
     let pb = bar(total, opts.interactive);
     let metrics_url = format!("{}/metrics", registry.url());
@@ -659,6 +704,8 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
     })?;
     let mut samples = Vec::new();
     let mut node_orders = Vec::new();
+    let mut pools: Vec<PoolRun> = Vec::new();
+    let mut pool_orders = Vec::new();
 
     for img in &facts {
         // The image's first start on a teleporter that learns profiles: the registry holds no
@@ -729,6 +776,54 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         for node in nodes.iter_mut().filter(|n| !n.is_peer()) {
             warm_runs(node, img, opts, &http, &metrics_url, &pb, &mut samples).await?;
         }
+        if opts.fanout > 1 {
+            // Pools: per rep, one kind's pool at a time (kinds in a seeded order of their own),
+            // so kinds never compete with each other. Peers have no pools (yet).
+            let kinds: Vec<usize> = (0..nodes.len()).filter(|&i| !nodes[i].is_peer()).collect();
+            for rep in 0..opts.reps {
+                let mut order = kinds.clone();
+                shuffle(
+                    &mut order,
+                    opts.seed ^ (u64::from(rep) + 1).wrapping_mul(0x7f4a_7c15_9e37_79b9),
+                );
+                pool_orders.push(NodeOrder {
+                    variant: img.variant,
+                    rep,
+                    nodes: order.iter().map(|&i| nodes[i].name().to_string()).collect(),
+                });
+                for (pos, &i) in order.iter().enumerate() {
+                    let BedNode::Own(template) = &nodes[i] else {
+                        continue;
+                    };
+                    pb.set_message(format!(
+                        "{} {} ×{} pool, rep {}",
+                        img.variant.as_str(),
+                        template.name(),
+                        opts.fanout,
+                        rep + 1
+                    ));
+                    let at = PoolAt {
+                        id: pools.len() as u32,
+                        rep,
+                        order: pos,
+                    };
+                    let (mut s, p) = run_pool(
+                        template,
+                        img,
+                        at,
+                        opts,
+                        &http,
+                        &metrics_url,
+                        &pause_ref,
+                        &pb,
+                    )
+                    .await?;
+                    samples.append(&mut s);
+                    pools.push(p);
+                    pb.inc(opts.fanout as u64);
+                }
+            }
+        }
     }
     pb.finish_and_clear();
 
@@ -752,6 +847,11 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         ],
         config: None,
     }];
+    if reg_rt.is_some() {
+        processes[0]
+            .args
+            .push(format!("runtime=own, 2 threads named {REGISTRY_THREAD}"));
+    }
     // Peer nodes are stopped after their runs: recorded when they started.
     processes.append(&mut peer_processes);
     for n in nodes.iter().filter(|b| !b.is_peer()).map(BedNode::node) {
@@ -806,8 +906,11 @@ pub async fn compare(opts: &CompareOptions) -> Result<Report> {
         command: opts.command.clone(),
         args: opts.args.clone(),
         node_orders,
+        fanout: opts.fanout,
+        pool_orders,
     };
     report.processes = processes;
+    report.set_pools(pools);
     report.write(&opts.out)?;
     Ok(report)
 }
@@ -871,14 +974,20 @@ enum Run {
     First(u32),
     Cold(u32),
     Warm(u32),
+    /// Node `index` of pool `pool`, in cold rep `rep` (its working set is the rep's).
+    Pool {
+        rep: u32,
+        pool: u32,
+        index: usize,
+    },
 }
 
 /// The app's working-set seed for a run: 0 (the learning set) for a first start and the warm
 /// runs, a distinct non-zero seed per cold rep.
 fn working_set_seed(opts: &CompareOptions, run: Run) -> u64 {
     match run {
-        Run::Cold(r) => (opts.seed << 16) | (u64::from(r) + 1),
-        _ => 0,
+        Run::Cold(r) | Run::Pool { rep: r, .. } => (opts.seed << 16) | (u64::from(r) + 1),
+        Run::First(_) | Run::Warm(_) => 0,
     }
 }
 
@@ -907,6 +1016,174 @@ async fn warm_runs(
     Ok(())
 }
 
+/// How a sample's node is labelled in the report.
+#[derive(Debug, Clone)]
+struct NodeLabels {
+    role: String,
+    mount_mode: String,
+    start_profile: String,
+}
+
+impl NodeLabels {
+    fn of(n: &BedNode) -> NodeLabels {
+        NodeLabels {
+            role: n.role().into(),
+            mount_mode: n.mount_mode().into(),
+            start_profile: n
+                .start_profile()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One start to make: the pod, how its readiness is judged, its working-set seed.
+struct PodPlan {
+    node: String,
+    variant: Variant,
+    run_kind: Run,
+    seed: u64,
+    overlap: f64,
+    spec: PodSpec,
+    run: RunOptions,
+    events: Events,
+}
+
+impl PodPlan {
+    fn new(
+        node: &Node,
+        img: &ImageFacts,
+        run_kind: Run,
+        opts: &CompareOptions,
+        pb: &ProgressBar,
+    ) -> PodPlan {
+        // A peer pulls the image from its own repository (with its own index).
+        let image = img
+            .peers
+            .iter()
+            .find(|p| p.node == node.name())
+            .map_or(img.reference.as_str(), |p| p.reference.as_str());
+        let pod = format!(
+            "{}-{}-{}",
+            img.variant.as_str(),
+            node.name(),
+            match run_kind {
+                Run::First(r) => format!("first{}", r + 1),
+                Run::Cold(r) => format!("r{}", r + 1),
+                Run::Warm(r) => format!("warm{}", r + 1),
+                Run::Pool { pool, index, .. } => format!("pool{pool}n{index}"),
+            }
+        );
+        let seed = working_set_seed(opts, run_kind);
+        let mut env = vec![
+            ("TB_WORKING_SET".to_string(), opts.working_set.to_string()),
+            ("TB_SEED".to_string(), seed.to_string()),
+            ("TB_OVERLAP".to_string(), opts.overlap.to_string()),
+        ];
+        if let Some(r) = opts.readers {
+            env.push(("TB_READERS".into(), r.to_string()));
+        }
+        let spec = PodSpec {
+            name: pod.clone(),
+            image: image.to_string(),
+            env,
+            log_dir: node.paths().pods.join(&pod),
+            cgroup_parent: node.cgroup_parent(),
+            command: opts.command.clone(),
+            args: opts.args.clone(),
+        };
+        // The fixture probe checks the hash of this run's own working set.
+        let expected_hash = (matches!(opts.ready, ReadyProbe::Fixture) && !img.files.is_empty())
+            .then(|| {
+                fixtures::image::working_set_varied(
+                    &img.files,
+                    opts.working_set,
+                    seed,
+                    opts.overlap,
+                )
+                .hash
+            });
+        let run = RunOptions {
+            expected_hash,
+            ready_timeout: opts.ready_timeout,
+            teardown: true,
+            probe: opts.ready.clone(),
+        };
+        let events = Events::new(node.name(), &pod, opts.interactive.then(|| pb.clone()));
+        let events = if opts.interactive {
+            events
+        } else {
+            events.quiet()
+        };
+        PodPlan {
+            node: node.name().to_string(),
+            variant: img.variant,
+            run_kind,
+            seed,
+            overlap: opts.overlap,
+            spec,
+            run,
+            events,
+        }
+    }
+
+    /// The sample of this plan's run.
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &self,
+        labels: &NodeLabels,
+        order: usize,
+        host: HostState,
+        t: PodTimings,
+        served: Served,
+        blob_range_requests: u64,
+        teleportd_metrics: std::collections::BTreeMap<String, f64>,
+        trace: Option<fuse_mount::trace::Summary>,
+        pool: Option<PoolTag>,
+    ) -> Sample {
+        let ready = t.ready.clone().unwrap_or_default();
+        Sample {
+            variant: self.variant,
+            node: self.node.clone(),
+            role: labels.role.clone(),
+            mount_mode: labels.mount_mode.clone(),
+            rep: match self.run_kind {
+                Run::Cold(r) | Run::First(r) | Run::Pool { rep: r, .. } => Some(r),
+                Run::Warm(_) => None,
+            },
+            warm: matches!(self.run_kind, Run::Warm(_)),
+            first_start: matches!(self.run_kind, Run::First(_)),
+            start_profile: labels.start_profile.clone(),
+            seed: self.seed,
+            overlap: self.overlap,
+            order,
+            host,
+            pull_seconds: t.pull_seconds,
+            sandbox_seconds: t.sandbox_seconds,
+            create_seconds: t.create_seconds,
+            start_seconds: t.start_seconds,
+            ready_seconds: t.ready_seconds,
+            entrypoint_elapsed_ms: ready.elapsed_ms,
+            ready_files: ready.files,
+            ready_bytes: ready.bytes,
+            ready_hash: ready.hash,
+            served,
+            blob_range_requests,
+            teleportd_metrics,
+            trace,
+            pool,
+        }
+    }
+}
+
+/// teleportd's `/metrics` on a teleporter (empty elsewhere or when it does not answer).
+async fn teleportd_scrape(http: &reqwest::Client, url: Option<&str>) -> metrics::Scrape {
+    match url {
+        Some(u) => metrics::scrape(http, u).await.unwrap_or_default(),
+        None => metrics::Scrape::default(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     bed_node: &BedNode,
@@ -919,129 +1196,250 @@ async fn measure(
     pb: &ProgressBar,
 ) -> Result<Sample> {
     let node = bed_node.node();
-    // A peer pulls the image from its own repository (with its own index).
-    let image = img
-        .peers
-        .iter()
-        .find(|p| p.node == node.name())
-        .map_or(img.reference.as_str(), |p| p.reference.as_str());
-    let pod = format!(
-        "{}-{}-{}",
-        img.variant.as_str(),
-        node.name(),
-        match run_kind {
-            Run::First(r) => format!("first{}", r + 1),
-            Run::Cold(r) => format!("r{}", r + 1),
-            Run::Warm(r) => format!("warm{}", r + 1),
-        }
-    );
-    let rep = match run_kind {
-        Run::Cold(r) | Run::First(r) => Some(r),
-        Run::Warm(_) => None,
-    };
-    let seed = working_set_seed(opts, run_kind);
-    let mut env = vec![
-        ("TB_WORKING_SET".to_string(), opts.working_set.to_string()),
-        ("TB_SEED".to_string(), seed.to_string()),
-        ("TB_OVERLAP".to_string(), opts.overlap.to_string()),
-    ];
-    if let Some(r) = opts.readers {
-        env.push(("TB_READERS".into(), r.to_string()));
-    }
-    let spec = PodSpec {
-        name: pod.clone(),
-        image: image.to_string(),
-        env,
-        log_dir: node.paths().pods.join(&pod),
-        cgroup_parent: node.cgroup_parent(),
-        command: opts.command.clone(),
-        args: opts.args.clone(),
-    };
-    // The fixture probe checks the hash of this run's own working set.
-    let expected_hash =
-        (matches!(opts.ready, ReadyProbe::Fixture) && !img.files.is_empty()).then(|| {
-            fixtures::image::working_set_varied(&img.files, opts.working_set, seed, opts.overlap)
-                .hash
-        });
-    let run = RunOptions {
-        expected_hash,
-        ready_timeout: opts.ready_timeout,
-        teardown: true,
-        probe: opts.ready.clone(),
-    };
-    let events = Events::new(node.name(), &pod, opts.interactive.then(|| pb.clone()));
-    let events = if opts.interactive {
-        events
-    } else {
-        events.quiet()
-    };
+    let plan = PodPlan::new(node, img, run_kind, opts, pb);
     let tp_url = node.teleportd_metrics_url();
-    let tp_scrape = |url: Option<String>| async move {
-        match url {
-            Some(u) => metrics::scrape(http, &u).await.unwrap_or_default(),
-            None => metrics::Scrape::default(),
-        }
-    };
     if opts.drop_caches && !matches!(run_kind, Run::Warm(_)) {
         drop_page_cache();
     }
-    // The fuse manager's trace cursor: only this run's events are summed after it.
-    let trace_root = tp_url
-        .is_some()
-        .then(|| node.paths().teleportd_root.clone());
-    let trace_from = match &trace_root {
-        Some(r) => fuse_mount::manager::client::trace_at(r, u64::MAX)
-            .await
-            .ok()
-            .filter(|p| p.capacity > 0)
-            .map(|p| p.next),
-        None => None,
-    };
+    let cursor = trace_cursor(node).await;
     let host_before = HostProbe::now();
-    let tp_before = tp_scrape(tp_url.clone()).await;
+    let tp_before = teleportd_scrape(http, tp_url.as_deref()).await;
     let before = metrics::scrape(http, metrics_url).await?;
-    let t = run_pod(node, &spec, &run, &events).await?;
+    let t = run_pod(node, &plan.spec, &plan.run, &plan.events).await?;
     let after = metrics::scrape(http, metrics_url).await?;
-    let tp_after = tp_scrape(tp_url).await;
-    let trace = match (&trace_root, trace_from) {
-        (Some(r), Some(from)) => fuse_mount::manager::client::trace_all(r, from)
-            .await
-            .ok()
-            .map(|p| fuse_mount::trace::Summary::of(&p.events)),
-        _ => None,
-    };
+    let tp_after = teleportd_scrape(http, tp_url.as_deref()).await;
+    let trace = trace_since(cursor).await;
     let host = HostState::between(&host_before, &HostProbe::now());
-    let ready = t.ready.clone().unwrap_or_default();
-    Ok(Sample {
-        variant: img.variant,
-        node: node.name().to_string(),
-        role: bed_node.role().to_string(),
-        mount_mode: bed_node.mount_mode().to_string(),
-        rep,
-        warm: matches!(run_kind, Run::Warm(_)),
-        first_start: matches!(run_kind, Run::First(_)),
-        start_profile: bed_node
-            .start_profile()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
-        seed,
-        overlap: opts.overlap,
+    Ok(plan.sample(
+        &NodeLabels::of(bed_node),
         order,
         host,
-        pull_seconds: t.pull_seconds,
-        sandbox_seconds: t.sandbox_seconds,
-        create_seconds: t.create_seconds,
-        start_seconds: t.start_seconds,
-        ready_seconds: t.ready_seconds,
-        entrypoint_elapsed_ms: ready.elapsed_ms,
-        ready_files: ready.files,
-        ready_bytes: ready.bytes,
-        ready_hash: ready.hash,
+        t,
+        Served::between(&before, &after),
+        after
+            .blob_range_requests()
+            .saturating_sub(before.blob_range_requests()),
+        tp_before.delta(&tp_after),
+        trace,
+        None,
+    ))
+}
+
+/// A teleporter's fuse manager trace cursor (its teleportd root and next event): only the
+/// events of the run that follows are summed by [`trace_since`]. `None` elsewhere.
+async fn trace_cursor(node: &Node) -> Option<(PathBuf, u64)> {
+    node.teleportd_metrics_url()?;
+    let root = node.paths().teleportd_root.clone();
+    let from = fuse_mount::manager::client::trace_at(&root, u64::MAX)
+        .await
+        .ok()
+        .filter(|p| p.capacity > 0)?
+        .next;
+    Some((root, from))
+}
+
+/// What the trace adds up to since `cursor`.
+async fn trace_since(cursor: Option<(PathBuf, u64)>) -> Option<fuse_mount::trace::Summary> {
+    let (root, from) = cursor?;
+    fuse_mount::manager::client::trace_all(&root, from)
+        .await
+        .ok()
+        .map(|p| fuse_mount::trace::Summary::of(&p.events))
+}
+
+/// Where a pool start sits in the run.
+#[derive(Debug, Clone, Copy)]
+struct PoolAt {
+    id: u32,
+    rep: u32,
+    /// Position of the kind in the rep's pool order.
+    order: usize,
+}
+
+/// One pool start: `opts.fanout` fresh nodes configured like `template` (each its own root,
+/// state, sockets, chunk cache and teleportd, on a new filesystem), each with the pause image
+/// loaded; then released together and measured. Every node is stopped and its directory
+/// removed afterwards, whatever happened (a node dropped on an error stops by PID and
+/// unmounts too).
+#[allow(clippy::too_many_arguments)]
+async fn run_pool(
+    template: &Node,
+    img: &ImageFacts,
+    at: PoolAt,
+    opts: &CompareOptions,
+    http: &reqwest::Client,
+    metrics_url: &str,
+    pause_ref: &str,
+    pb: &ProgressBar,
+) -> Result<(Vec<Sample>, PoolRun)> {
+    let mut nodes = Vec::with_capacity(opts.fanout);
+    for i in 0..opts.fanout {
+        let mut cfg = template.config().clone();
+        // Beside the single node's directory, named by index only: one kind's pool runs at a
+        // time and its directories go with it, and unix socket paths under a node's directory
+        // (teleportd's, the fuse manager's) must stay within 108 bytes.
+        cfg.dir = template.paths().dir.with_file_name(format!("p{i}"));
+        crate::mounts::remove_tree(&cfg.dir)?;
+        let node = Node::start(cfg).await?;
+        node.cri().pull_image(pause_ref).await?;
+        nodes.push(Arc::new(node));
+    }
+    let labels = NodeLabels {
+        role: template.kind().role().into(),
+        mount_mode: template.kind().mount_mode_label().into(),
+        start_profile: bed::start_profile_of(template)
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+    };
+    let outcome = release_pool(&nodes, &labels, img, at, opts, http, metrics_url, pb).await;
+    let mut teardown = Ok(());
+    for node in nodes {
+        // Every task has ended (release_pool waits for all), so this is the last reference.
+        if let Ok(n) = Arc::try_unwrap(node) {
+            if let Err(e) = n.destroy().await {
+                tracing::warn!(error = %e, "pool node teardown");
+                if teardown.is_ok() {
+                    teardown = Err(e);
+                }
+            }
+        }
+    }
+    let done = outcome?;
+    teardown?;
+    Ok(done)
+}
+
+/// Release `nodes` together and measure: each node's start in a task of its own (they run in
+/// parallel), all waiting at one barrier after their own preparation; the registry's
+/// `/metrics`, its threads' CPU and the host around the whole pool. Waits for every task.
+#[allow(clippy::too_many_arguments)]
+async fn release_pool(
+    nodes: &[Arc<Node>],
+    labels: &NodeLabels,
+    img: &ImageFacts,
+    at: PoolAt,
+    opts: &CompareOptions,
+    http: &reqwest::Client,
+    metrics_url: &str,
+    pb: &ProgressBar,
+) -> Result<(Vec<Sample>, PoolRun)> {
+    let size = nodes.len();
+    let barrier = Arc::new(tokio::sync::Barrier::new(size));
+    if opts.drop_caches {
+        drop_page_cache();
+    }
+    let host_before = HostProbe::now();
+    let before = metrics::scrape(http, metrics_url).await?;
+    let registry_before = ThreadCpu::named(REGISTRY_THREAD);
+    let cpu_before = cpu::process_seconds();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let run_kind = Run::Pool {
+            rep: at.rep,
+            pool: at.id,
+            index,
+        };
+        let plan = PodPlan::new(node, img, run_kind, opts, pb);
+        let (node, barrier, http) = (Arc::clone(node), Arc::clone(&barrier), http.clone());
+        tasks.spawn(async move {
+            let tp_url = node.teleportd_metrics_url();
+            let tp_before = teleportd_scrape(&http, tp_url.as_deref()).await;
+            let cursor = trace_cursor(&node).await;
+            barrier.wait().await;
+            let released = (SystemTime::now(), Instant::now());
+            let t = run_pod(&node, &plan.spec, &plan.run, &plan.events).await;
+            let ready_at = Instant::now();
+            let tp_after = teleportd_scrape(&http, tp_url.as_deref()).await;
+            let trace = trace_since(cursor).await;
+            (
+                index,
+                plan,
+                released,
+                ready_at,
+                t,
+                (tp_before.delta(&tp_after), trace),
+            )
+        });
+    }
+    let mut ended = Vec::with_capacity(size);
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, plan, released, ready_at, Ok(t), tp)) => {
+                ended.push((index, plan, released, ready_at, t, tp))
+            }
+            Ok((_, _, _, _, Err(e), _)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(Error::Invalid(format!("pool task: {e}")));
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let after = metrics::scrape(http, metrics_url).await?;
+    let registry_cpu_seconds = ThreadCpu::named(REGISTRY_THREAD).seconds_since(&registry_before);
+    let testbed_cpu_seconds = (cpu::process_seconds() - cpu_before).max(0.0);
+    let host = HostState::between(&host_before, &HostProbe::now());
+    ended.sort_by_key(|e| e.0);
+    let first_release = ended.iter().map(|e| e.2 .1).min();
+    let last_release = ended.iter().map(|e| e.2 .1).max();
+    let last_ready = ended.iter().map(|e| e.3).max();
+    let (wall_seconds, release_spread_ms) = match (first_release, last_release, last_ready) {
+        (Some(a), Some(b), Some(r)) => (
+            r.duration_since(a).as_secs_f64(),
+            b.duration_since(a).as_secs_f64() * 1e3,
+        ),
+        _ => (0.0, 0.0),
+    };
+    let samples = ended
+        .into_iter()
+        .map(|(index, plan, released, _, t, tp)| {
+            let released_unix_ms = released
+                .0
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            let tag = PoolTag {
+                pool: at.id,
+                node_index: index,
+                size,
+                released_unix_ms,
+            };
+            // The link is shared: bytes are the pool's (in `PoolRun`), not a node's.
+            plan.sample(
+                labels,
+                at.order,
+                host,
+                t,
+                Served::default(),
+                0,
+                tp.0,
+                tp.1,
+                Some(tag),
+            )
+        })
+        .collect();
+    let pool = PoolRun {
+        id: at.id,
+        variant: img.variant,
+        rep: at.rep,
+        node: nodes
+            .first()
+            .map(|n| n.name().to_string())
+            .unwrap_or_default(),
+        size,
+        order: at.order,
         served: Served::between(&before, &after),
         blob_range_requests: after
             .blob_range_requests()
             .saturating_sub(before.blob_range_requests()),
-        teleportd_metrics: tp_before.delta(&tp_after),
-        trace,
-    })
+        registry_cpu_seconds,
+        testbed_cpu_seconds,
+        wall_seconds,
+        release_spread_ms,
+        host,
+    };
+    Ok((samples, pool))
 }

@@ -6,6 +6,7 @@
 //! ```text
 //! testbed provision                                  # check / install containerd, runc, fuse3 …
 //! testbed compare --scale 0.01 --reps 1 --out bench-out/quick
+//! testbed compare --scale 0.01 --reps 1 --fanout 4 --out bench-out/pool   # + 4 nodes per kind at once
 //! testbed compare --bandwidth 1Gbit --latency 10ms --out bench-out   # full size, 3 reps
 //! testbed nodes up [--dir /tmp/testbed-nodes]        # shuttle + teleporters + registry, by hand
 //! testbed recycle teleporter-merged                  # stop, unmount, wipe, start
@@ -18,7 +19,8 @@
 //! over the node socket), [`pod`] and [`events`] (kubelet's path with `kubectl describe`-style
 //! events), [`bed`] (fixtures, registry, node set), [`compare`] (the plan), [`measurement`]
 //! (samples and image facts, shared by compare and report), [`metrics`] (registry `/metrics`
-//! deltas), [`report`] (md / json / svg), [`peers`] (SOCI nodes),
+//! deltas), [`cpu`] (CPU time of this process and of the registry's threads, for pool
+//! starts), [`report`] (md / json / svg), [`peers`] (SOCI nodes),
 //! [`control`] (the `nodes up` control socket).
 
 pub mod cri;
@@ -32,6 +34,7 @@ pub use error::{Error, Result};
 pub mod bed;
 pub mod compare;
 pub mod control;
+pub mod cpu;
 pub mod events;
 pub mod machine;
 pub mod measurement;

@@ -119,6 +119,11 @@ struct CompareArgs {
     /// Warm runs per node and variant (the row shows their median).
     #[arg(long, default_value_t = 3)]
     warm_runs: u32,
+    /// Nodes per pool start: above 1, each rep also starts the image on N fresh nodes of each
+    /// kind at the same moment (one kind at a time, one shared registry link) and the report
+    /// gets a pool section (p50/p95 ready, registry bytes and CPU). 1: single nodes only.
+    #[arg(long, default_value_t = 1)]
+    fanout: usize,
     /// Teleporter start-profile settings: learned (teleportd's default), off (--no-start-profile).
     #[arg(long, value_delimiter = ',', default_value = "learned,off")]
     start_profiles: Vec<String>,
@@ -358,6 +363,7 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.teleportd_args = a.teleportd_args;
     o.ready_timeout = a.ready_timeout;
     o.warm_runs = a.warm_runs;
+    o.fanout = a.fanout;
     o.drop_caches = !a.keep_page_cache;
     o.image = a.image;
     o.fresh_fs_bytes =

@@ -56,6 +56,49 @@ pub struct Sample {
     /// and reads, cached or missed, and their waits; `teleportd trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<fuse_mount::trace::Summary>,
+    /// Set when this start was one of a pool's (`--fanout N`): N nodes of one kind started
+    /// together. Such a sample's `served` is empty (the link is shared): the pool's registry
+    /// figures are in the report's `pools`. Not in the single-node rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolTag>,
+}
+
+/// A pool sample's place in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PoolTag {
+    /// The pool ([`PoolRun::id`]).
+    pub pool: u32,
+    /// This node's index in the pool, `0..size`.
+    pub node_index: usize,
+    pub size: usize,
+    /// When this node was released (past the barrier every node of the pool waited at, fully
+    /// provisioned, recycled, pause image loaded): wall clock, ms since the Unix epoch.
+    pub released_unix_ms: f64,
+}
+
+/// One pool start: `size` nodes of one kind released together on the shared registry link.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PoolRun {
+    pub id: u32,
+    pub variant: Variant,
+    pub rep: u32,
+    /// The node kind (`shuttle`, `teleporter-merged`, …), as in the single-node rows.
+    pub node: String,
+    pub size: usize,
+    /// Position of this kind in the rep's (shuffled) pool order.
+    pub order: usize,
+    /// Registry `/metrics` delta over the whole pool start (every node).
+    pub served: Served,
+    pub blob_range_requests: u64,
+    /// CPU seconds of the registry's threads during the pool start (its own runtime).
+    pub registry_cpu_seconds: f64,
+    /// CPU seconds of the whole testbed process (registry included) during the pool start.
+    pub testbed_cpu_seconds: f64,
+    /// First release → last node ready.
+    pub wall_seconds: f64,
+    /// Last release − first release, ms.
+    pub release_spread_ms: f64,
+    pub host: HostState,
 }
 
 /// Image facts a report row needs.
@@ -184,4 +227,10 @@ pub struct RunSettings {
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub node_orders: Vec<NodeOrder>,
+    /// `--fanout N`: nodes per pool start (0 or 1: no pools).
+    #[serde(default)]
+    pub fanout: usize,
+    /// The order node kinds ran their pools in, per variant and rep.
+    #[serde(default)]
+    pub pool_orders: Vec<NodeOrder>,
 }

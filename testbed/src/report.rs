@@ -1,12 +1,13 @@
 //! The comparison report: one row per (variant, node, mount mode) with median and min–max over
 //! repetitions, written as `report.md`, `report.json` (every raw sample, machine, versions,
 //! link) and `report.svg` (hand-written grouped bars). The seed's published numbers are printed
-//! under the table for comparison only; they are never inputs.
+//! under the table for comparison only; they are never inputs. With `--fanout N`, a pool
+//! section gives each kind's p50/p95 over N nodes started at once, against its single node.
 
 use crate::bed::Variant;
 use crate::error::{Error, Result};
 use crate::machine::{MachineInfo, Versions};
-use crate::measurement::{ImageFacts, RunSettings, Sample};
+use crate::measurement::{ImageFacts, PoolRun, RunSettings, Sample};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -21,6 +22,8 @@ pub struct Stat {
     pub p50: f64,
     #[serde(default)]
     pub p90: f64,
+    #[serde(default)]
+    pub p95: f64,
 }
 
 impl Stat {
@@ -43,6 +46,7 @@ impl Stat {
             max: v[n - 1],
             p50: rank(0.5),
             p90: rank(0.9),
+            p95: rank(0.95),
         })
     }
 
@@ -126,14 +130,7 @@ impl Phases {
             sandbox: med(&|s| s.sandbox_seconds),
             create: med(&|s| s.create_seconds),
             start: med(&|s| s.start_seconds),
-            app: med(&|s| {
-                (s.ready_seconds
-                    - s.pull_seconds.unwrap_or(0.0)
-                    - s.sandbox_seconds
-                    - s.create_seconds
-                    - s.start_seconds)
-                    .max(0.0)
-            }),
+            app: med(&app_seconds),
         }
     }
 }
@@ -173,8 +170,9 @@ pub fn published() -> Vec<Published> {
 
 /// Version of report.json's layout (bumped when fields change meaning). 3: peer rows (`soci`,
 /// `nydus` role and mount mode), `images[].peers`, `served.artifact_blob`,
-/// `blob_range_requests`; every addition defaults, so 2's reports still load.
-pub const SCHEMA_VERSION: u32 = 3;
+/// `blob_range_requests`; 4: pool starts (`pools`, `pool_rows`, `samples[].pool`). Every
+/// addition defaults, so older reports still load.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A row's mount mode: ours (`overlayfs`, teleport's) or a peer's.
 fn is_peer_mode(mode: &str) -> bool {
@@ -235,6 +233,161 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub samples: Vec<Sample>,
     pub published: Vec<Published>,
+    /// Pool starts (`--fanout N`), each with the registry's bytes and CPU (schema 4).
+    #[serde(default)]
+    pub pools: Vec<PoolRun>,
+    /// Per variant × node kind: the pool figures (schema 4).
+    #[serde(default)]
+    pub pool_rows: Vec<PoolRow>,
+}
+
+/// p50 and p95 of one figure over a kind's pool samples (nearest rank, as [`Stat`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spread {
+    pub p50: f64,
+    pub p95: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Spread {
+        Stat::of(values).map_or(Spread::default(), |s| Spread {
+            p50: s.p50,
+            p95: s.p95,
+        })
+    }
+}
+
+/// One variant × node kind started `size` nodes at once, over every pool of the run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PoolRow {
+    pub variant: Variant,
+    /// The kind (`shuttle`, `teleporter-merged`, …).
+    pub node: String,
+    pub mount_mode: String,
+    pub start_profile: String,
+    /// Nodes per pool.
+    pub size: usize,
+    /// Pool starts (reps) and node samples in them.
+    pub pools: usize,
+    pub samples: usize,
+    /// Scheduled → ready (pull included) over every node of every pool.
+    pub ready: Spread,
+    pub pull: Spread,
+    pub sandbox: Spread,
+    pub create: Spread,
+    pub start: Spread,
+    /// Started → ready.
+    pub app: Spread,
+    /// The same kind's single-node ready (median of its cold runs in this report's rows).
+    pub single_ready: Option<f64>,
+    /// Pool p95 ready ÷ single ready.
+    pub p95_over_single: Option<f64>,
+    /// Per pool start, medians over the pools: registry bytes served (every kind of body),
+    /// of which layer blobs and expanded data; registry CPU seconds; the whole testbed's.
+    pub registry_bytes: u64,
+    pub layer_blob_bytes: u64,
+    pub expanded_bytes: u64,
+    pub registry_cpu_seconds: f64,
+    pub testbed_cpu_seconds: f64,
+    /// First release → last node ready (median over pools).
+    pub wall_seconds: f64,
+    /// The widest release spread of any pool, ms (the nodes started together).
+    pub max_release_spread_ms: f64,
+}
+
+/// Started → ready: ready minus the phases before it.
+fn app_seconds(s: &Sample) -> f64 {
+    (s.ready_seconds
+        - s.pull_seconds.unwrap_or(0.0)
+        - s.sandbox_seconds
+        - s.create_seconds
+        - s.start_seconds)
+        .max(0.0)
+}
+
+fn median_f64(v: &[f64]) -> f64 {
+    Stat::of(v).map_or(0.0, |s| s.median)
+}
+
+/// The pool rows of `samples` and `pools` (single-node figures from `rows`), in the rows' kind
+/// order.
+pub fn pool_rows(samples: &[Sample], pools: &[PoolRun], rows: &[Row]) -> Vec<PoolRow> {
+    let mut keys: Vec<(Variant, &str)> = Vec::new();
+    for p in pools {
+        if !keys.iter().any(|(v, n)| *v == p.variant && *n == p.node) {
+            keys.push((p.variant, &p.node));
+        }
+    }
+    let rank = |v: Variant, n: &str| {
+        rows.iter()
+            .position(|r| r.variant == v && r.node_name == n && !r.first_start)
+            .unwrap_or(usize::MAX)
+    };
+    keys.sort_by_key(|(v, n)| (rank(*v, n), *n));
+    keys.into_iter()
+        .map(|(variant, node)| {
+            let runs: Vec<&PoolRun> = pools
+                .iter()
+                .filter(|p| p.variant == variant && p.node == node)
+                .collect();
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| {
+                    s.pool.is_some_and(|t| runs.iter().any(|p| p.id == t.pool))
+                        && s.variant == variant
+                })
+                .collect();
+            let spread = |f: &dyn Fn(&Sample) -> f64| {
+                Spread::of(&mine.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
+            let ready = spread(&|s| s.ready_seconds);
+            let single_ready = rows
+                .iter()
+                .find(|r| r.variant == variant && r.node_name == node && !r.first_start)
+                .and_then(|r| r.ready_seconds)
+                .map(|s| s.median);
+            let per_pool = |f: &dyn Fn(&PoolRun) -> f64| {
+                median_f64(&runs.iter().map(|p| f(p)).collect::<Vec<_>>())
+            };
+            let per_pool_bytes =
+                |f: &dyn Fn(&PoolRun) -> u64| median_u64(runs.iter().map(|p| f(p)).collect());
+            let head = mine.first();
+            PoolRow {
+                variant,
+                node: node.to_string(),
+                mount_mode: head.map_or(String::new(), |s| s.mount_mode.clone()),
+                start_profile: head.map_or(String::new(), |s| s.start_profile.clone()),
+                size: runs.first().map_or(0, |p| p.size),
+                pools: runs.len(),
+                samples: mine.len(),
+                ready,
+                pull: spread(&|s| s.pull_seconds.unwrap_or(0.0)),
+                sandbox: spread(&|s| s.sandbox_seconds),
+                create: spread(&|s| s.create_seconds),
+                start: spread(&|s| s.start_seconds),
+                app: spread(&app_seconds),
+                single_ready,
+                p95_over_single: single_ready
+                    .filter(|x| *x > 0.0 && !mine.is_empty())
+                    .map(|x| ready.p95 / x),
+                registry_bytes: per_pool_bytes(&|p| {
+                    let s = &p.served;
+                    s.layer_blob
+                        + s.config_blob
+                        + s.manifest
+                        + s.expanded_index
+                        + s.expanded_data
+                        + s.artifact_blob
+                }),
+                layer_blob_bytes: per_pool_bytes(&|p| p.served.layer_blob),
+                expanded_bytes: per_pool_bytes(&|p| p.served.expanded()),
+                registry_cpu_seconds: per_pool(&|p| p.registry_cpu_seconds),
+                testbed_cpu_seconds: per_pool(&|p| p.testbed_cpu_seconds),
+                wall_seconds: per_pool(&|p| p.wall_seconds),
+                max_release_spread_ms: runs.iter().map(|p| p.release_spread_ms).fold(0.0, f64::max),
+            }
+        })
+        .collect()
 }
 
 fn median_u64(mut v: Vec<u64>) -> u64 {
@@ -277,10 +430,12 @@ impl Report {
             // Rows in node order as first seen (shuttle first), first starts after the cold rows.
             let mut keys: Vec<(&str, &str, bool)> = Vec::new();
             for first in [false, true] {
-                for s in samples
-                    .iter()
-                    .filter(|s| s.variant == img.variant && s.first_start == first && !s.warm)
-                {
+                for s in samples.iter().filter(|s| {
+                    s.variant == img.variant
+                        && s.first_start == first
+                        && !s.warm
+                        && s.pool.is_none()
+                }) {
                     if !keys.iter().any(|(n, _, f)| *n == s.node && *f == first) {
                         keys.push((&s.node, &s.mount_mode, first));
                     }
@@ -293,14 +448,20 @@ impl Report {
                 &samples
                     .iter()
                     .filter(|s| {
-                        s.variant == img.variant && s.role == "shuttle" && !s.warm && !s.first_start
+                        s.variant == img.variant
+                            && s.role == "shuttle"
+                            && !s.warm
+                            && !s.first_start
+                            && s.pool.is_none()
                     })
                     .map(|s| s.ready_seconds)
                     .collect::<Vec<_>>(),
             )
             .map(|s| s.median);
             for (node, mode, first) in keys {
-                let mine = move |s: &&Sample| s.variant == img.variant && s.node == node;
+                let mine = move |s: &&Sample| {
+                    s.variant == img.variant && s.node == node && s.pool.is_none()
+                };
                 let cold: Vec<&Sample> = samples
                     .iter()
                     .filter(mine)
@@ -381,7 +542,15 @@ impl Report {
             rows,
             samples,
             published: published(),
+            pools: Vec::new(),
+            pool_rows: Vec::new(),
         }
+    }
+
+    /// Record the run's pool starts and summarise them ([`pool_rows`]) against the rows.
+    pub fn set_pools(&mut self, pools: Vec<PoolRun>) {
+        self.pool_rows = pool_rows(&self.samples, &pools, &self.rows);
+        self.pools = pools;
     }
 
     /// Write `report.md`, `report.json`, `report.csv` and `report.svg` into `dir`, and append
@@ -422,12 +591,12 @@ impl Report {
             "variant,node,role,mount_mode,start_profile,first_start,warm,rep,order,seed,overlap,\
              pull_seconds,sandbox_seconds,create_seconds,start_seconds,ready_seconds,\
              layer_blob_bytes,expanded_bytes,load1_before,load1_after,steal_ticks,\
-             artifact_bytes,blob_range_requests\n",
+             artifact_bytes,blob_range_requests,pool,pool_node,pool_size,released_unix_ms\n",
         );
         for x in &self.samples {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{},{},{},{}",
                 x.variant.as_str(),
                 x.node,
                 x.role,
@@ -453,6 +622,11 @@ impl Report {
                     .saturating_sub(x.host.steal_ticks_before),
                 x.served.artifact_blob,
                 x.blob_range_requests,
+                x.pool.map_or(String::new(), |p| p.pool.to_string()),
+                x.pool.map_or(String::new(), |p| p.node_index.to_string()),
+                x.pool.map_or(String::new(), |p| p.size.to_string()),
+                x.pool
+                    .map_or(String::new(), |p| format!("{:.3}", p.released_unix_ms)),
             );
         }
         s
@@ -583,6 +757,7 @@ impl Report {
             s.push_str(&self.nydus_notes());
         }
         s.push_str(&self.trace_breakdown());
+        s.push_str(&self.pool_section());
         let _ = writeln!(
             s,
             "**published (Azure, 2021) — for comparison only.** Their figure is kubelet's pull time \
@@ -618,7 +793,12 @@ impl Report {
     fn trace_breakdown(&self) -> String {
         let mut s = String::new();
         let mut keys: Vec<(Variant, &str, &str, bool)> = Vec::new();
-        for x in self.samples.iter().filter(|x| !x.warm && x.trace.is_some()) {
+        // Single-node starts only: a pool's are summarised in the pool section.
+        for x in self
+            .samples
+            .iter()
+            .filter(|x| !x.warm && x.trace.is_some() && x.pool.is_none())
+        {
             let k = (
                 x.variant,
                 x.node.as_str(),
@@ -654,6 +834,7 @@ impl Report {
                         && x.node == node
                         && x.first_start == first
                         && x.trace.is_some()
+                        && x.pool.is_none()
                 })
                 .collect();
             let t = |f: &dyn Fn(&fuse_mount::trace::Summary) -> f64| {
@@ -683,6 +864,72 @@ impl Report {
                 t(&|x| x.miss_busy_s),
                 t(&|x| x.longest_miss_s),
                 t(&|x| x.span_s),
+            );
+        }
+        s.push('\n');
+        s
+    }
+
+    /// The pool section (`--fanout N`): empty without pools.
+    fn pool_section(&self) -> String {
+        let mut s = String::new();
+        if self.pool_rows.is_empty() {
+            return s;
+        }
+        let size = self.pool_rows.iter().map(|r| r.size).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "## Pool: {size} nodes of a kind started at once\n\n\
+             Each rep, each kind starts the image on {size} fresh nodes (each its own containerd, \
+             teleportd, root and cache on a new filesystem) released together once all were \
+             provisioned; kinds run one after another, all on the registry's one emulated link. \
+             **p50 / p95** (nearest rank) over every node of every pool; **single** = the kind's \
+             single-node ready above (median); registry bytes and CPU are per pool start (median \
+             over reps): CPU of the registry's own threads, and of the whole testbed process \
+             (registry + driver) in brackets. Release spread = last − first release in a pool.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| Image | Node | Mount mode | Start profile | Nodes × pools | Ready p50 | Ready p95 | single | p95 ÷ single | Pull p50 / p95 | Sandbox | Create | Start | App until ready | registry bytes / pool | registry CPU / pool | wall / pool | release spread |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let pp = |x: Spread| format!("{:.2} / {:.2} s", x.p50, x.p95);
+        for r in &self.pool_rows {
+            let bytes = if r.mount_mode == "overlayfs" || is_peer_mode(&r.mount_mode) {
+                human_bytes(r.registry_bytes)
+            } else {
+                format!(
+                    "{} ({} expanded)",
+                    human_bytes(r.registry_bytes),
+                    human_bytes(r.expanded_bytes)
+                )
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} × {} | {:.2} s | {:.2} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} s ({:.2} s) | {:.2} s | {:.1} ms |",
+                r.variant.as_str(),
+                r.node,
+                r.mount_mode,
+                if r.start_profile.is_empty() { "–" } else { &r.start_profile },
+                r.size,
+                r.pools,
+                r.ready.p50,
+                r.ready.p95,
+                r.single_ready.map_or("–".into(), |x| format!("{x:.2} s")),
+                r.p95_over_single.map_or("–".into(), |x| format!("**{x:.2}×**")),
+                pp(r.pull),
+                pp(r.sandbox),
+                pp(r.create),
+                pp(r.start),
+                pp(r.app),
+                bytes,
+                r.registry_cpu_seconds,
+                r.testbed_cpu_seconds,
+                r.wall_seconds,
+                r.max_release_spread_ms,
             );
         }
         s.push('\n');
@@ -1055,7 +1302,163 @@ mod tests {
             blob_range_requests: 0,
             teleportd_metrics: Default::default(),
             trace: None,
+            pool: None,
         }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        // 1..=20: p50 = the 10th value, p90 the 18th, p95 the 19th.
+        let twenty: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        let st = Stat::of(&twenty).unwrap();
+        assert_eq!((st.p50, st.p90, st.p95), (10.0, 18.0, 19.0));
+        assert_eq!(st.median, 10.5);
+        // Eight nodes: p95 is the slowest (rank ceil(7.6) = 8), p50 the 4th.
+        let eight = [2.0, 9.0, 1.0, 4.0, 3.0, 8.0, 5.0, 7.0];
+        let sp = Spread::of(&eight);
+        assert_eq!((sp.p50, sp.p95), (4.0, 9.0));
+        // One value is every percentile; NaN is left out; nothing gives zeros.
+        assert_eq!(Spread::of(&[1.5, f64::NAN]), Spread { p50: 1.5, p95: 1.5 });
+        assert_eq!(Spread::of(&[]), Spread::default());
+    }
+
+    fn pool_sample(node: &str, mode: &str, pool: u32, index: usize, ready: f64) -> Sample {
+        let mut s = sample(node, mode, "teleporter", Some(pool), 0.5, ready, 0);
+        s.pool = Some(crate::measurement::PoolTag {
+            pool,
+            node_index: index,
+            size: 4,
+            released_unix_ms: 1.0e12 + f64::from(pool) * 1e4 + index as f64 * 0.1,
+        });
+        s
+    }
+
+    fn pool_run(id: u32, node: &str, expanded: u64, cpu: f64) -> PoolRun {
+        PoolRun {
+            id,
+            variant: Variant::Layered,
+            rep: id,
+            node: node.into(),
+            size: 4,
+            order: 0,
+            served: Served {
+                expanded_data: expanded,
+                manifest: 10,
+                ..Default::default()
+            },
+            blob_range_requests: 0,
+            registry_cpu_seconds: cpu,
+            testbed_cpu_seconds: cpu * 2.0,
+            wall_seconds: 3.0,
+            release_spread_ms: 0.4 + f64::from(id),
+            host: Default::default(),
+        }
+    }
+
+    #[test]
+    fn pool_section_summarises_pools_against_the_single_node() {
+        let t = "teleporter-merged";
+        let mut samples = vec![
+            sample(t, "merged", "teleporter", Some(0), 0.5, 1.0, 0),
+            sample(t, "merged", "teleporter", Some(1), 0.5, 1.2, 0),
+        ];
+        // Two pools of 4: ready 2, 3, 4, 5 and 2.5, 3.5, 4.5, 6 → p50 3.5, p95 6.
+        for (pool, readies) in [(0, [2.0, 3.0, 4.0, 5.0]), (1, [2.5, 3.5, 4.5, 6.0])] {
+            for (i, r) in readies.into_iter().enumerate() {
+                samples.push(pool_sample(t, "merged", pool, i, r));
+            }
+        }
+        let img = ImageFacts {
+            variant: Variant::Layered,
+            reference: "r".into(),
+            repo: "tb/app".into(),
+            manifest_digest: "d".into(),
+            layers: 29,
+            image_bytes: 1,
+            compressed_bytes: 1,
+            working_set_hash: "h".into(),
+            layer_digests: Vec::new(),
+            files: Vec::new(),
+            working_set_files: 1,
+            working_set_bytes: 1,
+            peers: Vec::new(),
+        };
+        let mut r = Report::build(
+            "p",
+            0.01,
+            0.06,
+            LinkSettings {
+                bandwidth_bytes_per_sec: None,
+                bandwidth: None,
+                latency_ms: 0.0,
+            },
+            MachineInfo::detect(),
+            Versions::detect(),
+            vec![img],
+            samples,
+            "pause".into(),
+        );
+        // Pool samples stay out of the single-node row.
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0].samples, 2);
+        assert_eq!(r.rows[0].ready_seconds.unwrap().median, 1.1);
+        assert!(
+            r.markdown().find("## Pool").is_none(),
+            "no pools, no section"
+        );
+        r.set_pools(vec![
+            pool_run(0, t, 1000, 0.2),
+            pool_run(1, t, 3000, 0.4),
+            pool_run(2, t, 2000, 0.3),
+        ]);
+        assert_eq!(r.pool_rows.len(), 1);
+        let p = &r.pool_rows[0];
+        assert_eq!((p.node.as_str(), p.size, p.pools, p.samples), (t, 4, 3, 8));
+        assert_eq!(p.ready, Spread { p50: 3.5, p95: 6.0 });
+        assert_eq!(p.pull, Spread { p50: 0.5, p95: 0.5 });
+        // app = ready − pull − sandbox − create − start (0.5 + 3 × 0.1).
+        assert!((p.app.p95 - 5.2).abs() < 1e-9, "{:?}", p.app);
+        assert_eq!(p.single_ready, Some(1.1));
+        assert!((p.p95_over_single.unwrap() - 6.0 / 1.1).abs() < 1e-9);
+        assert_eq!(p.expanded_bytes, 2000, "median over pools");
+        assert_eq!(p.registry_bytes, 2010);
+        assert!((p.registry_cpu_seconds - 0.3).abs() < 1e-9);
+        assert!((p.testbed_cpu_seconds - 0.6).abs() < 1e-9);
+        assert!((p.max_release_spread_ms - 2.4).abs() < 1e-9);
+        let md = r.markdown();
+        assert!(
+            md.contains("## Pool: 4 nodes of a kind started at once"),
+            "{md}"
+        );
+        let line = md
+            .lines()
+            .find(|l| l.starts_with("| layered | teleporter-merged | merged | learned | 4 × 3 |"))
+            .unwrap_or_else(|| panic!("pool line missing: {md}"));
+        for cell in [
+            "| 3.50 s | 6.00 s | 1.10 s | **5.45×** |",
+            "0.30 s (0.60 s)",
+            "2.4 ms",
+        ] {
+            assert!(line.contains(cell), "{cell} not in {line}");
+        }
+        // The CSV marks pool samples; the JSON keeps pools and pool rows and reads back.
+        let csv = r.csv();
+        assert!(csv
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",pool,pool_node,pool_size,released_unix_ms"));
+        assert_eq!(
+            csv.lines()
+                .filter(|l| l.contains(",4,1000000010000."))
+                .count(),
+            4
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.pool_rows, r.pool_rows);
+        assert_eq!(back.pools.len(), 3);
+        assert_eq!(back.samples.iter().filter(|s| s.pool.is_some()).count(), 8);
     }
 
     #[test]
@@ -1068,6 +1471,7 @@ mod tests {
                 max: 3.0,
                 p50: 2.0,
                 p90: 3.0,
+                p95: 3.0,
             }
         );
         let ten: Vec<f64> = (1..=10).map(f64::from).collect();
@@ -1335,7 +1739,7 @@ mod tests {
         assert!(r
             .svg()
             .contains("Teleport and peer rows on their own scale"));
-        assert!(r.csv().lines().nth(1).unwrap().ends_with(",70,9"));
+        assert!(r.csv().lines().nth(1).unwrap().ends_with(",70,9,,,,"));
     }
 
     #[test]
