@@ -76,6 +76,15 @@ async fn fanout_starts_each_kind_as_a_pool() {
             assert_eq!(s.seed, single.seed, "{s:?}");
             assert_eq!(s.ready_hash, single.ready_hash, "{s:?}");
             assert!(s.pull_seconds.is_some(), "a cold pull: {s:?}");
+            // Each teleporter of the pool has its own fuse manager trace: the app's reads
+            // went through FUSE on that node.
+            if s.role == "teleporter" {
+                let t = s
+                    .trace
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("no trace: {s:?}"));
+                assert!(t.opens > 0 && t.reads > 0 && t.failed == 0, "{t:?}");
+            }
         }
         // Released together: the recorded release instants within 250 ms of each other, and
         // every node released before any other was ready (they ran at the same time).
