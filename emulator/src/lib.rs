@@ -11,6 +11,8 @@
 //! - [`merge()`]: the rootfs a standard pull produces from a layer stack; [`overlay_form()`]: one
 //!   layer as an overlayfs lower directory would hold it.
 //! - [`tar_reader`]: the streaming tar parser expansion uses (ustar, GNU, PAX).
+//! - [`frames`]: the seekable zstd encoding of a data blob and its frame table (the compressed
+//!   wire; typed, versioned, validated on decode).
 //! - [`mount`](mod@mount): the registry's `/mount` answer (typed, versioned) and its one status enum.
 //! - [`settings_file`]: the daemons' `--config FILE` (TOML keys = long flags), parsed as text.
 
@@ -19,6 +21,7 @@ pub mod entry;
 pub mod error;
 pub mod expand;
 pub mod format;
+pub mod frames;
 pub mod merge;
 pub mod mount;
 pub mod oci;
