@@ -14,8 +14,15 @@
 //!    "uncompressedSize":N,
 //!    "index":{"url":"/mount/v1/REPO/_layers/sha256:…/index","size":N,"digest":"sha256:…"},
 //!    "data":{"url":"/mount/v1/REPO/_layers/sha256:…/data","size":N,"digest":"sha256:…"},
-//!    "chunkSize":N,"entries":N}]}
+//!    "chunkSize":N,"entries":N,
+//!    "frames":{"encoding":"zstd","frameSize":N,
+//!      "table":{"url":"/mount/v1/REPO/_layers/sha256:…/frames","size":N,"digest":"sha256:…"},
+//!      "data":{"url":"/mount/v1/REPO/_layers/sha256:…/data.zst","size":N,"digest":"sha256:…"}}}]}
 //! ```
+//! `frames` is optional (added within schema version 1, so both directions stay compatible): a
+//! registry that does not produce the compressed encoding leaves it out, and a node that does
+//! not know it ignores it (unknown fields are ignored). When present, the data blob's bytes may
+//! be read as compressed frames (see [`crate::frames`]); a node uses an `encoding` it knows only.
 //! For an index (multi-arch) digest, `layers` is empty and `manifests` lists each child
 //! (`digest`, `mediaType`, `platform`, `layers`). URLs are relative to the registry's base URL.
 
@@ -160,6 +167,26 @@ pub struct LayerInfo {
     pub data: BlobRef,
     pub chunk_size: u32,
     pub entries: u64,
+    /// The data blob's seekable compressed encoding, when the registry produced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<FramesRef>,
+}
+
+/// Encoding name of [`crate::frames`] in [`FramesRef::encoding`].
+pub const FRAMES_ENCODING_ZSTD: &str = "zstd";
+
+/// Where the seekable compressed encoding of a layer's data blob lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FramesRef {
+    /// [`FRAMES_ENCODING_ZSTD`]; a node skips an encoding it does not know.
+    pub encoding: String,
+    /// Data bytes per frame (the table repeats it; the table is authoritative).
+    pub frame_size: u32,
+    /// The frame table ([`crate::frames::FrameTable`]).
+    pub table: BlobRef,
+    /// The compressed blob.
+    pub data: BlobRef,
 }
 
 /// Where a blob of an expanded layer lives (URL relative to the registry's base URL).
@@ -196,6 +223,7 @@ mod tests {
                 data: blob("data"),
                 chunk_size: 65536,
                 entries: 2,
+                frames: None,
             }],
             media_type: None,
             manifests: Vec::new(),
@@ -242,6 +270,33 @@ mod tests {
         }
         // An index-only field is absent from an image's answer.
         assert!(!body.contains("manifests"), "{body}");
+        // A registry that produces frames: an old node (no such field) still reads the body,
+        // and a new node reads the field; without it, it is None.
+        let mut with = info();
+        with.layers[0].frames = Some(FramesRef {
+            encoding: FRAMES_ENCODING_ZSTD.into(),
+            frame_size: 65536,
+            table: with.layers[0].index.clone(),
+            data: with.layers[0].data.clone(),
+        });
+        let wire = with.encode();
+        assert!(String::from_utf8_lossy(&wire).contains("\"frameSize\":65536"));
+        assert_eq!(MountInfo::decode(&wire).unwrap(), with);
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        #[allow(dead_code)]
+        struct OldLayer {
+            digest: Digest,
+            chunk_size: u32,
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldInfo {
+            layers: Vec<OldLayer>,
+        }
+        let old: OldInfo = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(old.layers[0].chunk_size, 65536);
+        assert!(!body.contains("frames"), "{body}");
         let v2 = body.replace("\"schemaVersion\":1", "\"schemaVersion\":2");
         assert_eq!(
             MountInfo::decode(v2.as_bytes()),

@@ -44,6 +44,11 @@ pub enum Error {
     },
     #[error("invalid expansion chunk size {0} (a power of two, 16 KiB ..= 16 MiB)")]
     ChunkSize(u32),
+    #[error("invalid wire frame size {0} (a power of two, 4 KiB ..= 4 MiB)")]
+    FrameSize(u32),
+    /// The seekable zstd encoding of an expanded data blob could not be produced.
+    #[error("compressed encoding of {data:?}: {reason}")]
+    Frames { data: PathBuf, reason: String },
     #[error("background task failed: {0}")]
     Task(String),
     /// A stored manifest that fails the checks `manifest::parse` made when it was pushed.

@@ -65,6 +65,9 @@ pub struct Config {
     pub expansion_workers: usize,
     /// Chunk size of the expanded format (see [`expansion::DEFAULT_EXPANSION_CHUNK_SIZE`]).
     pub expansion_chunk_size: u32,
+    /// Frame size of the data blobs' seekable zstd encoding, produced at expansion and
+    /// advertised by `/mount` (see [`expansion::DEFAULT_WIRE_FRAME_SIZE`]); `None`: off.
+    pub wire_frame_size: Option<u32>,
     /// Expansion runs a layer gets before a crash during the last one fails it
     /// (see [`expansion::DEFAULT_MAX_ATTEMPTS`]).
     pub expansion_max_attempts: u32,
@@ -148,6 +151,7 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             expansion_chunk_size: expansion::DEFAULT_EXPANSION_CHUNK_SIZE,
+            wire_frame_size: Some(expansion::DEFAULT_WIRE_FRAME_SIZE),
             expansion_max_attempts: expansion::DEFAULT_MAX_ATTEMPTS,
             check_diff_ids: true,
             limits: Limits::default(),
@@ -320,6 +324,7 @@ fn build_state(cfg: &Config, addr: SocketAddr) -> Result<Arc<AppState>> {
         metrics.clone(),
         cfg.expansion_workers,
         cfg.expansion_chunk_size,
+        cfg.wire_frame_size,
         cfg.expansion_max_attempts,
     )?;
     expander.set_check_diff_ids(cfg.check_diff_ids);

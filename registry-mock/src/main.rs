@@ -64,6 +64,15 @@ enum Cmd {
         /// 16KiB ..= 16MiB (default 16KiB).
         #[arg(long, value_parser = parse_chunk_size)]
         chunk_size: Option<u32>,
+        /// Also encode each expanded data blob as independent zstd frames and advertise them in
+        /// `/mount`, so nodes can fetch compressed bytes (`off`: plain ranges only, as a
+        /// registry without it).
+        #[arg(long, value_enum, default_value = "zstd")]
+        wire_compression: WireCompression,
+        /// Data bytes per zstd frame of that encoding: bytes or with a KiB / MiB suffix, a power
+        /// of two in 4KiB ..= 4MiB (default 64KiB).
+        #[arg(long, value_parser = parse_frame_size)]
+        wire_frame_size: Option<u32>,
         #[command(flatten)]
         limits: registry_mock::Limits,
         #[command(flatten)]
@@ -155,6 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             teleport_repos,
             expansion_workers,
             chunk_size,
+            wire_compression,
+            wire_frame_size,
             limits,
             tls,
         } => {
@@ -199,6 +210,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(cs) = chunk_size {
                 cfg.expansion_chunk_size = cs;
             }
+            cfg.wire_frame_size = match wire_compression {
+                WireCompression::Zstd => Some(
+                    wire_frame_size.unwrap_or(registry_mock::expansion::DEFAULT_WIRE_FRAME_SIZE),
+                ),
+                WireCompression::Off => None,
+            };
             registry_mock::serve(cfg, shutdown_signal())
                 .await
                 .context("serving")?;
@@ -230,6 +247,25 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             })
         }
     }
+}
+
+/// Whether expanded data is also produced (and offered) as compressed frames.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum WireCompression {
+    Zstd,
+    Off,
+}
+
+/// `65536`, `64KiB` → bytes, checked against what the frame table allows.
+fn parse_frame_size(s: &str) -> Result<u32, String> {
+    let n = registry_mock::parse_size(s)?;
+    let bytes = u32::try_from(n).map_err(|_| format!("frame size {s:?} too large"))?;
+    if !emulator::frames::valid_frame_size(bytes) {
+        return Err(format!(
+            "frame size {s:?}: want a power of two in 4KiB ..= 4MiB"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `16384`, `64KiB`, `1MiB` → bytes, checked against what the expander accepts.

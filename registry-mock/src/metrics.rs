@@ -20,17 +20,21 @@ pub enum ServedKind {
     Manifest,
     ExpandedIndex,
     ExpandedData,
+    /// The expanded data's compressed frames (`/data.zst`): the wire bytes that replace
+    /// `ExpandedData` bytes for a node reading through the compressed encoding.
+    ExpandedFrames,
     /// A layer of a referrer (a manifest with a `subject`): signatures, SOCI zTOCs.
     ArtifactBlob,
 }
 
 impl ServedKind {
-    const ALL: [ServedKind; 6] = [
+    const ALL: [ServedKind; 7] = [
         ServedKind::LayerBlob,
         ServedKind::ConfigBlob,
         ServedKind::Manifest,
         ServedKind::ExpandedIndex,
         ServedKind::ExpandedData,
+        ServedKind::ExpandedFrames,
         ServedKind::ArtifactBlob,
     ];
     pub fn label(self) -> &'static str {
@@ -40,6 +44,7 @@ impl ServedKind {
             ServedKind::Manifest => "manifest",
             ServedKind::ExpandedIndex => "expanded_index",
             ServedKind::ExpandedData => "expanded_data",
+            ServedKind::ExpandedFrames => "expanded_frames",
             ServedKind::ArtifactBlob => "artifact_blob",
         }
     }

@@ -803,3 +803,148 @@ async fn a_layer_crashing_every_attempt_is_failed_after_max_attempts() {
     assert_eq!(s, StatusCode::OK, "{v}");
     reg.shutdown().await.unwrap();
 }
+
+/// Compressible, file-like content: repeated source lines with some noise.
+fn text_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let noise = random_bytes(n / 16 + 1, seed);
+    let line = b"def handler(request):\n    return render(request, 'index.html')\n";
+    (0..n)
+        .map(|i| {
+            if i % 16 == 0 {
+                noise[i / 16]
+            } else {
+                line[i % line.len()]
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn expansion_produces_compressed_frames_served_by_range_and_advertised() {
+    let t = start().await;
+    let c = client();
+    enable(&c, &t.url, "tele/z").await;
+    let big = text_bytes(600_000, 3);
+    let l = gzip_tar(&[("app/big.py", &big), ("app/small.py", b"print('hi')\n")]);
+    let p = push_image(&c, &t.url, "tele/z", "v1", &[l]).await;
+    let (s, body) = wait_mount(&c, &t.url, "tele/z", &p.manifest).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let info = emulator::mount::MountInfo::decode(body.to_string().as_bytes()).unwrap();
+    let layer = &info.layers[0];
+    let frames = layer.frames.as_ref().expect("/mount advertises frames");
+    assert_eq!(frames.encoding, emulator::mount::FRAMES_ENCODING_ZSTD);
+    assert_eq!(
+        frames.frame_size,
+        registry_mock::expansion::DEFAULT_WIRE_FRAME_SIZE
+    );
+    let ld = &p.layers[0].0;
+    assert_eq!(
+        frames.data.url,
+        format!("/mount/v1/tele/z/_layers/{ld}/data.zst")
+    );
+    // The table: whole, by its digest, decodes and describes the data blob.
+    let tb = c
+        .get(format!("{}{}", t.url, frames.table.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(digest(&tb), frames.table.digest);
+    assert_eq!(tb.len() as u64, frames.table.size);
+    let table = emulator::frames::FrameTable::decode(&tb).unwrap();
+    assert_eq!(table.data_digest, layer.data.digest);
+    assert_eq!(table.data_size, layer.data.size);
+    assert_eq!(table.compressed_size, frames.data.size);
+    assert_eq!(table.compressed_digest, frames.data.digest);
+    assert!(
+        frames.data.size * 3 < layer.data.size,
+        "compressible content: {} of {}",
+        frames.data.size,
+        layer.data.size
+    );
+    // A data range, read as the frames covering it (one ranged GET), is the plain bytes.
+    let plain_url = format!("{}{}", t.url, layer.data.url);
+    let plain = c
+        .get(&plain_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let before = scrape(&c, &t.url).await;
+    let (a, b) = (70_000u64, 200_000u64);
+    let (first, last) = table.covering(a, b).unwrap();
+    let (cs, ce) = table.compressed_span(first, last).unwrap();
+    let r = c
+        .get(format!("{}{}", t.url, frames.data.url))
+        .header("range", format!("bytes={cs}-{}", ce - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let z = r.bytes().await.unwrap();
+    let out = table.decompress(first, last, &z).unwrap();
+    let (ds, de) = table.data_span(first, last).unwrap();
+    assert!(ds <= a && b <= de);
+    assert_eq!(out, plain[ds as usize..de as usize]);
+    // Counted as frame bytes, not as expanded data.
+    let after = scrape(&c, &t.url).await;
+    let served = |m: &str, k: &str| {
+        let v = |t: &str| {
+            t.lines()
+                .find(|l| l.starts_with(&format!("registry_bytes_served_total{{kind=\"{k}\"}}")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+        };
+        v(m)
+    };
+    assert_eq!(
+        served(&after, "expanded_frames") - served(&before, "expanded_frames"),
+        ce - cs
+    );
+    assert_eq!(
+        served(&after, "expanded_data"),
+        served(&before, "expanded_data")
+    );
+    // Files on disk beside index and data.
+    let dir = t.dir.path().join("expanded/sha256").join(ld.hex());
+    assert!(dir.join("frames").is_file() && dir.join("data.zst").is_file());
+}
+
+#[tokio::test]
+async fn wire_compression_off_neither_produces_nor_advertises_frames() {
+    let t = start_with(|cfg| cfg.wire_frame_size = None).await;
+    let c = client();
+    enable(&c, &t.url, "tele/plain").await;
+    let l = gzip_tar(&[("a.txt", &text_bytes(100_000, 4)[..])]);
+    let p = push_image(&c, &t.url, "tele/plain", "v1", &[l]).await;
+    let (s, body) = wait_mount(&c, &t.url, "tele/plain", &p.manifest).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body["layers"][0].get("frames").is_none(), "{body}");
+    assert!(body["layers"][0]["data"]["url"].is_string());
+    let ld = &p.layers[0].0;
+    for part in ["frames", "data.zst"] {
+        let r = c
+            .get(format!("{}/mount/v1/tele/plain/_layers/{ld}/{part}", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, "BLOB_UNKNOWN", "{part}");
+    }
+    let dir = t.dir.path().join("expanded/sha256").join(ld.hex());
+    assert!(dir.join("data").is_file() && !dir.join("data.zst").exists());
+}
+
+async fn scrape(c: &Client, url: &str) -> String {
+    c.get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

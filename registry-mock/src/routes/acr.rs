@@ -168,7 +168,9 @@ pub async fn expand(
     ))
 }
 
-fn layer_info(name: &RepoName, l: &LayerRef, i: &ExpandedInfo) -> mount::LayerInfo {
+/// One layer of a `/mount` answer; its compressed encoding is advertised only with `frames`
+/// (the registry's wire compression on).
+fn layer_info(name: &RepoName, l: &LayerRef, i: &ExpandedInfo, frames: bool) -> mount::LayerInfo {
     let base = format!("/mount/v1/{name}/_layers/{}", l.digest);
     mount::LayerInfo {
         digest: l.digest.clone(),
@@ -188,6 +190,24 @@ fn layer_info(name: &RepoName, l: &LayerRef, i: &ExpandedInfo) -> mount::LayerIn
         },
         chunk_size: i.chunk_size,
         entries: i.entries,
+        frames: i
+            .frames
+            .as_ref()
+            .filter(|_| frames)
+            .map(|f| mount::FramesRef {
+                encoding: mount::FRAMES_ENCODING_ZSTD.into(),
+                frame_size: f.frame_size,
+                table: mount::BlobRef {
+                    url: format!("{base}/frames"),
+                    size: f.table_size,
+                    digest: f.table_digest.clone(),
+                },
+                data: mount::BlobRef {
+                    url: format!("{base}/data.zst"),
+                    size: f.data_size,
+                    digest: f.data_digest.clone(),
+                },
+            }),
     }
 }
 
@@ -234,6 +254,7 @@ pub fn mount_manifest(st: &Arc<AppState>, name: &RepoName, digest: &str) -> ApiR
         ImageStatus::Ready(layers) => layers,
     };
     let rec = st.store.read_image_record(name, &d)?;
+    let frames = st.expander.wire_compression();
     let mut body = mount::MountInfo {
         schema_version: mount::MOUNT_SCHEMA_VERSION,
         repository: name.as_str().to_string(),
@@ -248,9 +269,10 @@ pub fn mount_manifest(st: &Arc<AppState>, name: &RepoName, digest: &str) -> ApiR
             // An index: the layers are per child manifest, under "manifests".
             for c in &r.children {
                 let layers = match st.expander.image_status(name, &c.digest)? {
-                    ImageStatus::Ready(ls) => {
-                        ls.iter().map(|(l, i)| layer_info(name, l, i)).collect()
-                    }
+                    ImageStatus::Ready(ls) => ls
+                        .iter()
+                        .map(|(l, i)| layer_info(name, l, i, frames))
+                        .collect(),
                     _ => Vec::new(),
                 };
                 body.manifests.push(mount::ChildMount {
@@ -263,7 +285,10 @@ pub fn mount_manifest(st: &Arc<AppState>, name: &RepoName, digest: &str) -> ApiR
             body.media_type = Some(r.media_type);
         }
         _ => {
-            body.layers = ready.iter().map(|(l, i)| layer_info(name, l, i)).collect();
+            body.layers = ready
+                .iter()
+                .map(|(l, i)| layer_info(name, l, i, frames))
+                .collect();
         }
     }
     Ok(http_util::with_body(
@@ -291,6 +316,10 @@ pub async fn mount_layer(
             .with_detail(json!({ "digest": digest, "reason": "no expanded layer" })));
     };
     let dir = st.store.expanded_dir(&d);
+    let no_frames = || {
+        ApiError::blob_unknown(digest)
+            .with_detail(json!({ "digest": digest, "reason": "no compressed encoding" }))
+    };
     let (path, size, kind, dg) = match part {
         Part::Index => (
             dir.join("index"),
@@ -304,6 +333,25 @@ pub async fn mount_layer(
             ServedKind::ExpandedData,
             info.data_digest,
         ),
+        // The table is metadata a node reads once per layer, like the index.
+        Part::Frames => {
+            let f = info.frames.ok_or_else(no_frames)?;
+            (
+                dir.join("frames"),
+                f.table_size,
+                ServedKind::ExpandedIndex,
+                f.table_digest,
+            )
+        }
+        Part::FramedData => {
+            let f = info.frames.ok_or_else(no_frames)?;
+            (
+                dir.join("data.zst"),
+                f.data_size,
+                ServedKind::ExpandedFrames,
+                f.data_digest,
+            )
+        }
     };
     serve_file(
         st,

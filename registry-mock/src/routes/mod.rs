@@ -26,6 +26,10 @@ use crate::state::AppState;
 pub enum Part {
     Index,
     Data,
+    /// The data blob's frame table (`emulator::frames`).
+    Frames,
+    /// The data blob's seekable zstd encoding.
+    FramedData,
 }
 
 #[derive(Debug)]
@@ -101,6 +105,13 @@ impl Route {
             Route::MountLayer {
                 part: Part::Data, ..
             } => "/mount/v1/{name}/_layers/{digest}/data",
+            Route::MountLayer {
+                part: Part::Frames, ..
+            } => "/mount/v1/{name}/_layers/{digest}/frames",
+            Route::MountLayer {
+                part: Part::FramedData,
+                ..
+            } => "/mount/v1/{name}/_layers/{digest}/data.zst",
             Route::MountProfile { .. } => "/mount/v1/{name}/_profiles/{digest}",
         }
     }
@@ -207,6 +218,8 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
             let part = match rest[r - 1].as_str() {
                 "index" => Part::Index,
                 "data" => Part::Data,
+                "frames" => Part::Frames,
+                "data.zst" => Part::FramedData,
                 _ => return Err(ApiError::NotFound),
             };
             return Ok(Route::MountLayer {
