@@ -100,11 +100,21 @@ async fn render(snap: &OverlaySnapshotter) -> String {
         auth,
     );
     type Field = fn(&CountersSnapshot) -> u64;
-    let fields: [(&str, &str, Field); 10] = [
+    let fields: [(&str, &str, Field); 12] = [
         (
             "bytes_fetched",
-            "Layer data bytes fetched from the registry",
+            "Layer data bytes fetched from the registry, uncompressed (as delivered to the cache)",
             |c| c.bytes_fetched,
+        ),
+        (
+            "wire_bytes",
+            "Layer data bytes on the wire for those fetches (compressed frames or plain ranges)",
+            |c| c.wire_bytes,
+        ),
+        (
+            "frames_fetched",
+            "Compressed zstd frames fetched (0 on plain ranges)",
+            |c| c.frames_fetched,
         ),
         ("chunks_fetched", "Chunks fetched from the registry", |c| {
             c.chunks_fetched
@@ -185,7 +195,10 @@ mod tests {
             "# TYPE teleportd_fuse_mounts gauge",
             "teleportd_fuse_mounts 0",
             "teleportd_auth_failures_total ",
-            "# HELP teleportd_fuse_bytes_fetched Layer data bytes fetched from the registry.",
+            "# HELP teleportd_fuse_bytes_fetched Layer data bytes fetched from the registry, \
+             uncompressed",
+            "# HELP teleportd_fuse_wire_bytes Layer data bytes on the wire",
+            "teleportd_fuse_frames_fetched_total 0",
             "teleportd_fuse_bytes_fetched_total 0",
             "# TYPE teleportd_prepare_seconds histogram",
             "teleportd_prepare_seconds_count ",

@@ -267,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fuse_mount::manager::config::WireCompression;
 
     /// A fuse manager setting read from `--config FILE` lands in the one `MountSettings`, the
     /// command line overrides it, and a spawned manager gets the same values back.
@@ -276,7 +277,8 @@ mod tests {
         let file = dir.path().join("teleportd.toml");
         std::fs::write(
             &file,
-            "profile_window = 2.5\nno_start_profile = true\ncache_max_bytes = 4096\n",
+            "profile_window = 2.5\nno_start_profile = true\ncache_max_bytes = 4096\n\
+             wire_compression = \"off\"\n",
         )
         .unwrap();
         let argv: Vec<std::ffi::OsString> = vec![
@@ -295,6 +297,7 @@ mod tests {
             cache_max_bytes: Some(8192),
             neighbour_ahead: 256 << 10,
             trace_events: 65536,
+            wire_compression: WireCompression::Off,
         };
         assert_eq!(cli.mount, want);
         // The manager's command line: teleportd's own flags, parsed by the same Cli.

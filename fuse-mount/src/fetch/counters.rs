@@ -16,6 +16,8 @@ pub struct Counters {
     profile_bytes_prefetched: AtomicU64,
     profile_jobs_queued: AtomicU64,
     profile_jobs_done: AtomicU64,
+    wire_bytes: AtomicU64,
+    frames_fetched: AtomicU64,
 }
 
 /// A point-in-time copy, e.g. for `/metrics`; also the fuse manager's wire format (fields
@@ -44,6 +46,11 @@ pub struct CountersSnapshot {
     /// Start-profile prefetch jobs queued / finished (equal: the replay is over).
     pub profile_jobs_queued: u64,
     pub profile_jobs_done: u64,
+    /// Data bytes that crossed the wire for those fetches: compressed frames, or plain ranges
+    /// (then equal to `bytes_fetched`). `bytes_fetched` is what they delivered uncompressed.
+    pub wire_bytes: u64,
+    /// Compressed (zstd) frames fetched; 0 when the data came as plain ranges.
+    pub frames_fetched: u64,
 }
 
 impl Counters {
@@ -60,6 +67,8 @@ impl Counters {
             profile_bytes_prefetched: self.profile_bytes_prefetched.load(Ordering::Relaxed),
             profile_jobs_queued: self.profile_jobs_queued.load(Ordering::Relaxed),
             profile_jobs_done: self.profile_jobs_done.load(Ordering::Relaxed),
+            wire_bytes: self.wire_bytes.load(Ordering::Relaxed),
+            frames_fetched: self.frames_fetched.load(Ordering::Relaxed),
         }
     }
     pub(crate) fn demand_fetch(&self) {
@@ -81,6 +90,11 @@ impl Counters {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         self.chunks_fetched.fetch_add(chunks, Ordering::Relaxed);
         self.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// One response body of `bytes` data bytes on the wire, carrying `frames` compressed frames.
+    pub(crate) fn wire(&self, bytes: u64, frames: u64) {
+        self.wire_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.frames_fetched.fetch_add(frames, Ordering::Relaxed);
     }
     pub(crate) fn hit(&self) {
         self.cache_hits.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use emulator::Digest;
 
-use super::layer::{LayerHandle, Source};
+use emulator::frames::FrameTable;
+use emulator::mount::{FramesRef, FRAMES_ENCODING_ZSTD};
+
+use super::layer::{Framed, LayerHandle, Source};
 use super::{Client, Error, LayerInfo, MountStatus, Result};
 
 impl Client {
@@ -22,36 +25,70 @@ impl Client {
             .await?)
     }
 
+    /// A small blob of an expanded layer (its index, its frame table), read whole, verified by
+    /// digest and kept in the node's cache.
+    async fn get_small_blob(&self, repo: &str, blob: &emulator::mount::BlobRef) -> Result<Vec<u8>> {
+        let want = &blob.digest;
+        if let Some(b) = self.inner.cache.get_index(want) {
+            return Ok(b);
+        }
+        let deadline = Instant::now() + self.inner.opts.read_deadline;
+        // The blob's size is known from /mount: nothing larger is read.
+        let b = self
+            .inner
+            .registry
+            .get_whole(repo, &blob.url, blob.size, deadline)
+            .await?;
+        let got = Digest::sha256_of(&b);
+        if got != *want {
+            return Err(Error::DigestMismatch {
+                expected: want.clone(),
+                actual: got,
+            });
+        }
+        // A cache that cannot take it (disk full) costs a re-fetch later, not the mount.
+        if let Err(e) = self.inner.cache.put_index(want, &b) {
+            tracing::warn!(blob = %want, error = %e, "layer index not cached");
+        }
+        Ok(b)
+    }
+
+    /// The layer's compressed encoding, when `/mount` offers one this node reads and the
+    /// compressed wire is on; its table fetched, verified and checked against the layer.
+    async fn open_frames(&self, repo: &str, layer: &LayerInfo, f: &FramesRef) -> Result<Framed> {
+        let bad = |reason: String| Error::IndexMismatch {
+            layer: layer.digest.to_string(),
+            reason,
+        };
+        let bytes = self.get_small_blob(repo, &f.table).await?;
+        let table = FrameTable::decode(&bytes).map_err(|source| Error::Frames {
+            layer: layer.digest.to_string(),
+            source,
+        })?;
+        if table.data_digest != layer.data.digest || table.data_size != layer.data.size {
+            return Err(bad(format!(
+                "frame table encodes data {} ({} bytes), /mount says {} ({} bytes)",
+                table.data_digest, table.data_size, layer.data.digest, layer.data.size
+            )));
+        }
+        if table.compressed_digest != f.data.digest || table.compressed_size != f.data.size {
+            return Err(bad(format!(
+                "frame table's compressed blob {} ({} bytes), /mount says {} ({} bytes)",
+                table.compressed_digest, table.compressed_size, f.data.digest, f.data.size
+            )));
+        }
+        Ok(Framed {
+            url: f.data.url.clone(),
+            table,
+        })
+    }
+
     pub(crate) async fn open_layer_async(
         &self,
         repo: &str,
         layer: &LayerInfo,
     ) -> Result<LayerHandle> {
-        let want = &layer.index.digest;
-        let bytes = match self.inner.cache.get_index(want) {
-            Some(b) => b,
-            None => {
-                let deadline = Instant::now() + self.inner.opts.read_deadline;
-                // The index's size is known from /mount: nothing larger is read.
-                let b = self
-                    .inner
-                    .registry
-                    .get_whole(repo, &layer.index.url, layer.index.size, deadline)
-                    .await?;
-                let got = Digest::sha256_of(&b);
-                if got != *want {
-                    return Err(Error::DigestMismatch {
-                        expected: want.clone(),
-                        actual: got,
-                    });
-                }
-                // A cache that cannot take it (disk full) costs a re-fetch later, not the mount.
-                if let Err(e) = self.inner.cache.put_index(want, &b) {
-                    tracing::warn!(index = %want, error = %e, "layer index not cached");
-                }
-                b
-            }
-        };
+        let bytes = self.get_small_blob(repo, &layer.index).await?;
         let index = emulator::Index::decode(&bytes).map_err(|source| Error::Index {
             layer: layer.digest.to_string(),
             source,
@@ -78,6 +115,23 @@ impl Client {
                 index.data_digest, layer.data.digest
             )));
         }
+        let offered = layer
+            .frames
+            .as_ref()
+            .filter(|f| self.inner.opts.compressed_wire && f.encoding == FRAMES_ENCODING_ZSTD);
+        let frames = match offered {
+            None => None,
+            Some(f) => match self.open_frames(repo, layer, f).await {
+                Ok(framed) => Some(std::sync::Arc::new(framed)),
+                // The plain data stays readable (and every chunk verified either way): a
+                // broken or unreachable table costs compression, not the mount.
+                Err(e) => {
+                    tracing::warn!(layer = %layer.digest, error = %e,
+                        "compressed encoding unusable; reading plain ranges");
+                    None
+                }
+            },
+        };
         Ok(LayerHandle::new(
             self.clone(),
             index,
@@ -85,6 +139,7 @@ impl Client {
                 repo: repo.to_string(),
                 url: layer.data.url.clone(),
                 layer: layer.digest.clone(),
+                frames,
             },
         ))
     }
@@ -158,6 +213,7 @@ mod tests {
             },
             chunk_size: 16 << 10,
             entries: 1,
+            frames: None,
         }
     }
 

@@ -27,8 +27,17 @@ pub(crate) enum Source {
         url: String,
         /// The layer's (compressed) digest: the key of its start profile.
         layer: Digest,
+        /// The data's compressed encoding, when offered and on: data is fetched as frames.
+        frames: Option<Arc<Framed>>,
     },
     Local(Arc<dyn LocalSource>),
+}
+
+/// A layer's data as the registry's seekable zstd frames: where they are, and the validated
+/// table mapping data offsets to them.
+pub(crate) struct Framed {
+    pub(crate) url: String,
+    pub(crate) table: emulator::frames::FrameTable,
 }
 
 /// A readable layer. Cheap to clone.
@@ -395,9 +404,22 @@ impl LayerHandle {
         let chunks = &self.inner.index.chunks;
         let mut lead: Vec<(usize, FlightGuard<'_>)> = Vec::new();
         let mut wait: Vec<(Digest, Arc<Flight>)> = Vec::new();
-        for (i, c) in chunks.iter().enumerate().take(last + 1).skip(first) {
+        // With compressed frames, the frames covering these chunks are fetched and decoded
+        // whole anyway: this call leads every missing chunk in them, so their bytes are kept
+        // rather than decoded and dropped (and a reader of a neighbour waits for this flight
+        // instead of fetching the same frame again).
+        let (scan_first, scan_last) = self.frame_chunks(first, last);
+        let wanted = |i: usize| (first..=last).contains(&i);
+        for (i, c) in chunks
+            .iter()
+            .enumerate()
+            .take(scan_last + 1)
+            .skip(scan_first)
+        {
             if cache.contains(&c.digest) {
-                hit();
+                if wanted(i) {
+                    hit();
+                }
                 continue;
             }
             let key = c.digest.hex().to_string();
@@ -411,14 +433,16 @@ impl LayerHandle {
                 })?;
             if let Some(f) = flights.get(&key) {
                 // Read-ahead another thread is fetching is its business, not this read's.
-                if i <= need_last {
+                if i >= first && i <= need_last {
                     wait.push((c.digest.clone(), Arc::clone(f)));
                 }
             } else if lead.iter().any(|(_, g)| g.key == key) {
                 // The same content twice in one range: fetched once by this call.
             } else if cache.contains(&c.digest) {
                 // Finished between the first check and taking the lock.
-                hit();
+                if wanted(i) {
+                    hit();
+                }
             } else {
                 let flight = Arc::new(Flight::default());
                 flights.insert(key.clone(), Arc::clone(&flight));
@@ -456,7 +480,7 @@ impl LayerHandle {
             .map(|r| lead[r.clone()].iter().map(|(i, _)| *i).collect())
             .collect();
         // Runs go out concurrently: a range split by cached chunks still costs one round trip.
-        let results = self.fetch_runs(&run_idxs, deadline);
+        let results = self.fetch_runs(&run_idxs, deadline, counters);
         let mut first_err: Option<Error> = None;
         for ((r, idxs), res) in runs.into_iter().zip(&run_idxs).zip(results) {
             let run = &mut lead[r];
@@ -507,9 +531,43 @@ impl LayerHandle {
         }
     }
 
+    /// Chunk indices `first..=last` widened to the chunks of the compressed frames covering
+    /// them (unchanged without frames).
+    fn frame_chunks(&self, first: usize, last: usize) -> (usize, usize) {
+        let Source::Remote {
+            frames: Some(z), ..
+        } = &self.inner.source
+        else {
+            return (first, last);
+        };
+        let chunks = &self.inner.index.chunks;
+        let (Some(a), Some(b)) = (chunks.get(first), chunks.get(last)) else {
+            return (first, last);
+        };
+        let t = &z.table;
+        t.covering(a.offset, b.offset + u64::from(b.len))
+            .and_then(|(f, l)| t.data_span(f, l))
+            .and_then(|(s, e)| self.chunk_span(s, e - s).ok())
+            .map_or((first, last), |(a, b)| (a.min(first), b.max(last)))
+    }
+
     /// Fetch each run of chunks (consecutive indices) with one request, all runs at once;
     /// verify and store each chunk. Returns, per run, the bytes fetched.
-    fn fetch_runs(&self, runs: &[Vec<usize>], deadline: Instant) -> Vec<Result<u64>> {
+    fn fetch_runs(
+        &self,
+        runs: &[Vec<usize>],
+        deadline: Instant,
+        counters: &Counters,
+    ) -> Vec<Result<u64>> {
+        if let Source::Remote {
+            repo,
+            frames: Some(z),
+            layer,
+            ..
+        } = &self.inner.source
+        {
+            return self.fetch_runs_framed(repo, layer, z, runs, deadline, counters);
+        }
         let chunks = &self.inner.index.chunks;
         let span = |idxs: &[usize]| -> Option<(u64, u64)> {
             let (&a, &b) = (idxs.first()?, idxs.last()?);
@@ -557,10 +615,116 @@ impl LayerHandle {
                 let Some((start, end)) = span(idxs) else {
                     return Ok(0);
                 };
-                self.store_run(idxs, start, &body?)?;
+                let body = body?;
+                counters.wire(body.len() as u64, 0);
+                self.store_run(idxs, start, &body)?;
                 Ok(end - start)
             })
             .collect()
+    }
+
+    /// [`LayerHandle::fetch_runs`] through the registry's compressed frames: runs whose frames
+    /// touch or overlap share one ranged GET of those frames (never a frame twice, never one
+    /// no run needs); each frame is decoded into exactly its declared length and every chunk
+    /// is verified against the index before it is stored, as on the plain path.
+    ///
+    /// The cache keeps chunks uncompressed: a read then costs one pread and no decode, the
+    /// chunk cache stays content-addressed by the index's digests (shared with plain-range
+    /// layers and checked on first read after a restart), and the wire is where bytes cost.
+    fn fetch_runs_framed(
+        &self,
+        repo: &str,
+        layer: &Digest,
+        z: &Framed,
+        runs: &[Vec<usize>],
+        deadline: Instant,
+        counters: &Counters,
+    ) -> Vec<Result<u64>> {
+        let chunks = &self.inner.index.chunks;
+        let t = &z.table;
+        let max = self.inner.client.inner.opts.coalesce_max;
+        // Per run: its data span and the frames covering it.
+        let spans: Vec<Option<(u64, u64, usize, usize)>> = runs
+            .iter()
+            .map(|idxs| {
+                let (&a, &b) = (idxs.first()?, idxs.last()?);
+                let (s, e) = (
+                    chunks[a].offset,
+                    chunks[b].offset + u64::from(chunks[b].len),
+                );
+                let (f, l) = t.covering(s, e)?;
+                Some((s, e, f, l))
+            })
+            .collect();
+        // Groups of runs (in data order) fetched by one request: frames first..=last.
+        let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+        for (r, sp) in spans.iter().enumerate() {
+            let Some((_, _, f, l)) = *sp else { continue };
+            if let Some(g) = groups.last_mut() {
+                let joined = t
+                    .data_span(g.0, l.max(g.1))
+                    .map_or(u64::MAX, |(s, e)| e - s);
+                if f <= g.1 + 1 && joined <= max {
+                    g.1 = g.1.max(l);
+                    g.2.push(r);
+                    continue;
+                }
+            }
+            groups.push((f, l, vec![r]));
+        }
+        let client = &self.inner.client;
+        let futs = groups.iter().map(|&(f, l, _)| async move {
+            let Some((cs, ce)) = t.compressed_span(f, l) else {
+                return Ok(Vec::new());
+            };
+            let started = Instant::now();
+            let r = client.get_range(repo, &z.url, (cs, ce - 1), deadline).await;
+            crate::timing::manager().range_fetch(started);
+            r
+        });
+        let bodies = client.block_on(futures::future::join_all(futs));
+        let mut out: Vec<Option<Result<u64>>> = runs.iter().map(|_| None).collect();
+        for ((f, l, members), body) in groups.into_iter().zip(bodies) {
+            let decoded = body.and_then(|b| {
+                counters.wire(b.len() as u64, (l - f + 1) as u64);
+                let frames_err = |source| Error::Frames {
+                    layer: layer.to_string(),
+                    source,
+                };
+                let data = t.decompress(f, l, &b).map_err(frames_err)?;
+                let (ds, _) = t.data_span(f, l).ok_or_else(|| {
+                    frames_err(emulator::frames::FrameError::Range {
+                        first: f,
+                        last: l,
+                        reason: "no such frames".into(),
+                    })
+                })?;
+                Ok((ds, data))
+            });
+            match decoded {
+                Ok((ds, data)) => {
+                    for r in members {
+                        let res = self
+                            .store_run(&runs[r], ds, &data)
+                            .map(|()| spans[r].map_or(0, |(s, e, _, _)| e - s));
+                        out[r] = Some(res);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%layer, frames = ?(f..=l), error = %e, "compressed fetch failed");
+                    // The first run gets the typed error, the others say what it was.
+                    let reason = e.to_string();
+                    let mut e = Some(e);
+                    for r in members {
+                        out[r] = Some(Err(e.take().unwrap_or_else(|| Error::ChunkFailed {
+                            digest: chunks[runs[r][0]].digest.clone(),
+                            reason: reason.clone(),
+                        })));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
     }
 
     /// Verify each chunk of a fetched run against the index and store it; a bad chunk is not
@@ -717,6 +881,7 @@ mod tests {
             repo: "r".into(),
             url: "/data".into(),
             layer: Digest::sha256_of(b"layer"),
+            frames: None,
         };
         let layer = LayerHandle::new(client, index.clone(), source);
         let counters = Counters::default();
@@ -758,6 +923,7 @@ mod tests {
                 repo: "r".into(),
                 url: "/data".into(),
                 layer: Digest::sha256_of(b"layer"),
+                frames: None,
             };
             LayerHandle::new(client, index.clone(), source)
         };

@@ -43,6 +43,13 @@ pub enum Error {
     IndexMismatch { layer: String, reason: String },
     #[error("range {offset}+{len} outside the data blob ({size} bytes)")]
     Range { offset: u64, len: u64, size: u64 },
+    /// A compressed frame (or its table) the registry sent is not what the table declares.
+    #[error("layer {layer}: compressed data: {source}")]
+    Frames {
+        layer: String,
+        #[source]
+        source: emulator::frames::FrameError,
+    },
     #[error("chunk {digest}: fetch failed: {reason}")]
     ChunkFailed { digest: Digest, reason: String },
     #[error("chunk cache {path:?}: {source}")]
@@ -92,6 +99,9 @@ pub struct ClientOptions {
     /// Size cap of the chunk cache's pack files (least recently used packs are evicted);
     /// `None`: unbounded.
     pub cache_max_bytes: Option<u64>,
+    /// Fetch layer data as the registry's zstd frames when its `/mount` answer offers them
+    /// (else plain ranges of the expanded data, as with a registry that does not).
+    pub compressed_wire: bool,
 }
 
 impl Default for ClientOptions {
@@ -109,6 +119,7 @@ impl Default for ClientOptions {
             profile_request_max: 1 << 20,
             http_threads: 2,
             cache_max_bytes: None,
+            compressed_wire: true,
         }
     }
 }

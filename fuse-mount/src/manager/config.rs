@@ -42,6 +42,27 @@ pub struct MountSettings {
     /// `teleportd trace` (about 100 bytes each). 0 turns the trace off.
     #[arg(long, default_value = "65536", value_name = "EVENTS")]
     pub trace_events: usize,
+    /// How layer data crosses the wire: `zstd` fetches the registry's compressed frames when
+    /// its `/mount` answer offers them (a registry that does not gets plain ranges); `off`
+    /// always fetches plain ranges of the expanded data.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub wire_compression: WireCompression,
+}
+
+/// [`MountSettings::wire_compression`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireCompression {
+    Zstd,
+    Off,
+}
+
+impl WireCompression {
+    fn flag(self) -> &'static str {
+        match self {
+            WireCompression::Zstd => "zstd",
+            WireCompression::Off => "off",
+        }
+    }
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -90,6 +111,8 @@ impl MountSettings {
         a.push(self.neighbour_ahead.to_string().into());
         a.push("--trace-events".into());
         a.push(self.trace_events.to_string().into());
+        a.push("--wire-compression".into());
+        a.push(self.wire_compression.flag().into());
         a
     }
 
@@ -99,6 +122,7 @@ impl MountSettings {
             start_profile: self.start_profile(),
             profile_window: self.profile_window,
             cache_max_bytes: self.cache_max_bytes,
+            compressed_wire: self.wire_compression == WireCompression::Zstd,
             ..ClientOptions::default()
         }
     }
@@ -161,6 +185,7 @@ mod tests {
                 cache_max_bytes: Some(1 << 30),
                 neighbour_ahead: 0,
                 trace_events: 7,
+                wire_compression: WireCompression::Off,
             },
         ];
         for s in cases {
@@ -182,6 +207,9 @@ mod tests {
         let mut other = cfg.clone();
         other.settings.neighbour_ahead = 0;
         assert_ne!(cfg.fingerprint(), other.fingerprint());
+        let mut other = cfg.clone();
+        other.settings.wire_compression = WireCompression::Off;
+        assert_ne!(cfg.fingerprint(), other.fingerprint());
         assert_eq!(cfg.fingerprint(), cfg.clone().fingerprint());
     }
 
@@ -192,6 +220,10 @@ mod tests {
         assert_eq!(d.profile_window, Duration::from_secs(10));
         assert_eq!(d.client_options().profile_window, Duration::from_secs(10));
         assert_eq!(d.mount_options().neighbour_ahead, 256 << 10);
+        assert_eq!(d.wire_compression, WireCompression::Zstd);
+        assert!(d.client_options().compressed_wire);
+        let off = Only::try_parse_from(["t", "--wire-compression", "off"]).unwrap();
+        assert!(!off.settings.client_options().compressed_wire);
         assert!(Only::try_parse_from(["t", "--profile-window", "-1"]).is_err());
     }
 }
