@@ -827,12 +827,30 @@ mod tests {
                 x as u8
             })
             .collect();
+        expanded_file(&content)
+    }
+
+    /// Compressible, distinct-per-chunk content of `n` 16 KiB chunks.
+    fn text(n: usize) -> Vec<u8> {
+        (0..n * (16 << 10))
+            .map(|i| {
+                if i % 64 == 0 {
+                    (i / 64 % 251) as u8
+                } else {
+                    b"from flask import Flask, render_template\n"[i % 40]
+                }
+            })
+            .collect()
+    }
+
+    /// A layer holding `content` as one file, expanded.
+    fn expanded_file(content: &[u8]) -> (Index, Vec<u8>) {
         let mut tar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(content.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(&mut h, "f", &content[..]).unwrap();
+        tar.append_data(&mut h, "f", content).unwrap();
         let tar = tar.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut f = std::fs::File::options()
@@ -950,5 +968,175 @@ mod tests {
         layer.read_data(0, &mut buf, &counters).unwrap();
         assert_eq!(buf, data[..1000], "the correct bytes, fetched again");
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A registry double serving `data` by range at `/data` and its 64 KiB-frame encoding at
+    /// `/data.zst` (through `mangle`), counting the requests to each.
+    struct Framed2 {
+        srv: registry_client::testserver::TestServer,
+        table: emulator::frames::FrameTable,
+        plain_hits: Arc<std::sync::atomic::AtomicU32>,
+        frame_hits: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    fn framed_server(
+        data: &[u8],
+        mangle: impl FnOnce(&mut Vec<u8>, &mut emulator::frames::FrameTable),
+    ) -> Framed2 {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let mut z = Vec::new();
+        let mut table = emulator::frames::encode_seekable(data, &mut z, 64 << 10, 3).unwrap();
+        mangle(&mut z, &mut table);
+        let (plain_hits, frame_hits) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (p, f, plain) = (plain_hits.clone(), frame_hits.clone(), data.to_vec());
+        let srv = serve(move |req| {
+            let Some(r) = range_of(req) else {
+                return respond(400, &[], Vec::new());
+            };
+            match req.uri().path() {
+                "/data" => {
+                    p.fetch_add(1, Ordering::SeqCst);
+                    partial(&plain, r)
+                }
+                "/data.zst" => {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    partial(&z, r)
+                }
+                _ => respond(404, &[], Vec::new()),
+            }
+        });
+        Framed2 {
+            srv,
+            table,
+            plain_hits,
+            frame_hits,
+        }
+    }
+
+    fn framed_layer(srv: &Framed2, index: &Index, cache: &std::path::Path) -> LayerHandle {
+        let opts = ClientOptions {
+            max_attempts: 1,
+            start_profile: false,
+            ..Default::default()
+        };
+        let client = Client::new(&srv.srv.url, None, cache, opts).unwrap();
+        let source = Source::Remote {
+            repo: "r".into(),
+            url: "/data".into(),
+            layer: Digest::sha256_of(b"layer"),
+            frames: Some(Arc::new(Framed {
+                url: "/data.zst".into(),
+                table: srv.table.clone(),
+            })),
+        };
+        LayerHandle::new(client, index.clone(), source)
+    }
+
+    #[test]
+    fn reads_through_compressed_frames_are_right_and_cheaper_on_the_wire() {
+        use std::sync::atomic::Ordering;
+        let (index, data) = expanded_file(&text(40));
+        let srv = framed_server(&data, |_, _| {});
+        let dir = tempfile::tempdir().unwrap();
+        let layer = framed_layer(&srv, &index, dir.path());
+        let counters = Counters::default();
+        // A small read in the middle of frame 1: that frame comes, whole, and nothing else.
+        let mut buf = vec![0u8; 5000];
+        layer.read_data(70_000, &mut buf, &counters).unwrap();
+        assert_eq!(buf, data[70_000..75_000]);
+        let s = counters.snapshot();
+        assert_eq!((s.frames_fetched, s.fetches), (1, 1), "{s:?}");
+        assert_eq!(
+            s.bytes_fetched,
+            64 << 10,
+            "the frame's chunks, all kept: {s:?}"
+        );
+        assert!(s.wire_bytes * 4 < s.bytes_fetched, "{s:?}");
+        // Its neighbours in that frame are cached now: no request.
+        layer.read_data(65_536, &mut buf, &counters).unwrap();
+        assert_eq!(buf, data[65_536..70_536]);
+        assert_eq!(counters.snapshot().frames_fetched, 1);
+        // A read spanning frames 2..=4, with read-ahead: one GET of the covering frames.
+        let mut big = vec![0u8; 150_000];
+        layer
+            .read_data_ahead(140_000, &mut big, 300_000, &counters)
+            .unwrap();
+        assert_eq!(big, data[140_000..290_000]);
+        let s = counters.snapshot();
+        assert_eq!((s.frames_fetched, s.fetches), (4, 2), "{s:?}");
+        // Everything: right bytes; the plain data was never asked for.
+        let mut all = vec![0u8; data.len()];
+        layer.read_data(0, &mut all, &counters).unwrap();
+        assert_eq!(all, data);
+        let s = counters.snapshot();
+        assert_eq!(s.bytes_fetched, data.len() as u64, "{s:?}");
+        assert!(s.wire_bytes * 4 < s.bytes_fetched, "{s:?}");
+        assert_eq!(s.frames_fetched, srv.table.frames.len() as u64);
+        assert_eq!(srv.plain_hits.load(Ordering::SeqCst), 0);
+        assert!(srv.frame_hits.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[test]
+    fn a_corrupt_or_substituted_frame_is_refused_and_nothing_bad_is_cached() {
+        let (index, data) = expanded_file(&text(12));
+        // Frame 1's bytes flipped: zstd refuses them (or decodes wrong bytes the chunk
+        // digests refuse).
+        let flipped = framed_server(&data, |z, t| {
+            let f = t.frames[1];
+            let mid = (f.compressed_offset + u64::from(f.compressed_len) / 2) as usize;
+            for b in &mut z[mid..mid + 8] {
+                *b ^= 0x5a;
+            }
+        });
+        // Frame 1 replaced by a valid frame of other bytes of the same length: it decodes,
+        // and only the chunk digests can tell.
+        let other: Vec<u8> = data[..64 << 10].iter().map(|b| b.wrapping_add(1)).collect();
+        let mut forged = Vec::new();
+        emulator::frames::encode_seekable(&other[..], &mut forged, 64 << 10, 3).unwrap();
+        let substituted = framed_server(&data, move |z, t| {
+            let f = t.frames[1];
+            let (a, b) = (f.compressed_offset as usize, f.compressed_end() as usize);
+            z.splice(a..b, forged.iter().copied());
+            // The (lying) table lines up with the forged frame.
+            t.frames[1].compressed_len = forged.len() as u32;
+            let mut at = 0;
+            for f in &mut t.frames {
+                f.compressed_offset = at;
+                at = f.compressed_end();
+            }
+        });
+        for (what, srv) in [("flipped", flipped), ("substituted", substituted)] {
+            let dir = tempfile::tempdir().unwrap();
+            let layer = framed_layer(&srv, &index, dir.path());
+            let counters = Counters::default();
+            // The whole of frame 1: whichever of its chunks the damage hits is needed.
+            let mut buf = vec![0u8; 64 << 10];
+            let r = layer.read_data(64 << 10, &mut buf, &counters);
+            assert!(
+                matches!(r, Err(Error::Frames { .. } | Error::DigestMismatch { .. })),
+                "{what}: {r:?}"
+            );
+            if what == "substituted" {
+                assert!(matches!(r, Err(Error::DigestMismatch { .. })), "{r:?}");
+            }
+            assert!(buf.iter().all(|&b| b == 0), "no bytes reached the reader");
+            // What was cached of that frame is only chunks whose digests matched.
+            for c in layer.index().chunks.iter().filter(|c| c.offset >= 64 << 10) {
+                let mut got = vec![0u8; c.len as usize];
+                if layer.client().cache().contains(&c.digest) {
+                    layer
+                        .client()
+                        .cache()
+                        .read_chunk(&c.digest, 0, &mut got)
+                        .unwrap();
+                    assert_eq!(got, data[c.offset as usize..][..c.len as usize]);
+                }
+            }
+            assert!(counters.snapshot().fetch_errors >= 1);
+            // The frames around it are fine.
+            let mut buf = vec![0u8; 1000];
+            layer.read_data(1000, &mut buf, &counters).unwrap();
+            assert_eq!(buf, data[1000..2000]);
+        }
     }
 }
