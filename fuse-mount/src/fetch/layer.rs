@@ -687,26 +687,36 @@ impl LayerHandle {
         for ((f, l, members), body) in groups.into_iter().zip(bodies) {
             let decoded = body.and_then(|b| {
                 counters.wire(b.len() as u64, (l - f + 1) as u64);
-                let frames_err = |source| Error::Frames {
+                decode_frames(t, f, l, &b).map_err(|source| Error::Frames {
                     layer: layer.to_string(),
                     source,
-                };
-                let data = t.decompress(f, l, &b).map_err(frames_err)?;
-                let (ds, _) = t.data_span(f, l).ok_or_else(|| {
-                    frames_err(emulator::frames::FrameError::Range {
-                        first: f,
-                        last: l,
-                        reason: "no such frames".into(),
-                    })
-                })?;
-                Ok((ds, data))
+                })
             });
             match decoded {
-                Ok((ds, data)) => {
+                Ok((ds, data, bad)) => {
+                    // Chunks of bad frames fail their digests (their bytes are zeros) and are
+                    // not stored; the good frames' chunks are. Say why with the frame's error.
+                    let bad = bad.map(|source| Error::Frames {
+                        layer: layer.to_string(),
+                        source,
+                    });
+                    if let Some(e) = &bad {
+                        tracing::warn!(%layer, error = %e, "corrupt compressed frame");
+                    }
+                    let reason = bad.as_ref().map(ToString::to_string);
+                    let mut bad = bad;
                     for r in members {
                         let res = self
                             .store_run(&runs[r], ds, &data)
-                            .map(|()| spans[r].map_or(0, |(s, e, _, _)| e - s));
+                            .map(|()| spans[r].map_or(0, |(s, e, _, _)| e - s))
+                            .map_err(|e| match (bad.take(), &reason) {
+                                (Some(frame_err), _) => frame_err,
+                                (None, Some(why)) => Error::ChunkFailed {
+                                    digest: chunks[runs[r][0]].digest.clone(),
+                                    reason: why.clone(),
+                                },
+                                (None, None) => e,
+                            });
                         out[r] = Some(res);
                     }
                 }
@@ -760,6 +770,49 @@ impl LayerHandle {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// Decode frames `first..=last` from one response body, frame by frame: returns the data
+/// offset they start at, their data (a frame that fails to decode left as zeros, so only its
+/// own chunks fail their digests) and the first frame error. A body of the wrong length fails
+/// the whole group.
+fn decode_frames(
+    t: &emulator::frames::FrameTable,
+    first: usize,
+    last: usize,
+    body: &[u8],
+) -> std::result::Result<
+    (u64, Vec<u8>, Option<emulator::frames::FrameError>),
+    emulator::frames::FrameError,
+> {
+    let range = |reason: String| emulator::frames::FrameError::Range {
+        first,
+        last,
+        reason,
+    };
+    let ((cs, ce), (ds, de)) = t
+        .compressed_span(first, last)
+        .zip(t.data_span(first, last))
+        .ok_or_else(|| range("no such frames".into()))?;
+    if body.len() as u64 != ce - cs {
+        return Err(range(format!(
+            "{} compressed bytes, want {}",
+            body.len(),
+            ce - cs
+        )));
+    }
+    let mut data = vec![0u8; usize::try_from(de - ds).map_err(|e| range(e.to_string()))?];
+    let mut bad = None;
+    for (i, f) in t.frames[first..=last].iter().enumerate() {
+        let src = &body[(f.compressed_offset - cs) as usize..(f.compressed_end() - cs) as usize];
+        match t.decompress(first + i, first + i, src) {
+            Ok(out) => data[(f.offset - ds) as usize..][..out.len()].copy_from_slice(&out),
+            Err(e) => {
+                bad.get_or_insert(e);
+            }
+        }
+    }
+    Ok((ds, data, bad))
 }
 
 fn read_local(src: &dyn LocalSource, start: u64, end: u64) -> Result<Vec<u8>> {
