@@ -68,7 +68,7 @@ impl Scrape {
     }
 
     /// Registry bytes served of one `kind` (`layer_blob`, `config_blob`, `manifest`,
-    /// `expanded_index`, `expanded_data`).
+    /// `expanded_index`, `expanded_data`, `expanded_frames`, `artifact_blob`).
     pub fn served(&self, kind: &str) -> u64 {
         let v = self.sum("registry_bytes_served_total", &[("kind", kind)]);
         if v.is_finite() && v > 0.0 {
@@ -87,6 +87,10 @@ pub struct Served {
     pub manifest: u64,
     pub expanded_index: u64,
     pub expanded_data: u64,
+    /// Expanded data fetched as compressed zstd frames (the wire bytes that replace
+    /// `expanded_data` for a node on the compressed wire).
+    #[serde(default)]
+    pub expanded_frames: u64,
     /// Layers of referrers (SOCI's zTOCs), apart from image layers.
     #[serde(default)]
     pub artifact_blob: u64,
@@ -101,12 +105,17 @@ impl Served {
             manifest: d("manifest"),
             expanded_index: d("expanded_index"),
             expanded_data: d("expanded_data"),
+            expanded_frames: d("expanded_frames"),
             artifact_blob: d("artifact_blob"),
         }
     }
 
+    /// Every byte of expanded layers on the wire: indexes and frame tables, plain data ranges
+    /// and compressed frames.
     pub fn expanded(&self) -> u64 {
-        self.expanded_index.saturating_add(self.expanded_data)
+        self.expanded_index
+            .saturating_add(self.expanded_data)
+            .saturating_add(self.expanded_frames)
     }
 }
 
@@ -156,11 +165,16 @@ mod tests {
         let b = parse(
             "registry_bytes_served_total{kind=\"layer_blob\"} 1100\n\
              registry_bytes_served_total{kind=\"expanded_data\"} 5e3\n\
-             registry_bytes_served_total{kind=\"manifest\", repo=\"x y\"} 7 1700000000\n",
+             registry_bytes_served_total{kind=\"manifest\", repo=\"x y\"} 7 1700000000\n\
+             registry_bytes_served_total{kind=\"expanded_frames\"} 300\n\
+             registry_bytes_served_total{kind=\"expanded_index\"} 20\n",
         );
         let d = Served::between(&a, &b);
         assert_eq!(d.layer_blob, 1000);
         assert_eq!(d.expanded_data, 4995);
+        // Compressed frames count as the expanded bytes they carry on the wire.
+        assert_eq!(d.expanded_frames, 300);
+        assert_eq!(d.expanded(), 4995 + 300 + 20);
         assert_eq!(d.manifest, 7);
         assert_eq!(d.config_blob, 0);
         // Route templates carry braces inside label values.

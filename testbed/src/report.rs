@@ -736,7 +736,8 @@ impl Report {
              image's first start read ({}); `off` = \
              `--no-start-profile`; `none yet (first start)` = the first start of the image, each rep \
              with the stored profile dropped. Warm ready = median of {} runs with the image present. \
-             Bytes are registry `/metrics` deltas (median).\n",
+             Bytes are registry `/metrics` deltas (median); *expanded* = indexes, frame tables and \
+             layer data on the wire (compressed zstd frames, or plain ranges).\n",
             if self.settings.ready.is_empty() || self.settings.ready.starts_with("TB-READY") {
                 format!(
                     "each cold run reads a different working set, {:.0}% in common with that first \
