@@ -70,7 +70,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "zstd")]
         wire_compression: WireCompression,
         /// Data bytes per zstd frame of that encoding: bytes or with a KiB / MiB suffix, a power
-        /// of two in 4KiB ..= 4MiB (default 64KiB).
+        /// of two in 4KiB ..= 4MiB (default 16KiB).
         #[arg(long, value_parser = parse_frame_size)]
         wire_frame_size: Option<u32>,
         #[command(flatten)]
