@@ -491,7 +491,8 @@ mod tests {
         let (t, _) = encoded(&sample(200_000), 64 << 10);
         let good = t.encode();
         let entry = |i: usize, field: usize| HEADER_LEN + i * ENTRY_LEN + field;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        type Corruption = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Corruption)> = vec![
             ("magic", Box::new(|b| b[0] = b'X')),
             ("version", Box::new(|b| b[8] = 2)),
             ("incompat", Box::new(|b| b[16] = 1)),
