@@ -135,11 +135,12 @@ fn remote_pull_run_restart_remove(mode: &str) {
     let (after_pull, after_run) = if mode == "merged" { (0, 1) } else { (0, 2) };
     assert_eq!(fuse_mounts(dir), after_pull, "FUSE mounts after the pull");
 
-    // The pull warms the image ahead of its first start: both layer indexes are fetched in the
-    // background (nothing mounted yet), and the container's mounts then fetch no index again.
+    // The pull warms the image ahead of its first start: both layers' indexes and frame tables
+    // (the registry offers compressed frames) are fetched in the background (nothing mounted
+    // yet), and the container's mounts then fetch neither again.
     testkit::wait_for("indexes fetched ahead", Duration::from_secs(30), || {
         let n = std::fs::read_dir(cache.join("index")).ok()?.count();
-        (n == 2).then_some(())
+        (n == 4).then_some(())
     });
     let index_bytes = reg.metrics().served(ServedKind::ExpandedIndex);
     assert!(index_bytes > 0);
@@ -187,10 +188,13 @@ fn remote_pull_run_restart_remove(mode: &str) {
         "{metrics}"
     );
     assert!(total("teleportd_prepare_seconds_count") > 0, "{metrics}");
+    // As compressed frames (the registry offers them; the node's default takes them).
     assert!(
-        reg.metrics().served(ServedKind::ExpandedData) > 0,
+        reg.metrics().served(ServedKind::ExpandedFrames) > 0,
         "file bytes fetched lazily"
     );
+    assert_eq!(reg.metrics().served(ServedKind::ExpandedData), 0);
+    assert!(total("teleportd_fuse_frames_fetched_total") > 0, "{metrics}");
 
     // Restart: a clean stop unmounts, a start re-mounts from metadata (per-layer; the merged
     // tree is mounted by the next container).
