@@ -194,7 +194,10 @@ fn remote_pull_run_restart_remove(mode: &str) {
         "file bytes fetched lazily"
     );
     assert_eq!(reg.metrics().served(ServedKind::ExpandedData), 0);
-    assert!(total("teleportd_fuse_frames_fetched_total") > 0, "{metrics}");
+    assert!(
+        total("teleportd_fuse_frames_fetched_total") > 0,
+        "{metrics}"
+    );
 
     // Restart: a clean stop unmounts, a start re-mounts from metadata (per-layer; the merged
     // tree is mounted by the next container).

@@ -734,7 +734,21 @@ impl LayerHandle {
                 }
             }
         }
-        out.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
+        // A run no frame covers cannot happen with a table checked against the index at open;
+        // should it, the run fails rather than passing as fetched.
+        out.into_iter()
+            .zip(runs)
+            .map(|(res, idxs)| {
+                res.unwrap_or_else(|| {
+                    let c = idxs.first().and_then(|&i| chunks.get(i));
+                    Err(Error::Range {
+                        offset: c.map_or(0, |c| c.offset),
+                        len: c.map_or(0, |c| u64::from(c.len)),
+                        size: t.data_size,
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Verify each chunk of a fetched run against the index and store it; a bad chunk is not
