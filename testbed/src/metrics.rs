@@ -110,6 +110,15 @@ impl Served {
         }
     }
 
+    /// Every byte the registry served: blobs, manifests, expanded layers, peer artifacts.
+    pub fn total(&self) -> u64 {
+        self.layer_blob
+            .saturating_add(self.config_blob)
+            .saturating_add(self.manifest)
+            .saturating_add(self.expanded())
+            .saturating_add(self.artifact_blob)
+    }
+
     /// Every byte of expanded layers on the wire: indexes and frame tables, plain data ranges
     /// and compressed frames.
     pub fn expanded(&self) -> u64 {
@@ -177,6 +186,7 @@ mod tests {
         assert_eq!(d.expanded(), 4995 + 300 + 20);
         assert_eq!(d.manifest, 7);
         assert_eq!(d.config_blob, 0);
+        assert_eq!(d.total(), 1000 + 4995 + 300 + 20 + 7);
         // Route templates carry braces inside label values.
         let r = parse(
             "registry_requests_total{route=\"/v2/{name}/blobs/{digest}\",method=\"GET\",status=\"206\"} 12\n\

@@ -370,15 +370,7 @@ pub fn pool_rows(samples: &[Sample], pools: &[PoolRun], rows: &[Row]) -> Vec<Poo
                 p95_over_single: single_ready
                     .filter(|x| *x > 0.0 && !mine.is_empty())
                     .map(|x| ready.p95 / x),
-                registry_bytes: per_pool_bytes(&|p| {
-                    let s = &p.served;
-                    s.layer_blob
-                        + s.config_blob
-                        + s.manifest
-                        + s.expanded_index
-                        + s.expanded_data
-                        + s.artifact_blob
-                }),
+                registry_bytes: per_pool_bytes(&|p| p.served.total()),
                 layer_blob_bytes: per_pool_bytes(&|p| p.served.layer_blob),
                 expanded_bytes: per_pool_bytes(&|p| p.served.expanded()),
                 registry_cpu_seconds: per_pool(&|p| p.registry_cpu_seconds),
