@@ -479,16 +479,26 @@ fn sigterm_while_starting_is_a_clean_stop() {
     std::fs::create_dir_all(&root).unwrap();
     let mute = std::os::unix::net::UnixListener::bind(root.join("fuse-manager.sock")).unwrap();
     let log = std::fs::File::create(dir.join("teleportd.log")).unwrap();
-    let mut child = std::process::Command::new(testkit::bin("teleportd"))
-        .arg("--root")
-        .arg(&root)
-        .arg("--address")
-        .arg(&socket)
-        .args(["--insecure-registry", "--registry", &url])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    /// Stops the teleportd if an assert fails first (it would outlive the test otherwise).
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            testkit::process::sigterm_then_kill(&mut self.0, "teleportd");
+        }
+    }
+    let mut reap = Reap(
+        std::process::Command::new(testkit::bin("teleportd"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--address")
+            .arg(&socket)
+            .args(["--insecure-registry", "--registry", &url])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut reap.0;
     // Its manager probe has connected to the mute socket: teleportd is mid-start.
     let (_probe, _) = mute.accept().unwrap();
     assert!(
