@@ -160,34 +160,29 @@ pub fn soci_node_name(min_layer_size: u64) -> String {
     }
 }
 
-/// Where SOCI's binaries are: explicit, `./out/peers/soci`, or the source checkout's.
-fn soci_bins(explicit: Option<&Path>) -> Result<SociBins> {
+/// A peer's unpacked directory: explicit, `./PEER_DIR` when it holds `marker`, else the
+/// source checkout's.
+fn peer_dir(explicit: Option<&Path>, peer_dir: &str, marker: &str) -> PathBuf {
     if let Some(d) = explicit {
-        return SociBins::in_peer_dir(d);
+        return d.to_path_buf();
     }
-    let here = Path::new(soci::PEER_DIR);
-    if here.join("usr/bin").is_dir() {
-        return SociBins::in_peer_dir(here);
+    let here = Path::new(peer_dir);
+    if here.join(marker).is_dir() {
+        return here.to_path_buf();
     }
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
-        .join(soci::PEER_DIR);
-    SociBins::in_peer_dir(&checkout)
+        .join(peer_dir)
 }
 
-/// Where nydus's binaries are: explicit, `./out/peers/nydus`, or the source checkout's.
+/// Where SOCI's binaries are.
+fn soci_bins(explicit: Option<&Path>) -> Result<SociBins> {
+    SociBins::in_peer_dir(&peer_dir(explicit, soci::PEER_DIR, "usr/bin"))
+}
+
+/// Where nydus's binaries are.
 fn nydus_bins(explicit: Option<&Path>) -> Result<NydusBins> {
-    if let Some(d) = explicit {
-        return NydusBins::in_peer_dir(d);
-    }
-    let here = Path::new(nydus::PEER_DIR);
-    if here.join("bin").is_dir() {
-        return NydusBins::in_peer_dir(here);
-    }
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(nydus::PEER_DIR);
-    NydusBins::in_peer_dir(&checkout)
+    NydusBins::in_peer_dir(&peer_dir(explicit, nydus::PEER_DIR, "bin"))
 }
 
 /// A node of the run: one of ours (shuttle, teleporters) or a peer system's.

@@ -154,6 +154,7 @@ async fn print_trace(
     use fuse_mount::trace::{Printer, Summary};
     let mut printer = Printer::default();
     let mut events = Vec::new();
+    let mut mounts: Vec<String>;
     loop {
         let page = fuse_mount::manager::client::trace_at(root, since)
             .await
@@ -169,6 +170,8 @@ async fn print_trace(
         }
         let empty = page.events.is_empty();
         events.extend(page.events);
+        // Every page carries the whole mount table; the last one is the newest.
+        mounts = page.mounts;
         if empty && !follow {
             break;
         }
@@ -178,20 +181,13 @@ async fn print_trace(
         }
     }
     if !json {
-        for (i, m) in printer_mounts(root).await.iter().enumerate() {
+        for (i, m) in mounts.iter().enumerate() {
             println!("m{i} = {m}");
         }
         print!("{}", Summary::of(&events));
         println!("next {since}");
     }
     Ok(())
-}
-
-async fn printer_mounts(root: &std::path::Path) -> Vec<String> {
-    fuse_mount::manager::client::trace_at(root, u64::MAX)
-        .await
-        .map(|p| p.mounts)
-        .unwrap_or_default()
 }
 
 #[tokio::main]
