@@ -221,8 +221,8 @@ impl Filesystem for TeleportFs {
                 }
             }
         }
-        // Contents never change: let the page cache keep them across opens.
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        // Recorded before the answer: once the kernel has it, the caller may open the next
+        // file, and the trace must keep the order the caller saw.
         if let Some((mount, span)) = span {
             span.finish(trace::Event {
                 mount,
@@ -236,6 +236,8 @@ impl Filesystem for TeleportFs {
                 ..trace::Event::blank()
             });
         }
+        // Contents never change: let the page cache keep them across opens.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -266,11 +268,7 @@ impl Filesystem for TeleportFs {
         let span = trace::Span::start();
         let cached = self.is_cached(n, offset, size);
         let r = self.read_file(n, offset, size);
-        let failed = r.is_err();
-        match r {
-            Ok(b) => reply.data(&b),
-            Err(e) => reply.error(e),
-        }
+        // Recorded before the answer, as for opens: the trace keeps the order callers saw.
         span.finish(trace::Event {
             mount,
             op: trace::Op::Read,
@@ -278,9 +276,13 @@ impl Filesystem for TeleportFs {
             offset,
             len: u64::from(size).min(n.size.saturating_sub(offset)),
             cached,
-            failed,
+            failed: r.is_err(),
             ..trace::Event::blank()
         });
+        match r {
+            Ok(b) => reply.data(&b),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
