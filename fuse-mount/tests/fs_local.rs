@@ -802,6 +802,59 @@ fn fs_a_small_files_first_miss_fetches_its_neighbours_in_one_request() {
     );
 }
 
+/// A start that reads scattered files (the fixture's random working set) reads almost none of
+/// the neighbours a miss brings: the window narrows after a few such misses, so the bytes
+/// fetched stay near what is read instead of a full window per miss.
+#[test]
+fn fs_neighbour_ahead_narrows_when_neighbours_go_unread() {
+    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
+        return;
+    }
+    const FILES: usize = 512;
+    const EVERY: usize = 80; // 80 × 4 KB = 320 KB apart: beyond a full window.
+    const MAX: u64 = 256 << 10;
+    // Items name their paths `'static`; a test's few hundred leaked names are fine.
+    let names: Vec<&'static str> = (0..FILES)
+        .map(|i| &*format!("lib/f{i:03}").leak())
+        .collect();
+    let files: Vec<Vec<u8>> = (0..FILES).map(|i| bytes(900 + i as u64, 4096)).collect();
+    let mut items = vec![Item::Dir("lib", 0o755, 0)];
+    for (name, data) in names.iter().zip(&files) {
+        items.push(Item::File(name, 0o644, 0, data.clone()));
+    }
+    let layer = tar_layer(&items);
+    let read_scattered = |neighbour_ahead: u64| {
+        let env = env_of(std::slice::from_ref(&layer), false);
+        let _guard = NoMountsLeft(env.root.clone());
+        let m = mkdir(&env.root.join("mnt/m"));
+        let o = MountOptions {
+            neighbour_ahead,
+            ..opts()
+        };
+        let h = mount_merged(&m, env.layers.clone(), &o).unwrap();
+        let mut reads = 0;
+        for i in (0..FILES).step_by(EVERY) {
+            assert_eq!(std::fs::read(m.join(names[i])).unwrap(), files[i], "{i}");
+            reads += 1;
+        }
+        let s = h.counters().snapshot();
+        h.unmount().unwrap();
+        (s, reads)
+    };
+    let (alone, reads) = read_scattered(0);
+    let (with, _) = read_scattered(MAX);
+    assert_eq!(reads, 7);
+    assert_eq!(with.fetch_errors, 0);
+    // A fixed window would fetch 7 × 256 KiB past the files; the narrowing one at most
+    // 256 + 128 + 64 + 32 + 3 × 16 KiB (plus chunk rounding).
+    let over = with.bytes_fetched - alone.bytes_fetched;
+    assert!(over > 0, "the first miss still brings neighbours: {with:?}");
+    assert!(
+        over <= 3 * MAX,
+        "{over} bytes of neighbours for {reads} scattered reads: {with:?} vs {alone:?}"
+    );
+}
+
 /// The start trace lists a mount's opens (with paths) and reads in order, with each read's
 /// wait and whether it was cached; neighbour-ahead turns later files' misses into hits.
 #[test]

@@ -12,6 +12,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use super::neighbour::NeighbourAhead;
 use super::tree::{Node, NodeKind, Tree};
 use crate::fetch::{Counters, LayerHandle};
 use crate::timing::{FuseOp, OpTimer};
@@ -30,7 +31,7 @@ pub(crate) struct TeleportFs {
     pub prefetch_on_open: bool,
     pub prefetch_on_open_max: u64,
     pub read_ahead: u64,
-    pub neighbour_ahead: u64,
+    pub neighbours: NeighbourAhead,
     /// This mount's index in the start trace, when tracing is on ([`crate::trace`]).
     pub trace_mount: Option<u32>,
 }
@@ -116,14 +117,17 @@ impl TeleportFs {
         let mut buf = vec![0u8; len as usize];
         // Read-ahead stays inside this file: past its end lie other files' bytes — except on a
         // small file's first, missing read, where those bytes are the files a start is likely
-        // to open next (the same directory, in tar order), worth one request instead of many.
+        // to open next (the same directory, in tar order), worth one request instead of many
+        // while the layer's neighbours keep being read ([`NeighbourAhead`]).
         let file_end = base.saturating_add(n.size);
-        let fetch_end = if offset == 0
-            && self.neighbour_ahead > 0
-            && n.size <= self.read_ahead
-            && !layer.is_cached(start)
-        {
-            file_end.saturating_add(self.neighbour_ahead)
+        let past = if offset == 0 && n.size <= self.read_ahead {
+            self.neighbours
+                .first_read(slot, start, file_end, layer.is_cached(start))
+        } else {
+            0
+        };
+        let fetch_end = if past > 0 {
+            file_end.saturating_add(past)
         } else {
             start
                 .saturating_add(len)

@@ -8,6 +8,7 @@
 //! own cloned `/dev/fuse` fd, so slow fetches do not block other readers.
 
 mod fuse;
+mod neighbour;
 mod tree;
 
 use std::path::{Path, PathBuf};
@@ -64,7 +65,9 @@ pub struct MountOptions {
     pub read_ahead: u64,
     /// When the first read of a file of at most `read_ahead` bytes misses, the same request
     /// also fetches up to this many bytes past the file's end: the files that follow it in the
-    /// layer's data, in tar order (mostly its directory's neighbours). 0 = off.
+    /// layer's data, in tar order (mostly its directory's neighbours). The widest window: each
+    /// layer's narrows to 1/16 of it while the neighbours it brings are not read, and widens
+    /// back while they are. 0 = off.
     pub neighbour_ahead: u64,
     /// The kernel's read-ahead for this mount, KiB (its backing device's `read_ahead_kb`);
     /// `None` keeps the kernel's default (128 KiB for FUSE).
@@ -281,13 +284,13 @@ fn mount_tree(
     }
     let fs = fuse::TeleportFs {
         tree,
+        neighbours: neighbour::NeighbourAhead::new(layers.len(), opts.neighbour_ahead),
         layers,
         counters: Arc::clone(&counters),
         ttl: opts.ttl,
         prefetch_on_open: opts.prefetch_on_open,
         prefetch_on_open_max: opts.prefetch_on_open_max,
         read_ahead: opts.read_ahead,
-        neighbour_ahead: opts.neighbour_ahead,
         trace_mount: crate::trace::enabled()
             .then(|| crate::trace::mount_id(&path.to_string_lossy())),
     };

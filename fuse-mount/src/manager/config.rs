@@ -32,10 +32,11 @@ pub struct MountSettings {
     /// Size cap of the chunk cache (least recently used packs are evicted); default unbounded.
     #[arg(long, value_name = "BYTES")]
     pub cache_max_bytes: Option<u64>,
-    /// When the first read of a small file misses, also fetch this many bytes of the files that
-    /// follow it in the layer's data (its neighbours in the tar, mostly the same directory) in
-    /// the same request: without a start profile, an interpreter's imports are otherwise one
-    /// round trip each. 0 turns it off.
+    /// When the first read of a small file misses, also fetch up to this many bytes of the files
+    /// that follow it in the layer's data (its neighbours in the tar, mostly the same directory)
+    /// in the same request: without a start profile, an interpreter's imports are otherwise one
+    /// round trip each. Adaptive per layer: the window narrows to 1/16 of this while the
+    /// neighbours it brings are not read, and widens back while they are. 0 turns it off.
     #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub neighbour_ahead: u64,
     /// Keep the newest this many FUSE opens and reads, in order with their waits, for
