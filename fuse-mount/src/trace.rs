@@ -33,6 +33,10 @@ pub struct Event {
     /// Opens: the file's path inside the mount, and `len` its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Opens: where the file's bytes lie — which of the mount's layers, and where in that
+    /// layer's data (files are laid out in tar order), for studying a start's locality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataAt>,
     pub offset: u64,
     pub len: u64,
     /// Reads: every byte was in the node's cache when the read arrived (no registry wait).
@@ -42,6 +46,14 @@ pub struct Event {
     /// The answer was an error (EIO and the like).
     #[serde(default)]
     pub failed: bool,
+}
+
+/// A file's place in the expanded layers: the mount's layer `layer` (0 = lowest), bytes from
+/// `offset` of its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataAt {
+    pub layer: u32,
+    pub offset: u64,
 }
 
 impl Event {
@@ -54,6 +66,7 @@ impl Event {
             op: Op::Read,
             ino: 0,
             path: None,
+            data: None,
             offset: 0,
             len: 0,
             cached: false,

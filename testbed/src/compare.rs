@@ -102,6 +102,9 @@ pub struct CompareOptions {
     /// nydusd's background prefetch of the whole image (on in nydus-snapshotter's shipped
     /// nydusd config).
     pub nydus_prefetch: bool,
+    /// Write every teleporter run's raw start trace (events and mount table) as JSON under
+    /// `out/traces/` — the input for studying a start's reads beyond the report's sums.
+    pub keep_traces: bool,
     /// Nodes per pool start (`--fanout N`): above 1, each rep also starts the image on N fresh
     /// nodes of each of our kinds at the same moment. 1: single-node starts only.
     pub fanout: usize,
@@ -144,6 +147,7 @@ impl CompareOptions {
             soci_background_fetch: true,
             nydus_dir: None,
             nydus_prefetch: true,
+            keep_traces: false,
             fanout: 1,
         }
     }
@@ -977,6 +981,18 @@ enum Run {
     },
 }
 
+impl Run {
+    /// A file-name-safe name: `first1`, `cold2`, `warm0`, `pool3-rep1-node4`.
+    fn label(self) -> String {
+        match self {
+            Run::First(r) => format!("first{r}"),
+            Run::Cold(r) => format!("cold{r}"),
+            Run::Warm(r) => format!("warm{r}"),
+            Run::Pool { rep, pool, index } => format!("pool{pool}-rep{rep}-node{index}"),
+        }
+    }
+}
+
 /// The app's working-set seed for a run: 0 (the learning set) for a first start and the warm
 /// runs, a distinct non-zero seed per cold rep.
 fn working_set_seed(opts: &CompareOptions, run: Run) -> u64 {
@@ -1204,6 +1220,16 @@ async fn measure(
     let after = metrics::scrape(http, metrics_url).await?;
     let tp_after = teleportd_scrape(http, tp_url.as_deref()).await;
     let trace = trace_since(cursor).await;
+    if let (true, Some(page)) = (opts.keep_traces, &trace) {
+        let name = format!(
+            "{}-{}-{}",
+            img.variant.as_str(),
+            bed_node.name(),
+            run_kind.label()
+        );
+        keep_trace(&opts.out, &name, page)?;
+    }
+    let trace = trace.map(|p| fuse_mount::trace::Summary::of(&p.events));
     let host = HostState::between(&host_before, &HostProbe::now());
     Ok(plan.sample(
         &NodeLabels::of(bed_node),
@@ -1233,13 +1259,24 @@ async fn trace_cursor(node: &Node) -> Option<(PathBuf, u64)> {
     Some((root, from))
 }
 
-/// What the trace adds up to since `cursor`.
-async fn trace_since(cursor: Option<(PathBuf, u64)>) -> Option<fuse_mount::trace::Summary> {
+/// The trace since `cursor`.
+async fn trace_since(cursor: Option<(PathBuf, u64)>) -> Option<fuse_mount::trace::Page> {
     let (root, from) = cursor?;
     fuse_mount::manager::client::trace_all(&root, from)
         .await
         .ok()
-        .map(|p| fuse_mount::trace::Summary::of(&p.events))
+}
+
+/// Writes one run's trace to `out/traces/NAME.json` (`--keep-traces`).
+fn keep_trace(out: &Path, name: &str, page: &fuse_mount::trace::Page) -> Result<()> {
+    let dir = out.join("traces");
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    let path = dir.join(format!("{name}.json"));
+    let json = serde_json::to_vec(page).map_err(|source| Error::Json {
+        what: format!("trace {name}"),
+        source,
+    })?;
+    std::fs::write(&path, json).map_err(Error::io(format!("write {}", path.display())))
 }
 
 /// Where a pool start sits in the run.
@@ -1345,7 +1382,9 @@ async fn release_pool(
             let t = run_pod(&node, &plan.spec, &plan.run, &plan.events).await;
             let ready_at = Instant::now();
             let tp_after = teleportd_scrape(&http, tp_url.as_deref()).await;
-            let trace = trace_since(cursor).await;
+            let trace = trace_since(cursor)
+                .await
+                .map(|p| fuse_mount::trace::Summary::of(&p.events));
             (
                 index,
                 plan,

@@ -212,6 +212,10 @@ struct CompareArgs {
     /// nydus-snapshotter's nydusd config ships).
     #[arg(long)]
     nydus_no_prefetch: bool,
+    /// Also write each teleporter run's raw start trace (every FUSE open and read, with where
+    /// each file lies in its layer) to OUT/traces/VARIANT-NODE-RUN.json
+    #[arg(long)]
+    keep_traces: bool,
 }
 
 fn mount_modes(v: &[String]) -> anyhow::Result<Vec<MountMode>> {
@@ -400,6 +404,7 @@ async fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     o.soci_background_fetch = !a.soci_no_background_fetch;
     o.nydus_dir = a.nydus_dir;
     o.nydus_prefetch = !a.nydus_no_prefetch;
+    o.keep_traces = a.keep_traces;
     o.command = (!a.command.is_empty()).then_some(a.command);
     o.args = (!a.args.is_empty()).then_some(a.args);
     let report = tokio::select! {

@@ -23,6 +23,7 @@ async fn scaled_compare_measures_both_nodes() {
     o.teleportd_bin = Some(common::teleportd());
     o.interactive = false;
     o.warm_runs = 1;
+    o.keep_traces = true;
     let report = compare(&o).await.unwrap();
 
     // Every run reached ready with its own expected hash (compare fails otherwise): the cold
@@ -69,6 +70,28 @@ async fn scaled_compare_measures_both_nodes() {
             .as_ref()
             .unwrap_or_else(|| panic!("no trace: {s:?}"));
         assert!(t.opens > 0 && t.reads > 0 && t.failed == 0, "{t:?}");
+        // --keep-traces: the run's raw trace sums to the sample's, and says where files lie.
+        let run = match (s.first_start, s.warm) {
+            (true, _) => "first",
+            (_, true) => "warm",
+            _ => "cold",
+        };
+        let kept: Vec<_> = std::fs::read_dir(o.out.join("traces"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                n.starts_with(&format!("{}-{}-{run}", s.variant.as_str(), s.node))
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "{} {run}: {kept:?}", s.node);
+        let page: fuse_mount::trace::Page =
+            serde_json::from_slice(&std::fs::read(&kept[0]).unwrap()).unwrap();
+        assert_eq!(&fuse_mount::trace::Summary::of(&page.events), t);
+        assert!(page
+            .events
+            .iter()
+            .any(|e| e.op == fuse_mount::trace::Op::Open && e.data.is_some()));
         if s.first_start {
             assert!(t.miss_reads > 0 && t.miss_busy_s > 0.0, "{t:?}");
         }

@@ -233,6 +233,10 @@ impl Filesystem for TeleportFs {
                 op: trace::Op::Open,
                 ino: ino.0,
                 path: self.tree.path_of(ino.0),
+                data: n.data.map(|(slot, base)| trace::DataAt {
+                    layer: u32::try_from(slot).unwrap_or(u32::MAX),
+                    offset: base,
+                }),
                 len: n.size,
                 cached: n.data.is_none_or(|(slot, base)| {
                     self.layers.get(slot).is_some_and(|l| l.is_cached(base))
