@@ -2,8 +2,9 @@
 """Replays kept start traces (`testbed compare --keep-traces`, OUT/traces/*.json) against
 neighbour-ahead rules, offline: how many reads would miss (wait on the registry) and how many
 bytes would be fetched, per rule. A model of the FUSE read path (16 KiB chunks, 2 MiB read-ahead
-inside a file, one request per missing read), not a measurement: it ignores concurrency and
-timing. The rule teleportd runs is `layer-share` (fuse-mount/src/fs/neighbour.rs).
+inside a file, one request per missing read), not a measurement: it keeps the traced order
+and takes a read as waiting alone when no other traced miss was in flight as it began. The rule
+teleportd runs is `alone + layer-share` (fuse-mount/src/fs/neighbour.rs).
 
 Usage: python3 scripts/neighbour-replay.py TRACE.json [TRACE.json ...]
 """
@@ -21,8 +22,18 @@ class Fixed:
     def __init__(self, width):
         self.width = width
 
-    def first_read(self, layer, start, end, cached):
+    def first_read(self, layer, start, end, cached, alone):
         return 0 if cached else self.width
+
+
+class Alone:
+    """Another rule, applied only to a miss no other traced miss overlapped."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def first_read(self, layer, start, end, cached, alone):
+        return self.rule.first_read(layer, start, end, cached or not alone, alone)
 
 
 class LayerShare:
@@ -34,7 +45,7 @@ class LayerShare:
         self.mx, self.share, self.recent = mx, share, recent
         self.layers = {}
 
-    def first_read(self, layer, start, end, cached):
+    def first_read(self, layer, start, end, cached, alone):
         l = self.layers.setdefault(layer, {"recent": [], "judged": 0, "used": 0})
         for w in l["recent"]:
             if w[0] <= start < w[1]:
@@ -54,10 +65,22 @@ class LayerShare:
         return width
 
 
+def alone_flags(events):
+    """Per event: a read that missed with no other traced miss in flight as it began."""
+    misses = [(e["at_us"], e["at_us"] + e["wait_us"]) for e in events if e["op"] == "read" and not e["cached"]]
+    misses.sort()
+    flags = []
+    for e in events:
+        a = e["at_us"]
+        flags.append(not any(x < a < y for x, y in misses if x != a))
+    return flags
+
+
 def replay(events, rule):
     files, have = {}, {}
     misses = fetched = 0
-    for e in events:
+    alone = alone_flags(events)
+    for e, lone in zip(events, alone):
         if e["op"] == "open":
             if e.get("data"):
                 files[(e["mount"], e["ino"])] = (e["data"]["layer"], e["data"]["offset"], e["len"])
@@ -70,7 +93,7 @@ def replay(events, rule):
         start, end = base + e["offset"], base + e["offset"] + e["len"]
         past = 0
         if e["offset"] == 0 and size <= READ_AHEAD:
-            past = rule.first_read(layer, start, base + size, start // CHUNK in got)
+            past = rule.first_read(layer, start, base + size, start // CHUNK in got, lone)
         if all(c in got for c in range(start // CHUNK, (end - 1) // CHUNK + 1)):
             continue
         misses += 1
@@ -93,10 +116,12 @@ def main():
             ("off", Fixed(0)),
             ("fixed 256 KiB", Fixed(MAX)),
             ("fixed 1 MiB", Fixed(4 * MAX)),
-            ("layer-share (teleportd)", LayerShare()),
+            ("layer-share", LayerShare()),
+            ("alone + fixed 256 KiB", Alone(Fixed(MAX))),
+            ("alone + layer-share (teleportd)", Alone(LayerShare())),
         ]:
             misses, fetched = replay(events, rule)
-            print(f"  {name:26s} misses {misses:5d}  fetched {fetched / 1e6:7.1f} MB")
+            print(f"  {name:32s} misses {misses:5d}  fetched {fetched / 1e6:7.1f} MB")
 
 
 if __name__ == "__main__":

@@ -120,9 +120,10 @@ impl TeleportFs {
         // to open next (the same directory, in tar order), worth one request instead of many
         // while the layer's neighbours keep being read ([`NeighbourAhead`]).
         let file_end = base.saturating_add(n.size);
+        let wait = (!layer.is_cached(start)).then(|| self.neighbours.wait());
         let past = if offset == 0 && n.size <= self.read_ahead {
             self.neighbours
-                .first_read(slot, start, file_end, layer.is_cached(start))
+                .first_read(slot, start, file_end, wait.as_ref())
         } else {
             0
         };
