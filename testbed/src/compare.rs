@@ -80,7 +80,7 @@ pub struct CompareOptions {
     /// Measure this image (`oci:DIR:TAG`, `docker-archive:FILE`, `docker://HOST/REPO:TAG`)
     /// instead of a fixture profile; imported with skopeo.
     pub image: Option<String>,
-    /// `sync` and drop the page cache before each timed run (root).
+    /// `sync` and drop the page cache before every timed run, cold and warm (root).
     pub drop_caches: bool,
     /// Each node's root/state/cache on a new loop-backed ext4 of this size at every recycle.
     pub fresh_fs_bytes: Option<u64>,
@@ -941,7 +941,8 @@ fn drop_profiles(store: &registry_mock::store::Store, img: &ImageFacts) -> Resul
     Ok(())
 }
 
-/// `sync`, then drop clean page-cache pages, so a cold run reads from disk like a fresh node.
+/// `sync`, then drop clean page-cache pages, so a run reads from disk like a freshly booted
+/// node: a cold run its image's bytes, and any run the runtime's own binaries and libraries.
 /// Best effort: without root the write fails and is logged once per run.
 fn drop_page_cache() {
     // SAFETY: sync(2) has no preconditions.
@@ -1209,7 +1210,9 @@ async fn measure(
     let node = bed_node.node();
     let plan = PodPlan::new(node, img, run_kind, opts, pb);
     let tp_url = node.teleportd_metrics_url();
-    if opts.drop_caches && !matches!(run_kind, Run::Warm(_)) {
+    // Warm runs too: a warm start differs from a cold one only in the image being on the node,
+    // not in the host's binaries and libraries being in memory.
+    if opts.drop_caches {
         drop_page_cache();
     }
     let cursor = trace_cursor(node).await;

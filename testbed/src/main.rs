@@ -148,7 +148,7 @@ struct CompareArgs {
     /// 0 keeps plain directories.
     #[arg(long, default_value = "4GiB")]
     node_fs_size: String,
-    /// Do not `sync` and drop the page cache before each cold run.
+    /// Do not `sync` and drop the page cache before each run (cold and warm).
     #[arg(long)]
     keep_page_cache: bool,
     /// Override the image's entrypoint (repeat for each word).
