@@ -6,8 +6,9 @@ inside a file, one request per missing read), not a measurement: it keeps the tr
 and takes a read as waiting alone when no other traced miss was in flight as it began. The rule
 teleportd runs is `alone + layer-share` (fuse-mount/src/fs/neighbour.rs).
 
-Usage: python3 scripts/neighbour-replay.py TRACE.json [TRACE.json ...]
+Usage: python3 scripts/neighbour-replay.py TRACE.json[.gz] [TRACE.json[.gz] ...]
 """
+import gzip
 import json
 import sys
 
@@ -109,7 +110,7 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     for path in sys.argv[1:]:
-        with open(path) as f:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
             events = json.load(f)["events"]
         print(path)
         for name, rule in [
