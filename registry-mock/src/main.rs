@@ -169,18 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             limits,
             tls,
         } => {
-            let root = match root {
-                Some(r) => r,
-                None => {
-                    let d = tempfile::Builder::new()
-                        .prefix("registry-mock-")
-                        .tempdir()?
-                        .keep();
-                    println!("storage root: {}", d.display());
-                    d
-                }
-            };
-            let mut cfg = Config::new(root);
+            // A temporary root is made only once the flags are known good (below).
+            let mut cfg = Config::new(root.clone().unwrap_or_default());
             cfg.listen = listen;
             cfg.limits = limits;
             cfg.tls = tls.load().context("TLS")?;
@@ -216,9 +206,25 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 ),
                 WireCompression::Off => None,
             };
-            registry_mock::serve(cfg, shutdown_signal())
-                .await
-                .context("serving")?;
+            let made = match root {
+                Some(_) => None,
+                None => {
+                    let d = tempfile::Builder::new()
+                        .prefix("registry-mock-")
+                        .tempdir()?
+                        .keep();
+                    println!("storage root: {}", d.display());
+                    cfg.root = d.clone();
+                    Some(d)
+                }
+            };
+            let served = registry_mock::serve(cfg, shutdown_signal()).await;
+            if let (Err(_), Some(d)) = (&served, made) {
+                // Failed before storing anything (e.g. the port is taken): leave no empty
+                // directory behind. `remove_dir` refuses a non-empty one.
+                let _ = std::fs::remove_dir(d);
+            }
+            served.context("serving")?;
             Ok(0)
         }
         Cmd::CheckExpansion {

@@ -96,11 +96,33 @@ fn serve_binary_starts_serves_and_stops_on_sigterm() {
 }
 
 #[test]
-fn bad_arguments_fail_with_a_message() {
+fn bad_arguments_fail_with_a_message_and_leave_no_storage_root() {
+    // Without --root, serve makes a temporary storage root: not when its flags are wrong.
+    let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_registry-mock"))
         .args(["serve", "--listen", "127.0.0.1:0", "--bandwidth", "lots"])
+        .env("TMPDIR", tmp.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bandwidth"));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_taken_port_fails_and_leaves_no_storage_root() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-mock"))
+        .args(["serve", "--listen"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bind"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
