@@ -743,6 +743,39 @@ fn fs_node_state_is_private_to_root_and_fixed_at_start() {
     }
 }
 
+/// Makes one layer of `names` holding `files`, mounts it merged with `neighbour_ahead`, reads
+/// the files at `picks` in order (checking their bytes) and returns the mount's counters.
+fn read_picked(
+    names: &[&'static str],
+    files: &[Vec<u8>],
+    picks: &[usize],
+    neighbour_ahead: u64,
+) -> fuse_mount::fetch::CountersSnapshot {
+    let mut items = vec![Item::Dir("lib", 0o755, 0)];
+    for (name, data) in names.iter().zip(files) {
+        items.push(Item::File(name, 0o644, 0, data.clone()));
+    }
+    let env = env_of(&[tar_layer(&items)], false);
+    let _guard = NoMountsLeft(env.root.clone());
+    let m = mkdir(&env.root.join("mnt/m"));
+    let o = MountOptions {
+        neighbour_ahead,
+        ..opts()
+    };
+    let h = mount_merged(&m, env.layers.clone(), &o).unwrap();
+    for &i in picks {
+        assert_eq!(
+            std::fs::read(m.join(names[i])).unwrap(),
+            files[i],
+            "{}",
+            names[i]
+        );
+    }
+    let s = h.counters().snapshot();
+    h.unmount().unwrap();
+    s
+}
+
 /// A first start without a profile reads a directory's small files one after another (an
 /// interpreter's imports): the first miss brings its tar neighbours in the same request.
 #[test]
@@ -763,27 +796,8 @@ fn fs_a_small_files_first_miss_fetches_its_neighbours_in_one_request() {
     let files: Vec<Vec<u8>> = (0..NAMES.len())
         .map(|i| bytes(40 + i as u64, 40_000))
         .collect();
-    let mut items = vec![Item::Dir("lib", 0o755, 0)];
-    for (name, data) in NAMES.iter().zip(&files) {
-        items.push(Item::File(name, 0o644, 0, data.clone()));
-    }
-    let layer = tar_layer(&items);
-    let read_all = |neighbour_ahead: u64| {
-        let env = env_of(std::slice::from_ref(&layer), false);
-        let _guard = NoMountsLeft(env.root.clone());
-        let m = mkdir(&env.root.join("mnt/m"));
-        let o = MountOptions {
-            neighbour_ahead,
-            ..opts()
-        };
-        let h = mount_merged(&m, env.layers.clone(), &o).unwrap();
-        for (name, want) in NAMES.iter().zip(&files) {
-            assert_eq!(&std::fs::read(m.join(name)).unwrap(), want, "{name}");
-        }
-        let s = h.counters().snapshot();
-        h.unmount().unwrap();
-        s
-    };
+    let all: Vec<usize> = (0..NAMES.len()).collect();
+    let read_all = |neighbour_ahead| read_picked(&NAMES, &files, &all, neighbour_ahead);
     let alone = read_all(0);
     let with = read_all(512 << 10);
     assert!(
@@ -818,31 +832,10 @@ fn fs_neighbour_ahead_narrows_when_neighbours_go_unread() {
         .map(|i| &*format!("lib/f{i:04}").leak())
         .collect();
     let files: Vec<Vec<u8>> = (0..FILES).map(|i| bytes(900 + i as u64, 4096)).collect();
-    let mut items = vec![Item::Dir("lib", 0o755, 0)];
-    for (name, data) in names.iter().zip(&files) {
-        items.push(Item::File(name, 0o644, 0, data.clone()));
-    }
-    let layer = tar_layer(&items);
-    let read_scattered = |neighbour_ahead: u64| {
-        let env = env_of(std::slice::from_ref(&layer), false);
-        let _guard = NoMountsLeft(env.root.clone());
-        let m = mkdir(&env.root.join("mnt/m"));
-        let o = MountOptions {
-            neighbour_ahead,
-            ..opts()
-        };
-        let h = mount_merged(&m, env.layers.clone(), &o).unwrap();
-        let mut reads = 0;
-        for i in (0..FILES).step_by(EVERY) {
-            assert_eq!(std::fs::read(m.join(names[i])).unwrap(), files[i], "{i}");
-            reads += 1;
-        }
-        let s = h.counters().snapshot();
-        h.unmount().unwrap();
-        (s, reads)
-    };
-    let (alone, reads) = read_scattered(0);
-    let (with, _) = read_scattered(MAX);
+    let picks: Vec<usize> = (0..FILES).step_by(EVERY).collect();
+    let alone = read_picked(&names, &files, &picks, 0);
+    let with = read_picked(&names, &files, &picks, MAX);
+    let reads = picks.len();
     assert_eq!(reads, 26);
     assert_eq!(with.fetch_errors, 0);
     // A fixed window would fetch 26 × 256 KiB past the files; a narrowing one a full window
