@@ -584,7 +584,7 @@ fn fs_read_ahead_around_cached_chunks_fetches_only_the_missing_runs() {
         .unwrap();
     assert_eq!(c.snapshot().chunks_fetched, 1);
     // Read 1 byte with read-ahead over chunks 0..=3: runs [0,1] and [3], chunk 2 a hit.
-    let c = Counters::default();
+    let c = Arc::new(Counters::default());
     layer
         .read_data_ahead(big.data_offset, &mut b, big.data_offset + 4 * cs, &c)
         .unwrap();

@@ -9,6 +9,10 @@ use emulator::{Digest, Index};
 use super::profile::{self, Recorded, Recorder, Remote};
 use super::{Client, Counters, Error, Flight, Purpose, Result};
 
+/// A streaming reader's read-ahead is refilled when the chunk this fraction into its window is
+/// neither cached nor coming (measured, `benches/fuse_cold.rs`).
+const STREAM_REFILL: (usize, usize) = (3, 4);
+
 /// A local data blob (file or bytes) standing in for the registry.
 pub trait LocalSource: Send + Sync + 'static {
     /// Fill `buf` from `offset`; short only at end of data.
@@ -280,19 +284,38 @@ impl LayerHandle {
     /// Read data-blob bytes `offset..offset+buf.len()` (fetching missing chunks, verified, into
     /// the cache). Fails within the client's read deadline when the registry cannot serve.
     pub fn read_data(&self, offset: u64, buf: &mut [u8], counters: &Counters) -> Result<()> {
-        self.read_data_ahead(offset, buf, 0, counters)
+        self.read_data_with(offset, buf, 0, counters, None)
     }
 
     /// [`LayerHandle::read_data`] that also makes the data up to `fetch_end` present, missing
     /// chunks in the same requests as the read's own: the rest of a file a reader is likely to
     /// read next costs no extra round trip. `fetch_end` at or below the read's end changes
     /// nothing; past the data size it is clamped.
+    ///
+    /// A streaming reader — its own chunks already cached or being fetched — does not wait for
+    /// its read-ahead: once the data fetched or coming ahead of it falls below three quarters
+    /// of the window, the rest of the window is fetched in the background, so a sequential
+    /// read keeps several requests in flight while it consumes the current one instead of
+    /// paying a round trip per read.
     pub fn read_data_ahead(
         &self,
         offset: u64,
         buf: &mut [u8],
         fetch_end: u64,
+        counters: &Arc<Counters>,
+    ) -> Result<()> {
+        self.read_data_with(offset, buf, fetch_end, counters, Some(counters))
+    }
+
+    /// [`LayerHandle::read_data_ahead`]; `background`: the counters a background read-ahead
+    /// fetch counts into (`None`: read-ahead always rides along with the read's own fetch).
+    fn read_data_with(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        fetch_end: u64,
         counters: &Counters,
+        background: Option<&Arc<Counters>>,
     ) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
@@ -309,7 +332,20 @@ impl LayerHandle {
         } else {
             last
         };
-        self.ensure_chunks(first, fetch_last, last, counters, Purpose::Read)?;
+        match background {
+            Some(bg) if fetch_last > last && (first..=last).all(|i| self.present_or_coming(i)) => {
+                // Streaming: refill the window once less than `STREAM_REFILL` of it is covered,
+                // so a request is a quarter window (large enough to amortise a round trip) and
+                // a reader that caught up with one still has the next ones in flight.
+                let (num, den) = STREAM_REFILL;
+                let mark = last + ((fetch_last - last) * num).div_ceil(den);
+                if !self.present_or_coming(mark.min(fetch_last)) {
+                    self.fetch_behind(last + 1, fetch_last, bg);
+                }
+                self.ensure_chunks(first, last, last, counters, Purpose::Read)?;
+            }
+            _ => self.ensure_chunks(first, fetch_last, last, counters, Purpose::Read)?,
+        }
         let cache = &self.inner.client.inner.cache;
         for (i, c) in self.inner.index.chunks[first..=last].iter().enumerate() {
             let c_end = c.offset + u64::from(c.len);
@@ -329,6 +365,34 @@ impl LayerHandle {
         counters.read(buf.len() as u64);
         self.record(offset, buf.len() as u64);
         Ok(())
+    }
+
+    /// Whether chunk `i` is cached or some thread is fetching it now.
+    fn present_or_coming(&self, i: usize) -> bool {
+        let Some(c) = self.inner.index.chunks.get(i) else {
+            return true;
+        };
+        let client = &self.inner.client.inner;
+        client.cache.contains(&c.digest)
+            || client
+                .flights
+                .lock()
+                .is_ok_and(|f| f.contains_key(c.digest.hex()))
+    }
+
+    /// Fetch the missing chunks of `first..=last` on the client runtime's blocking pool, not
+    /// waited for: a reader's read-ahead. Not the prefetch queue: its low-priority threads
+    /// may be busy with a profile replay, and a reader will want these bytes shortly.
+    fn fetch_behind(&self, first: usize, last: usize, counters: &Arc<Counters>) {
+        let Some(rt) = &self.inner.client.inner.rt else {
+            return;
+        };
+        let (this, counters) = (self.clone(), Arc::clone(counters));
+        rt.spawn_blocking(move || {
+            if let Err(e) = this.ensure_chunks(first, last, last, &counters, Purpose::Prefetch) {
+                tracing::debug!(error = %e, "read-ahead fetch failed");
+            }
+        });
     }
 
     /// Queue a low-priority background fetch of the chunks covering `offset..offset+len`.
@@ -969,7 +1033,7 @@ mod tests {
             frames: None,
         };
         let layer = LayerHandle::new(client, index.clone(), source);
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         let c = &index.chunks;
         // Chunk 1 cached: a read of chunk 0 with read-ahead through chunk 2 makes two runs.
         let mut buf = vec![0u8; 10];
@@ -982,6 +1046,96 @@ mod tests {
         // Chunk 2 itself really cannot be had.
         let r = layer.read_data(c[2].offset, &mut buf, &counters);
         assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn a_streaming_reader_keeps_requests_in_flight_without_waiting_for_them() {
+        use std::sync::{Condvar, Mutex};
+        use std::time::Duration;
+        let (index, data) = expanded(20);
+        let c = index.chunks.clone();
+        assert!(c.len() >= 16, "{}", c.len());
+        // Requests for chunk 9 onwards are held until the test opens the gate (bounded, so a
+        // reader that does wait fails the test instead of hanging it).
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (g, served, held_from) = (gate.clone(), data.clone(), c[9].offset);
+        let seen = log.clone();
+        let srv = serve(move |req| {
+            let Some((a, b)) = range_of(req) else {
+                return respond(400, &[], Vec::new());
+            };
+            seen.lock().unwrap().push((a, b));
+            if a >= held_from {
+                let open = g.0.lock().unwrap();
+                let _open =
+                    g.1.wait_timeout_while(open, Duration::from_secs(20), |o| !*o)
+                        .unwrap();
+            }
+            partial(&served, (a, b))
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ClientOptions {
+            start_profile: false,
+            compressed_wire: false,
+            ..Default::default()
+        };
+        let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
+        let source = Source::Remote {
+            repo: "r".into(),
+            url: "/data".into(),
+            layer: Digest::sha256_of(b"layer"),
+            frames: None,
+        };
+        let layer = LayerHandle::new(client.clone(), index.clone(), source);
+        let counters = Arc::new(Counters::default());
+        // One chunk per read, read-ahead 8 chunks past it: read 0 fetches chunks 0..=8 and
+        // waits; reads 3 and 6 find less than 3/4 of their window covered and send 9..=11
+        // and 12..=14 without waiting — both held by the registry while reads go on.
+        let read = |i: usize| {
+            let mut buf = vec![0u8; c[i].len as usize];
+            let ahead = c[(i + 8).min(c.len() - 1)].offset + u64::from(c[i].len);
+            layer
+                .read_data_ahead(c[i].offset, &mut buf, ahead, &counters)
+                .unwrap();
+            assert_eq!(buf, data[c[i].offset as usize..][..buf.len()], "chunk {i}");
+        };
+        for i in 0..=6 {
+            read(i);
+        }
+        let in_flight = |i: usize| {
+            client
+                .inner
+                .flights
+                .lock()
+                .unwrap()
+                .contains_key(c[i].digest.hex())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(in_flight(9) && in_flight(12)) {
+            assert!(
+                Instant::now() < deadline,
+                "two read-ahead requests in flight at once"
+            );
+            std::thread::yield_now();
+        }
+        // Reads 0..=6 returned with both still held: none of them waited for its read-ahead.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        // The rest streams on, right.
+        for i in 7..c.len() {
+            read(i);
+        }
+        // Those two were two requests, not one covering both (both were answered by now).
+        let log = log.lock().unwrap();
+        let first_held = log.iter().find(|r| r.0 == c[9].offset);
+        assert!(
+            first_held.is_some_and(|&(_, b)| b < c[12].offset),
+            "{log:?}"
+        );
+        let s = counters.snapshot();
+        assert_eq!(s.bytes_fetched, index.data_size, "each chunk once: {s:?}");
+        assert!(s.fetches >= 3, "{s:?}");
     }
 
     #[test]
@@ -1106,7 +1260,7 @@ mod tests {
         let srv = framed_server(&data, |_, _| {});
         let dir = tempfile::tempdir().unwrap();
         let layer = framed_layer(&srv, &index, dir.path());
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         // A small read in the middle of frame 1: that frame comes, whole, and nothing else.
         let mut buf = vec![0u8; 5000];
         layer.read_data(70_000, &mut buf, &counters).unwrap();
