@@ -35,8 +35,9 @@ pub struct MountSettings {
     /// When the first read of a small file misses, also fetch up to this many bytes of the files
     /// that follow it in the layer's data (its neighbours in the tar, mostly the same directory)
     /// in the same request: without a start profile, an interpreter's imports are otherwise one
-    /// round trip each. Adaptive per layer: the window narrows to 1/16 of this while the
-    /// neighbours it brings are not read, and widens back while they are. 0 turns it off.
+    /// round trip each. Only for a read that waits alone (a parallel start's waits overlap
+    /// anyway), and per layer the window narrows (to 1/16 of this) while less than 1/20 of
+    /// its windows' bytes get read. 0 turns it off.
     #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub neighbour_ahead: u64,
     /// Keep the newest this many FUSE opens and reads, in order with their waits, for
