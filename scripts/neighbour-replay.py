@@ -4,7 +4,8 @@ neighbour-ahead rules, offline: how many reads would miss (wait on the registry)
 bytes would be fetched, per rule. A model of the FUSE read path (16 KiB chunks, 2 MiB read-ahead
 inside a file, one request per missing read), not a measurement: it keeps the traced order
 and takes a read as waiting alone when no other traced miss was in flight as it began. The rule
-teleportd runs is `alone + layer-share` (fuse-mount/src/fs/neighbour.rs).
+teleportd runs is `alone + fixed 256 KiB` (fuse-mount/src/fs/neighbour.rs); `layer-share` was
+tried and dropped.
 
 Usage: python3 scripts/neighbour-replay.py TRACE.json[.gz] [TRACE.json[.gz] ...]
 """
@@ -38,7 +39,7 @@ class Alone:
 
 
 class LayerShare:
-    """teleportd's rule: per layer, a window is judged once `recent` newer ones exist; the
+    """Tried and dropped: per layer, a window is judged once `recent` newer ones exist; the
     width stays `mx` while at least 1/`share` of the judged windows' bytes were read, else it
     shrinks in proportion, down to mx/16."""
 
@@ -118,11 +119,11 @@ def main():
             ("fixed 256 KiB", Fixed(MAX)),
             ("fixed 1 MiB", Fixed(4 * MAX)),
             ("layer-share", LayerShare()),
-            ("alone + fixed 256 KiB", Alone(Fixed(MAX))),
-            ("alone + layer-share (teleportd)", Alone(LayerShare())),
+            ("alone + fixed 256 KiB (teleportd)", Alone(Fixed(MAX))),
+            ("alone + layer-share", Alone(LayerShare())),
         ]:
             misses, fetched = replay(events, rule)
-            print(f"  {name:32s} misses {misses:5d}  fetched {fetched / 1e6:7.1f} MB")
+            print(f"  {name:34s} misses {misses:5d}  fetched {fetched / 1e6:7.1f} MB")
 
 
 if __name__ == "__main__":

@@ -816,38 +816,6 @@ fn fs_a_small_files_first_miss_fetches_its_neighbours_in_one_request() {
     );
 }
 
-/// A start that reads scattered files (the fixture's random working set) reads almost none of
-/// the neighbours a miss brings: the window narrows after a few such misses, so the bytes
-/// fetched stay near what is read instead of a full window per miss.
-#[test]
-fn fs_neighbour_ahead_narrows_when_neighbours_go_unread() {
-    if !testkit::require(&[testkit::Need::Root, testkit::Need::Fuse]) {
-        return;
-    }
-    const FILES: usize = 2048;
-    const EVERY: usize = 80; // 80 × 4 KB = 320 KB apart: beyond a full window.
-    const MAX: u64 = 256 << 10;
-    // Items name their paths `'static`; a test's few hundred leaked names are fine.
-    let names: Vec<&'static str> = (0..FILES)
-        .map(|i| &*format!("lib/f{i:04}").leak())
-        .collect();
-    let files: Vec<Vec<u8>> = (0..FILES).map(|i| bytes(900 + i as u64, 4096)).collect();
-    let picks: Vec<usize> = (0..FILES).step_by(EVERY).collect();
-    let alone = read_picked(&names, &files, &picks, 0);
-    let with = read_picked(&names, &files, &picks, MAX);
-    let reads = picks.len();
-    assert_eq!(reads, 26);
-    assert_eq!(with.fetch_errors, 0);
-    // A fixed window would fetch 26 × 256 KiB past the files; a narrowing one a full window
-    // for the first misses (until their windows are judged) and then 1/16 of it.
-    let over = with.bytes_fetched - alone.bytes_fetched;
-    assert!(over > 0, "the first miss still brings neighbours: {with:?}");
-    assert!(
-        over <= 8 * MAX,
-        "{over} bytes of neighbours for {reads} scattered reads: {with:?} vs {alone:?}"
-    );
-}
-
 /// The start trace lists a mount's opens (with paths) and reads in order, with each read's
 /// wait and whether it was cached; neighbour-ahead turns later files' misses into hits.
 #[test]

@@ -122,8 +122,7 @@ impl TeleportFs {
         let file_end = base.saturating_add(n.size);
         let wait = (!layer.is_cached(start)).then(|| self.neighbours.wait());
         let past = if offset == 0 && n.size <= self.read_ahead {
-            self.neighbours
-                .first_read(slot, start, file_end, wait.as_ref())
+            self.neighbours.first_read(wait.as_ref())
         } else {
             0
         };

@@ -64,10 +64,9 @@ pub struct MountOptions {
     /// more than these bytes on an in-region link (5 ms at 1 Gbit/s ≈ 600 KB).
     pub read_ahead: u64,
     /// When the first read of a file of at most `read_ahead` bytes misses and no other read of
-    /// the mount is waiting, the same request also fetches up to this many bytes past the
-    /// file's end: the files that follow it in the layer's data, in tar order (mostly its
-    /// directory's neighbours). The widest window: a layer's narrows (to 1/16 of it) while
-    /// less than 1/20 of its windows' bytes get read. 0 = off. See `fs/neighbour.rs`.
+    /// the mount is waiting, the same request also fetches this many bytes past the file's
+    /// end: the files that follow it in the layer's data, in tar order (mostly its directory's
+    /// neighbours). 0 = off. See `fs/neighbour.rs`.
     pub neighbour_ahead: u64,
     /// The kernel's read-ahead for this mount, KiB (its backing device's `read_ahead_kb`);
     /// `None` keeps the kernel's default (128 KiB for FUSE).
@@ -284,7 +283,7 @@ fn mount_tree(
     }
     let fs = fuse::TeleportFs {
         tree,
-        neighbours: neighbour::NeighbourAhead::new(layers.len(), opts.neighbour_ahead),
+        neighbours: neighbour::NeighbourAhead::new(opts.neighbour_ahead),
         layers,
         counters: Arc::clone(&counters),
         ttl: opts.ttl,

@@ -36,8 +36,7 @@ pub struct MountSettings {
     /// that follow it in the layer's data (its neighbours in the tar, mostly the same directory)
     /// in the same request: without a start profile, an interpreter's imports are otherwise one
     /// round trip each. Only for a read that waits alone (a parallel start's waits overlap
-    /// anyway), and per layer the window narrows (to 1/16 of this) while less than 1/20 of
-    /// its windows' bytes get read. 0 turns it off.
+    /// anyway and the bytes would compete with them). 0 turns it off.
     #[arg(long, default_value = "262144", value_name = "BYTES")]
     pub neighbour_ahead: u64,
     /// Keep the newest this many FUSE opens and reads, in order with their waits, for
