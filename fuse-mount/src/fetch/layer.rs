@@ -949,6 +949,26 @@ mod tests {
 
     /// A layer with one file of `n` distinct 16 KiB chunks, expanded; returns its index and
     /// data blob.
+    /// A remote layer of `index` at `url`'s `/data` (and `/data.zst` when `frames`), its chunk
+    /// cache in `cache`; the client too, for tests that look into it.
+    fn remote_layer(
+        url: &str,
+        cache: &std::path::Path,
+        opts: ClientOptions,
+        index: &Index,
+        frames: Option<Arc<Framed>>,
+    ) -> (Client, LayerHandle) {
+        let client = Client::new(url, None, cache, opts).unwrap();
+        let source = Source::Remote {
+            repo: "r".into(),
+            url: "/data".into(),
+            layer: Digest::sha256_of(b"layer"),
+            frames,
+        };
+        let layer = LayerHandle::new(client.clone(), index.clone(), source);
+        (client, layer)
+    }
+
     pub(crate) fn expanded(n: usize) -> (Index, Vec<u8>) {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let content: Vec<u8> = (0..n * (16 << 10))
@@ -1026,14 +1046,7 @@ mod tests {
             start_profile: false,
             ..Default::default()
         };
-        let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
-        let source = Source::Remote {
-            repo: "r".into(),
-            url: "/data".into(),
-            layer: Digest::sha256_of(b"layer"),
-            frames: None,
-        };
-        let layer = LayerHandle::new(client, index.clone(), source);
+        let (_, layer) = remote_layer(&srv.url, dir.path(), opts, &index, None);
         let counters = Arc::new(Counters::default());
         let c = &index.chunks;
         // Chunk 1 cached: a read of chunk 0 with read-ahead through chunk 2 makes two runs.
@@ -1081,14 +1094,7 @@ mod tests {
             compressed_wire: false,
             ..Default::default()
         };
-        let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
-        let source = Source::Remote {
-            repo: "r".into(),
-            url: "/data".into(),
-            layer: Digest::sha256_of(b"layer"),
-            frames: None,
-        };
-        let layer = LayerHandle::new(client.clone(), index.clone(), source);
+        let (client, layer) = remote_layer(&srv.url, dir.path(), opts, &index, None);
         let counters = Arc::new(Counters::default());
         // One chunk per read, read-ahead 8 chunks past it: read 0 fetches chunks 0..=8 and
         // waits; reads 3 and 6 find less than 3/4 of their window covered and send 9..=11
@@ -1158,14 +1164,7 @@ mod tests {
                 start_profile: false,
                 ..Default::default()
             };
-            let client = Client::new(&srv.url, None, dir.path(), opts).unwrap();
-            let source = Source::Remote {
-                repo: "r".into(),
-                url: "/data".into(),
-                layer: Digest::sha256_of(b"layer"),
-                frames: None,
-            };
-            LayerHandle::new(client, index.clone(), source)
+            remote_layer(&srv.url, dir.path(), opts, &index, None).1
         };
         let counters = Counters::default();
         let mut buf = vec![0u8; 1000];
@@ -1241,17 +1240,11 @@ mod tests {
             start_profile: false,
             ..Default::default()
         };
-        let client = Client::new(&srv.srv.url, None, cache, opts).unwrap();
-        let source = Source::Remote {
-            repo: "r".into(),
-            url: "/data".into(),
-            layer: Digest::sha256_of(b"layer"),
-            frames: Some(Arc::new(Framed {
-                url: "/data.zst".into(),
-                table: srv.table.clone(),
-            })),
-        };
-        LayerHandle::new(client, index.clone(), source)
+        let frames = Arc::new(Framed {
+            url: "/data.zst".into(),
+            table: srv.table.clone(),
+        });
+        remote_layer(&srv.srv.url, cache, opts, index, Some(frames)).1
     }
 
     #[test]
