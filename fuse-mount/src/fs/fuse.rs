@@ -118,7 +118,8 @@ impl TeleportFs {
         // Read-ahead stays inside this file: past its end lie other files' bytes — except on a
         // small file's first, missing read, where those bytes are the files a start is likely
         // to open next (the same directory, in tar order), worth one request instead of many
-        // while the layer's neighbours keep being read ([`NeighbourAhead`]).
+        // to a reader that waits alone ([`NeighbourAhead`]). A read whose bytes are missing
+        // counts as waiting until it returns.
         let file_end = base.saturating_add(n.size);
         let wait = (!layer.is_cached(start)).then(|| self.neighbours.wait());
         let past = if offset == 0 && n.size <= self.read_ahead {
