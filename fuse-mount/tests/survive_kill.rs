@@ -478,27 +478,16 @@ fn sigterm_while_starting_is_a_clean_stop() {
     let _guard = ManagerGuard(root.clone());
     std::fs::create_dir_all(&root).unwrap();
     let mute = std::os::unix::net::UnixListener::bind(root.join("fuse-manager.sock")).unwrap();
-    let log = std::fs::File::create(dir.join("teleportd.log")).unwrap();
-    /// Stops the teleportd if an assert fails first (it would outlive the test otherwise).
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            testkit::process::sigterm_then_kill(&mut self.0, "teleportd");
-        }
-    }
-    let mut reap = Reap(
-        std::process::Command::new(testkit::bin("teleportd"))
-            .arg("--root")
-            .arg(&root)
-            .arg("--address")
-            .arg(&socket)
-            .args(["--insecure-registry", "--registry", &url])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut reap.0;
+    // Launched, not waited for: it cannot bind its socket until its manager answers. Stopped
+    // on drop if an assert fails first.
+    let mut cmd = std::process::Command::new(testkit::bin("teleportd"));
+    cmd.arg("--root")
+        .arg(&root)
+        .arg("--address")
+        .arg(&socket)
+        .args(["--insecure-registry", "--registry", &url]);
+    let log = dir.join("teleportd.log");
+    let mut daemon = testkit::process::Teleportd::launch(cmd, &root, &socket, &log);
     // Its manager probe has connected to the mute socket: teleportd is mid-start.
     let (_probe, _) = mute.accept().unwrap();
     assert!(
@@ -506,16 +495,11 @@ fn sigterm_while_starting_is_a_clean_stop() {
         "teleportd bound its socket before its manager answered"
     );
     assert!(
-        testkit::catches_signal(child.id(), libc::SIGTERM),
+        testkit::catches_signal(daemon.pid(), libc::SIGTERM),
         "teleportd does not catch SIGTERM while starting"
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let st = wait_for("teleportd exit", Duration::from_secs(30), || {
-        child.try_wait().unwrap()
-    });
-    let log = std::fs::read_to_string(dir.join("teleportd.log")).unwrap();
-    assert!(st.success(), "{st}: {log}");
+    let st = daemon.stop();
+    assert!(st.success(), "{st}: {}", daemon.log_text());
     assert!(!socket.exists(), "a clean stop removes the socket");
     if let Some(m) = fuse_mount::manager::read_pid(&root) {
         assert!(!pid_alive(m), "a clean stop stops the manager it started");

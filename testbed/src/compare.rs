@@ -1222,17 +1222,8 @@ async fn measure(
     let t = run_pod(node, &plan.spec, &plan.run, &plan.events).await?;
     let after = metrics::scrape(http, metrics_url).await?;
     let tp_after = teleportd_scrape(http, tp_url.as_deref()).await;
-    let trace = trace_since(cursor).await;
-    if let (true, Some(page)) = (opts.keep_traces, &trace) {
-        let name = format!(
-            "{}-{}-{}",
-            img.variant.as_str(),
-            bed_node.name(),
-            run_kind.label()
-        );
-        keep_trace(&opts.out, &name, page)?;
-    }
-    let trace = trace.map(|p| fuse_mount::trace::Summary::of(&p.events));
+    let keep = trace_file(opts, img, bed_node.name(), run_kind);
+    let trace = sum_trace(trace_since(cursor).await, keep.as_deref())?;
     let host = HostState::between(&host_before, &HostProbe::now());
     Ok(plan.sample(
         &NodeLabels::of(bed_node),
@@ -1270,16 +1261,36 @@ async fn trace_since(cursor: Option<(PathBuf, u64)>) -> Option<fuse_mount::trace
         .ok()
 }
 
-/// Writes one run's trace to `out/traces/NAME.json` (`--keep-traces`).
-fn keep_trace(out: &Path, name: &str, page: &fuse_mount::trace::Page) -> Result<()> {
-    let dir = out.join("traces");
-    std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
-    let path = dir.join(format!("{name}.json"));
-    let json = serde_json::to_vec(page).map_err(|source| Error::Json {
-        what: format!("trace {name}"),
-        source,
-    })?;
-    std::fs::write(&path, json).map_err(Error::io(format!("write {}", path.display())))
+/// Where `--keep-traces` writes a run's raw trace: `out/traces/VARIANT-NODE-RUN.json`.
+fn trace_file(opts: &CompareOptions, img: &ImageFacts, node: &str, run: Run) -> Option<PathBuf> {
+    opts.keep_traces.then(|| {
+        opts.out.join("traces").join(format!(
+            "{}-{node}-{}.json",
+            img.variant.as_str(),
+            run.label()
+        ))
+    })
+}
+
+/// What a run's trace adds up to; with `keep`, the raw trace is written there first.
+fn sum_trace(
+    page: Option<fuse_mount::trace::Page>,
+    keep: Option<&Path>,
+) -> Result<Option<fuse_mount::trace::Summary>> {
+    let Some(page) = page else {
+        return Ok(None);
+    };
+    if let Some(path) = keep {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        }
+        let json = serde_json::to_vec(&page).map_err(|source| Error::Json {
+            what: format!("trace {}", path.display()),
+            source,
+        })?;
+        std::fs::write(path, json).map_err(Error::io(format!("write {}", path.display())))?;
+    }
+    Ok(Some(fuse_mount::trace::Summary::of(&page.events)))
 }
 
 /// Where a pool start sits in the run.
@@ -1375,6 +1386,7 @@ async fn release_pool(
             index,
         };
         let plan = PodPlan::new(node, img, run_kind, opts, pb);
+        let keep = trace_file(opts, img, node.name(), run_kind);
         let (node, barrier, http) = (Arc::clone(node), Arc::clone(&barrier), http.clone());
         tasks.spawn(async move {
             let tp_url = node.teleportd_metrics_url();
@@ -1385,9 +1397,12 @@ async fn release_pool(
             let t = run_pod(&node, &plan.spec, &plan.run, &plan.events).await;
             let ready_at = Instant::now();
             let tp_after = teleportd_scrape(&http, tp_url.as_deref()).await;
-            let trace = trace_since(cursor)
-                .await
-                .map(|p| fuse_mount::trace::Summary::of(&p.events));
+            let trace = sum_trace(trace_since(cursor).await, keep.as_deref());
+            // A trace that cannot be kept fails the node's run like any other error.
+            let (t, trace) = match (t, trace) {
+                (Ok(t), Ok(trace)) => (Ok(t), trace),
+                (Err(e), _) | (Ok(_), Err(e)) => (Err(e), None),
+            };
             (
                 index,
                 plan,

@@ -37,6 +37,7 @@ async fn fanout_starts_each_kind_as_a_pool() {
     o.work_dir = Some(tmp.path().join("work"));
     o.teleportd_bin = Some(common::teleportd());
     o.interactive = false;
+    o.keep_traces = true;
     let report = compare(&o).await.unwrap();
 
     let kinds = ["shuttle", "teleporter-merged", "teleporter-merged-off"];
@@ -84,6 +85,15 @@ async fn fanout_starts_each_kind_as_a_pool() {
                     .as_ref()
                     .unwrap_or_else(|| panic!("no trace: {s:?}"));
                 assert!(t.opens > 0 && t.reads > 0 && t.failed == 0, "{t:?}");
+                // --keep-traces keeps each pool node's raw trace too, summing to its sample's.
+                let p = s.pool.unwrap();
+                let kept = out.join("traces").join(format!(
+                    "squashed-{kind}-pool{}-rep0-node{}.json",
+                    p.pool, p.node_index
+                ));
+                let page: fuse_mount::trace::Page =
+                    serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+                assert_eq!(&fuse_mount::trace::Summary::of(&page.events), t);
             }
         }
         // Released together: the recorded release instants within 250 ms of each other, and

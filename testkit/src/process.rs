@@ -60,20 +60,8 @@ impl Teleportd {
     }
 
     /// Runs `cmd` (a teleportd command line) logging to `log`; waits until `socket` accepts.
-    pub fn spawn(mut cmd: Command, root: &Path, socket: &Path, log: &Path) -> Teleportd {
-        let logf = File::options().create(true).append(true).open(log).unwrap();
-        let child = cmd
-            .env("RUST_LOG", "fuse_mount=debug,info")
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        let mut t = Teleportd {
-            child: Some(child),
-            socket: socket.to_owned(),
-            root: root.to_owned(),
-            log: log.to_owned(),
-        };
+    pub fn spawn(cmd: Command, root: &Path, socket: &Path, log: &Path) -> Teleportd {
+        let mut t = Self::launch(cmd, root, socket, log);
         wait_for("teleportd socket", Duration::from_secs(20), || {
             if let Some(Ok(Some(st))) = t.child.as_mut().map(|c| c.try_wait()) {
                 panic!("teleportd exited early with {st}: {}", t.log_text());
@@ -81,6 +69,24 @@ impl Teleportd {
             UnixStream::connect(socket).ok()
         });
         t
+    }
+
+    /// [`Teleportd::spawn`] without waiting for the socket: for tests of a teleportd that is
+    /// still starting. Stopped (SIGTERM, then SIGKILL) on drop like any other.
+    pub fn launch(mut cmd: Command, root: &Path, socket: &Path, log: &Path) -> Teleportd {
+        let logf = File::options().create(true).append(true).open(log).unwrap();
+        let child = cmd
+            .env("RUST_LOG", "fuse_mount=debug,info")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        Teleportd {
+            child: Some(child),
+            socket: socket.to_owned(),
+            root: root.to_owned(),
+            log: log.to_owned(),
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -947,8 +947,6 @@ mod tests {
     use crate::fetch::{ClientOptions, Counters};
     use registry_client::testserver::{partial, range_of, respond, serve};
 
-    /// A layer with one file of `n` distinct 16 KiB chunks, expanded; returns its index and
-    /// data blob.
     /// A remote layer of `index` at `url`'s `/data` (and `/data.zst` when `frames`), its chunk
     /// cache in `cache`; the client too, for tests that look into it.
     fn remote_layer(
@@ -969,6 +967,8 @@ mod tests {
         (client, layer)
     }
 
+    /// A layer with one file of `n` distinct 16 KiB chunks, expanded; returns its index and
+    /// data blob.
     pub(crate) fn expanded(n: usize) -> (Index, Vec<u8>) {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let content: Vec<u8> = (0..n * (16 << 10))
